@@ -1,0 +1,101 @@
+"""Torch-native attention backend: SDPA over K/V gathered from the paged pool. Runs on CPU and CUDA.
+
+Decode gathers every request's KV into one padded [B, Hkv, L_max, D] tensor and runs a single masked
+SDPA call. Extend loops over requests (prefill is compute-bound; the loop costs little) with a
+bottom-right causal mask so new tokens attend to the cached prefix and to earlier new tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sglkit.layers.attention.base import AttentionBackend, RadixAttention
+from sglkit.runtime.forward_batch import ForwardBatch
+
+
+@dataclass
+class _DecodeMetadata:
+    kv_indices: torch.Tensor  # [B, L_max] pool slots (0 = padding sink)
+    attn_mask: torch.Tensor  # [B, 1, 1, L_max] bool, True where attended
+
+
+@dataclass
+class _ExtendMetadata:
+    kv_indices: list[torch.Tensor]  # per request [seq_len]
+    masks: list[torch.Tensor | None]  # per request [ext, seq_len] bool or None (plain causal)
+
+
+class TorchNativeAttnBackend(AttentionBackend):
+    """Reference backend built on ``torch.nn.functional.scaled_dot_product_attention``."""
+
+    def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
+        """Build gather indices (and masks) from req_to_token once per pass."""
+        req_to_token = forward_batch.req_to_token_pool.req_to_token
+        if forward_batch.forward_mode.is_decode():
+            max_len = max(forward_batch.seq_lens_cpu)
+            rows = req_to_token[forward_batch.req_pool_indices, :max_len]  # [B, L_max]
+            positions = torch.arange(max_len, device=rows.device)
+            valid = positions[None, :] < forward_batch.seq_lens[:, None]
+            forward_batch.attn_metadata = _DecodeMetadata(
+                kv_indices=torch.where(valid, rows, torch.zeros_like(rows)),
+                attn_mask=valid[:, None, None, :],
+            )
+            return
+        kv_indices, masks = [], []
+        pool_indices = forward_batch.req_pool_indices.tolist()
+        for slot, prefix_len, ext_len in zip(
+            pool_indices, forward_batch.extend_prefix_lens_cpu, forward_batch.extend_seq_lens_cpu
+        ):
+            seq_len = prefix_len + ext_len
+            kv_indices.append(req_to_token[slot, :seq_len])
+            if prefix_len == 0:
+                masks.append(None)
+            else:
+                q_pos = torch.arange(prefix_len, seq_len, device=req_to_token.device)[:, None]
+                k_pos = torch.arange(seq_len, device=req_to_token.device)[None, :]
+                masks.append(k_pos <= q_pos)
+        forward_batch.attn_metadata = _ExtendMetadata(kv_indices=kv_indices, masks=masks)
+
+    def forward_extend(self, q: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch) -> torch.Tensor:
+        """q: [T, Hq, D] -> [T, Hq, D]."""
+        meta: _ExtendMetadata = forward_batch.attn_metadata
+        k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        out = torch.empty_like(q)
+        start = 0
+        for i, ext_len in enumerate(forward_batch.extend_seq_lens_cpu):
+            idx = meta.kv_indices[i]
+            qi = q[start : start + ext_len].transpose(0, 1)  # [Hq, ext, D]
+            ki = k_buf[idx].transpose(0, 1).to(q.dtype)  # [Hkv, seq, D]
+            vi = v_buf[idx].transpose(0, 1).to(q.dtype)
+            mask = meta.masks[i]
+            oi = F.scaled_dot_product_attention(
+                qi.unsqueeze(0),
+                ki.unsqueeze(0),
+                vi.unsqueeze(0),
+                attn_mask=None if mask is None else mask[None, None],
+                is_causal=mask is None,
+                scale=layer.scaling,
+                enable_gqa=layer.num_heads != layer.num_kv_heads,
+            )  # [1, Hq, ext, D]
+            out[start : start + ext_len] = oi[0].transpose(0, 1)
+            start += ext_len
+        return out
+
+    def forward_decode(self, q: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch) -> torch.Tensor:
+        """q: [B, Hq, D] -> [B, Hq, D]."""
+        meta: _DecodeMetadata = forward_batch.attn_metadata
+        k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        k = k_buf[meta.kv_indices].transpose(1, 2).to(q.dtype)  # [B, Hkv, L, D]
+        v = v_buf[meta.kv_indices].transpose(1, 2).to(q.dtype)
+        out = F.scaled_dot_product_attention(
+            q.unsqueeze(2),  # [B, Hq, 1, D]
+            k,
+            v,
+            attn_mask=meta.attn_mask,
+            scale=layer.scaling,
+            enable_gqa=layer.num_heads != layer.num_kv_heads,
+        )
+        return out.squeeze(2)

@@ -1,0 +1,194 @@
+"""Offline front end: ``sglkit.Engine`` runs the scheduler in-process (same loop as the server, no HTTP, no IPC).
+
+generate() -> input_processor (validate, tokenize) -> Scheduler.add_request -> Scheduler.step() until done
+-> outputs assembled into SGLang's {"text", "output_ids", "meta_info"} dicts (or streamed as chunks).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from sglkit.log_utils import configure_logging
+from sglkit.runtime.input_processor import GenerateInput, build_requests
+from sglkit.runtime.messages import GenerateOutput
+from sglkit.runtime.scheduler import Scheduler
+from sglkit.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+
+class OutputAccumulator:
+    """Folds a request's GenerateOutput deltas into SGLang's final response dict."""
+
+    def __init__(self, return_logprob: bool) -> None:
+        self.return_logprob = return_logprob
+        self.text = ""
+        self.output_ids: list[int] = []
+        self.meta_info: dict[str, Any] = {}
+        self.logprobs: dict[str, list] = {
+            "input_token_logprobs": [],
+            "input_top_logprobs": [],
+            "output_token_logprobs": [],
+            "output_top_logprobs": [],
+        }
+
+    def add(self, out: GenerateOutput) -> None:
+        """Fold one delta in."""
+        self.text += out.text_delta
+        self.output_ids.extend(out.output_ids_delta)
+        self.meta_info = dict(out.meta_info)
+        if self.return_logprob:
+            self.logprobs["input_token_logprobs"].extend(out.input_token_logprobs)
+            self.logprobs["input_top_logprobs"].extend(out.input_top_logprobs)
+            self.logprobs["output_token_logprobs"].extend(out.output_token_logprobs_delta)
+            self.logprobs["output_top_logprobs"].extend(out.output_top_logprobs_delta)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The response in SGLang's shape; logprobs as [logprob, token_id, None] triples in meta_info."""
+        meta = dict(self.meta_info)
+        if self.return_logprob:
+            meta.update(format_logprobs(self.logprobs))
+        return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
+
+
+def format_logprobs(logprobs: dict[str, list]) -> dict[str, list]:
+    """(logprob, id) pairs -> SGLang's [logprob, id, None] triples; top-k lists likewise."""
+
+    def triples(pairs):
+        return [[lp, tid, None] for lp, tid in pairs]
+
+    return {
+        "input_token_logprobs": triples(logprobs["input_token_logprobs"]),
+        "output_token_logprobs": triples(logprobs["output_token_logprobs"]),
+        "input_top_logprobs": [None if t is None else triples(t) for t in logprobs["input_top_logprobs"]],
+        "output_top_logprobs": [triples(t) for t in logprobs["output_top_logprobs"]],
+    }
+
+
+class Engine:
+    """Offline LLM engine with SGLang's interface: ``Engine(model_path=..., **server_args)``.
+
+    Example::
+
+        llm = sglkit.Engine(model_path="path/to/model", max_total_tokens=4096)
+        out = llm.generate("The capital of France is", {"temperature": 0, "max_new_tokens": 16})
+        print(out["text"], out["meta_info"]["finish_reason"])
+        llm.shutdown()
+    """
+
+    def __init__(self, log_level: str | None = None, **kwargs: Any) -> None:
+        if kwargs.get("model_path") is None:
+            from sglkit.testing.demo import default_model_path
+
+            kwargs["model_path"] = default_model_path()
+        self.server_args = ServerArgs(log_level=log_level or kwargs.pop("log_level", "error"), **kwargs)
+        configure_logging(self.server_args.log_level)
+        self.scheduler: Scheduler | None = Scheduler(self.server_args)
+        self.tokenizer = self.scheduler.tokenizer
+
+    # ----- generation -----
+    def generate(
+        self,
+        prompt: str | list[str] | None = None,
+        sampling_params: dict | list[dict] | None = None,
+        input_ids: list[int] | list[list[int]] | None = None,
+        return_logprob: bool | list[bool] = False,
+        logprob_start_len: int | list[int] | None = None,
+        top_logprobs_num: int | list[int] | None = None,
+        stream: bool = False,
+        rid: str | list[str] | None = None,
+    ) -> dict | list[dict] | Iterator[dict]:
+        """Generate for one prompt (dict) or a batch (list of dicts); ``stream=True`` yields incremental chunks.
+
+        Raises ValueError (naming the parameter) for invalid inputs; the engine keeps serving afterwards.
+        """
+        scheduler = self._require_scheduler()
+        inp = GenerateInput(
+            text=prompt,
+            input_ids=input_ids,
+            sampling_params=sampling_params,
+            rid=rid,
+            return_logprob=return_logprob,
+            logprob_start_len=logprob_start_len,
+            top_logprobs_num=top_logprobs_num,
+            stream=stream,
+        )
+        is_batch, reqs, owners = build_requests(
+            inp, self.tokenizer, scheduler.model_runner.vocab_size, scheduler.context_len
+        )
+        if stream:
+            return self._stream(reqs, owners, is_batch)
+        accs = {r.rid: OutputAccumulator(r.return_logprob) for r in reqs}
+        for out in self._run(reqs):
+            accs[out.rid].add(out)
+        results = [accs[r.rid].to_dict() for r in reqs]
+        if is_batch or len(results) > 1:
+            return results
+        return results[0]
+
+    def _stream(self, reqs, owners, is_batch) -> Iterator[dict]:
+        index_of = {r.rid: i for i, r in enumerate(reqs)}
+        for out in self._run(reqs):
+            chunk = {"text": out.text_delta, "output_ids": out.output_ids_delta, "meta_info": dict(out.meta_info)}
+            if is_batch or len(reqs) > 1:
+                chunk["index"] = index_of[out.rid]
+            yield chunk
+
+    def _run(self, reqs) -> Iterator[GenerateOutput]:
+        scheduler = self._require_scheduler()
+        pending = set()
+        for req in reqs:
+            early = scheduler.add_request(req)
+            if early is not None:
+                yield early
+            else:
+                pending.add(req.rid)
+        try:
+            while pending:
+                outputs = scheduler.step()
+                if not outputs and scheduler.is_idle() and pending:
+                    raise RuntimeError(f"Scheduler went idle with {len(pending)} unfinished requests.")
+                for out in outputs:
+                    if out.rid in pending:
+                        yield out
+                        if out.finished:
+                            pending.discard(out.rid)
+        finally:
+            if pending:  # the caller stopped iterating (or an error): release the rest
+                for rid in list(pending):
+                    scheduler.abort_request(rid)
+
+    # ----- control -----
+    def flush_cache(self) -> bool:
+        """Empty the radix cache; False (with a log line) while requests are in flight."""
+        result = self._require_scheduler().flush_cache()
+        if not result.success:
+            logger.warning(result.message)
+        return result.success
+
+    def update_weights_from_disk(self, model_path: str) -> tuple[bool, str]:
+        """Load same-shaped weights from a folder; returns (success, message). The radix cache is flushed."""
+        result = self._require_scheduler().update_weights(model_path)
+        return result.success, result.message
+
+    def get_server_info(self) -> dict[str, Any]:
+        """Server args plus live scheduler statistics."""
+        scheduler = self._require_scheduler()
+        return {**self.server_args.to_dict(), **scheduler.get_stats()}
+
+    def shutdown(self) -> None:
+        """Release the model and the KV pool. Idempotent."""
+        self.scheduler = None
+
+    def _require_scheduler(self) -> Scheduler:
+        if self.scheduler is None:
+            raise RuntimeError("The engine has been shut down.")
+        return self.scheduler
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()

@@ -1,0 +1,79 @@
+"""Messages: the small dataclasses that cross the boundary between the front end and the scheduler.
+
+Front end (Engine or HTTP tokenizer manager) -> scheduler: TokenizedGenerateReq, AbortReq, FlushCacheReq,
+UpdateWeightsReq, GetStatsReq. Scheduler -> front end: GenerateOutput (one per request per step with news),
+and a ControlResult answering each control request. The offline Engine passes them in-process; the server
+pickles them over ZMQ. Process loops stay thin: recv -> handle -> send.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sglkit.runtime.sampling_params import SamplingParams
+
+
+@dataclass
+class TokenizedGenerateReq:
+    """A validated, tokenized generation request for the scheduler."""
+
+    rid: str
+    input_ids: list[int]
+    sampling_params: SamplingParams
+    input_text: str | None = None
+    return_logprob: bool = False
+    logprob_start_len: int = -1
+    top_logprobs_num: int = 0
+    stream: bool = False
+
+
+@dataclass
+class GenerateOutput:
+    """News about one request: new text and tokens since the last output; ``finished`` on the last one."""
+
+    rid: str
+    text_delta: str
+    output_ids_delta: list[int]
+    finished: bool
+    meta_info: dict[str, Any] = field(default_factory=dict)
+    # Logprob deltas, as (logprob, token_id) pairs and top-k lists.
+    input_token_logprobs: list[tuple[float | None, int]] = field(default_factory=list)
+    input_top_logprobs: list[Any] = field(default_factory=list)
+    output_token_logprobs_delta: list[tuple[float, int]] = field(default_factory=list)
+    output_top_logprobs_delta: list[Any] = field(default_factory=list)
+    error: str | None = None  # set when the request failed inside the scheduler
+
+
+@dataclass
+class AbortReq:
+    """Abort one request by id, or all of them."""
+
+    rid: str | None = None
+    abort_all: bool = False
+
+
+@dataclass
+class FlushCacheReq:
+    """Flush the radix cache (refused while requests are running or waiting)."""
+
+
+@dataclass
+class UpdateWeightsReq:
+    """Load new weights of the same architecture and shapes from a folder (safetensors only)."""
+
+    model_path: str
+
+
+@dataclass
+class GetStatsReq:
+    """Ask for live scheduler statistics."""
+
+
+@dataclass
+class ControlResult:
+    """Answer to a control request: success flag, message, optional payload."""
+
+    success: bool
+    message: str = ""
+    payload: dict[str, Any] = field(default_factory=dict)

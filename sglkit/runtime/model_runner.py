@@ -1,0 +1,145 @@
+"""Model runner: owns the model, the KV pools and the attention backend; runs one ForwardBatch -> logits.
+
+Sits between the scheduler (which builds batches of Req) and the model (sglkit.models). It also sizes
+the KV pool from ``max_total_tokens`` or ``mem_fraction_static`` and swaps weights for /update_weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import psutil
+import torch
+
+from sglkit.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TokenToKVPoolAllocator
+from sglkit.layers.attention import create_attention_backend
+from sglkit.models.loader import iterate_weights, load_config, load_model
+from sglkit.runtime.forward_batch import ForwardBatch
+from sglkit.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+GB = 1 << 30
+CPU_DEFAULT_MEM_FRACTION = 0.1  # share of available RAM for the KV pool on CPU
+CPU_MAX_AUTO_TOKENS = 1 << 18  # cap of an automatically sized CPU pool (a bigger one only costs RAM)
+MAX_REQ_TO_TOKEN_BYTES = 512 << 20
+
+
+def available_memory_gb(device: str) -> float:
+    """Free device memory (CPU: available RAM) in GB."""
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info()
+        return free / GB
+    return psutil.virtual_memory().available / GB
+
+
+class ModelRunner:
+    """Loads the model and runs forward passes over the paged KV pool."""
+
+    def __init__(self, server_args: ServerArgs) -> None:
+        self.server_args = server_args
+        self.device = server_args.resolved_device()
+        self.model_path = server_args.model_path
+        torch.manual_seed(server_args.random_seed)
+
+        logger.info(f"Load weight begin. avail mem={available_memory_gb(self.device):.2f} GB")
+        self.model, self.model_config = load_model(self.model_path, dtype=server_args.dtype, device=self.device)
+        self.dtype = next(self.model.parameters()).dtype
+        logger.info(
+            f"Load weight end. type={type(self.model).__name__}, dtype={self.dtype}, "
+            f"avail mem={available_memory_gb(self.device):.2f} GB"
+        )
+        cfg = self.model_config
+        self.vocab_size = cfg.vocab_size
+        self.num_layers = cfg.num_hidden_layers
+        self.num_kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.context_len = self._resolve_context_len()
+        self.max_total_num_tokens = self._resolve_pool_size()
+        self.max_running_requests = self._resolve_max_running_requests()
+        self.req_to_token_pool = ReqToTokenPool(self.max_running_requests, self.context_len + 1, self.device)
+        self.token_to_kv_pool_allocator = TokenToKVPoolAllocator(self.max_total_num_tokens, self.device)
+        self.token_to_kv_pool = MHATokenToKVPool(
+            self.max_total_num_tokens, self.num_layers, self.num_kv_heads, self.head_dim, self.dtype, self.device
+        )
+        size_gb = self.token_to_kv_pool.total_bytes() / 2 / GB
+        logger.info(f"KV Cache is allocated. K size: {size_gb:.2f} GB, V size: {size_gb:.2f} GB.")
+        logger.info(f"Memory pool end. avail mem={available_memory_gb(self.device):.2f} GB")
+        self.attn_backend = create_attention_backend(server_args.attention_backend, self.device)
+
+    # ----- sizing -----
+    def _resolve_context_len(self) -> int:
+        cfg = self.model_config
+        model_len = getattr(cfg, "max_position_embeddings", None) or 2048
+        context_len = self.server_args.context_length or model_len
+        if self.server_args.context_length and self.server_args.context_length > model_len:
+            logger.warning(
+                f"context_length={context_len} is longer than the model's max_position_embeddings={model_len}."
+            )
+        window = getattr(self.model, "sliding_window", None)
+        if window and window < context_len:
+            logger.warning(f"Capping context length to the sliding window ({window} tokens).")
+            context_len = window
+        return int(context_len)
+
+    def _resolve_pool_size(self) -> int:
+        args = self.server_args
+        if args.max_total_tokens:
+            return args.max_total_tokens
+        per_token = MHATokenToKVPool.bytes_per_token(self.num_layers, self.num_kv_heads, self.head_dim, self.dtype)
+        if self.device.startswith("cuda"):
+            free, total = torch.cuda.mem_get_info()
+            fraction = args.mem_fraction_static or 0.88
+            budget = free - total * (1.0 - fraction)
+            num_tokens = int(budget // per_token)
+        else:
+            fraction = args.mem_fraction_static or CPU_DEFAULT_MEM_FRACTION
+            num_tokens = min(int(psutil.virtual_memory().available * fraction // per_token), CPU_MAX_AUTO_TOKENS)
+        if num_tokens < self.context_len // 4:
+            raise RuntimeError(
+                f"Not enough memory for the KV cache: room for {num_tokens} tokens. "
+                "Raise --mem-fraction-static or set --max-total-tokens."
+            )
+        return num_tokens
+
+    def _resolve_max_running_requests(self) -> int:
+        args = self.server_args
+        default_cap = 4096 if self.device.startswith("cuda") else 256
+        value = args.max_running_requests or min(default_cap, max(1, self.max_total_num_tokens // 2))
+        table_cap = max(1, MAX_REQ_TO_TOKEN_BYTES // (8 * (self.context_len + 1)))
+        return int(min(value, table_cap))
+
+    # ----- compute -----
+    @torch.inference_mode()
+    def forward(self, forward_batch: ForwardBatch) -> torch.Tensor:
+        """Run the model on one batch; returns float32 logits [num_logit_rows, vocab]."""
+        self.attn_backend.init_forward_metadata(forward_batch)
+        hidden = self.model(forward_batch.input_ids, forward_batch.positions, forward_batch)  # [T, H]
+        if forward_batch.logits_indices.numel() == 0:
+            return torch.empty((0, self.vocab_size), dtype=torch.float32, device=hidden.device)
+        return self.model.compute_logits(hidden[forward_batch.logits_indices])
+
+    # ----- weights -----
+    def update_weights(self, model_path: str) -> tuple[bool, str]:
+        """Load same-shaped weights from ``model_path``; on any failure restore the current weights."""
+        logger.info(f"Update weights begin. avail mem={available_memory_gb(self.device):.2f} GB")
+        start = time.perf_counter()
+        try:
+            new_config = load_config(model_path)
+            old_arch = list(getattr(self.model_config, "architectures", None) or [])
+            new_arch = list(getattr(new_config, "architectures", None) or [])
+            if old_arch and new_arch and old_arch != new_arch:
+                raise ValueError(f"architecture {new_arch} differs from the served {old_arch}")
+            with torch.inference_mode():
+                self.model.load_weights(iterate_weights(model_path))
+        except Exception as e:  # noqa: BLE001 - every failure is reported and rolled back
+            reason = str(e).rstrip(".")
+            message = f"Failed to update weights: {reason}.\nRolling back to original weights."
+            logger.error(message)
+            with torch.inference_mode():
+                self.model.load_weights(iterate_weights(self.model_path))
+            return False, message
+        self.model_path = model_path
+        logger.info(f"Update weights end. Time elapsed: {time.perf_counter() - start:.2f} s")
+        return True, "Succeeded to update model weights."

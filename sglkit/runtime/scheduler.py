@@ -1,0 +1,409 @@
+"""Scheduler: the engine loop body. Queue -> radix match -> admit (KV budget) -> prefill / decode -> sample -> finish.
+
+``step()`` runs one forward pass and returns the GenerateOutputs it produced. The offline Engine calls it
+in-process; the server's scheduler process wraps it in recv -> handle -> step -> send (``scheduler_process``).
+Prefill has priority over decode; decode batches hold every running request; when the KV pool runs out a
+running request is retracted to the waiting queue (its KV goes to the radix cache) and later resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from sglkit.cache.radix_cache import RadixCache
+from sglkit.runtime.forward_batch import ForwardMode
+from sglkit.runtime.messages import ControlResult, GenerateOutput, TokenizedGenerateReq
+from sglkit.runtime.model_runner import ModelRunner
+from sglkit.runtime.req import FinishReason, Req
+from sglkit.runtime.sampler import (
+    Sampler,
+    SamplingBatchInfo,
+    compute_logprobs,
+    get_token_logprobs,
+    get_top_logprobs,
+)
+from sglkit.runtime.schedule_batch import (
+    ScheduleBatch,
+    alloc_token_slots,
+    build_decode_batch,
+    build_extend_batch,
+    input_logprob_start,
+    to_forward_batch,
+)
+from sglkit.runtime.schedule_policy import PrefillAdder, decode_reserve, sort_waiting_queue
+from sglkit.runtime.scheduler_output import append_token, make_output, should_stream
+from sglkit.runtime.scheduler_stats import SchedulerStats
+from sglkit.runtime.tokenizer_utils import get_eos_token_ids, load_tokenizer
+from sglkit.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+INIT_NEW_TOKEN_RATIO = 0.7
+MIN_NEW_TOKEN_RATIO = 0.1
+NEW_TOKEN_RATIO_DECAY = 0.001
+
+
+class Scheduler:
+    """Continuous-batching scheduler over one ModelRunner."""
+
+    def __init__(self, server_args: ServerArgs, tokenizer=None) -> None:
+        self.server_args = server_args
+        self.model_runner = ModelRunner(server_args)
+        self.tokenizer = tokenizer or load_tokenizer(server_args.tokenizer_path, server_args.chat_template)
+        runner = self.model_runner
+        self.device = runner.device
+        self.context_len = runner.context_len
+        self.max_total_num_tokens = runner.max_total_num_tokens
+        self.max_running_requests = runner.max_running_requests
+        self.max_prefill_tokens = server_args.max_prefill_tokens
+        chunk = server_args.chunked_prefill_size
+        if chunk is None:
+            chunk = 8192 if self.device.startswith("cuda") else 2048
+        self.chunked_prefill_size = None if chunk == -1 else chunk
+        self.req_to_token_pool = runner.req_to_token_pool
+        self.allocator = runner.token_to_kv_pool_allocator
+        self.tree_cache = RadixCache(self.req_to_token_pool, self.allocator, disable=server_args.disable_radix_cache)
+        self.eos_token_ids = get_eos_token_ids(runner.model_config, self.tokenizer, server_args.model_path)
+        self.sampler = Sampler()
+        self.generator = torch.Generator(device=self.device).manual_seed(server_args.random_seed)
+
+        self.waiting_queue: list[Req] = []
+        self.running_reqs: list[Req] = []
+        self.chunked_req: Req | None = None
+        self.new_token_ratio = INIT_NEW_TOKEN_RATIO
+        self.stats = SchedulerStats(self.max_total_num_tokens, server_args.decode_log_interval)
+        self.forward_ct = 0
+        self._pending_outputs: list[GenerateOutput] = []  # outputs produced outside a forward pass
+        logger.info(
+            f"max_total_num_tokens={self.max_total_num_tokens}, max_prefill_tokens={self.max_prefill_tokens}, "
+            f"max_running_requests={self.max_running_requests}, context_len={self.context_len}"
+        )
+
+    # ------------------------------------------------------------------ intake
+    def add_request(self, recv: TokenizedGenerateReq) -> GenerateOutput | None:
+        """Queue a request; returns a finished error output instead when it can never run."""
+        params = recv.sampling_params
+        req = Req(
+            rid=recv.rid,
+            origin_input_ids=list(recv.input_ids),
+            sampling_params=params,
+            origin_input_text=recv.input_text,
+            return_logprob=recv.return_logprob,
+            top_logprobs_num=recv.top_logprobs_num,
+            logprob_start_len=recv.logprob_start_len,
+            stream=recv.stream,
+        )
+        req.created_time = time.perf_counter()
+        if params.sampling_seed is not None:
+            req.generator = torch.Generator(device=self.device).manual_seed(params.sampling_seed)
+        error = self._check_fits(req)
+        if error:
+            req.finished_reason = FinishReason("abort", message=error)
+            return make_output(req)
+        self.waiting_queue.append(req)
+        return None
+
+    def _check_fits(self, req: Req) -> str | None:
+        num_input = len(req.origin_input_ids)
+        if num_input == 0:
+            return "The input is empty."
+        if num_input >= self.context_len:
+            return f"The input ({num_input} tokens) is longer than the model's context length ({self.context_len} tokens)."
+        if num_input + 1 > self.max_total_num_tokens:
+            return f"The input ({num_input} tokens) does not fit in the KV cache ({self.max_total_num_tokens} tokens)."
+        return None
+
+    def abort_request(self, rid: str | None = None, abort_all: bool = False) -> list[GenerateOutput]:
+        """Abort one request (by id) or all; returns their final outputs. Their KV is released at once."""
+        outputs = []
+        for req in list(self.waiting_queue):
+            if abort_all or req.rid == rid:
+                self.waiting_queue.remove(req)
+                req.finished_reason = FinishReason("abort")
+                outputs.append(make_output(req))
+        active = list(self.running_reqs) + ([self.chunked_req] if self.chunked_req else [])
+        for req in active:
+            if abort_all or req.rid == rid:
+                req.finished_reason = FinishReason("abort")
+                self._release(req)
+                outputs.append(make_output(req))
+        return outputs
+
+    # ------------------------------------------------------------------ loop
+    def is_idle(self) -> bool:
+        """True when nothing is queued or running."""
+        return not self.waiting_queue and not self.running_reqs and self.chunked_req is None
+
+    def step(self) -> list[GenerateOutput]:
+        """Run one forward pass (prefill if anything can be admitted, else decode); return the outputs."""
+        batch = self._get_new_prefill_batch()
+        if batch is None and self.running_reqs:
+            batch = self._get_decode_batch()
+        if batch is None:
+            return self._drain_finished_without_pass()
+        self.forward_ct += 1
+        if batch.forward_mode.is_extend():
+            return self._run_extend(batch)
+        return self._run_decode(batch)
+
+    def _drain_finished_without_pass(self) -> list[GenerateOutput]:
+        self.stats.idle()
+        outputs, self._pending_outputs = self._pending_outputs, []
+        return outputs
+
+    # ------------------------------------------------------------------ prefill
+    def _match_prefix(self, req: Req) -> None:
+        """Radix-match ``req`` (leaving at least one token to compute; capped for input logprobs)."""
+        key = req.fill_ids[: len(req.fill_ids) - 1]
+        first_logprob_pos = input_logprob_start(req)
+        if first_logprob_pos is not None:
+            key = key[:first_logprob_pos]
+        req.prefix_indices, req.last_node = self.tree_cache.match_prefix(key)
+
+    def _get_new_prefill_batch(self) -> ScheduleBatch | None:
+        if not self.waiting_queue and self.chunked_req is None:
+            return None
+        num_running = len(self.running_reqs)
+        if num_running >= self.max_running_requests and self.chunked_req is None:
+            return None
+        reserve = sum(decode_reserve(r, self.new_token_ratio) for r in self.running_reqs)
+        adder = PrefillAdder(
+            rem_total_tokens=self.allocator.available_size() + self.tree_cache.evictable_size() - reserve,
+            rem_input_tokens=self.max_prefill_tokens,
+            rem_chunk_tokens=self.chunked_prefill_size,
+            new_token_ratio=self.new_token_ratio,
+        )
+        prefix_lens: list[int] = []
+        if self.chunked_req is not None:
+            req = self.chunked_req
+            prefix_lens.append(len(req.prefix_indices))
+            adder.add_one(req, len(req.prefix_indices))
+            self.chunked_req = None
+        sort_waiting_queue(self.server_args.schedule_policy, self.waiting_queue, self._match_prefix)
+        admitted: list[Req] = []
+        for req in self.waiting_queue:
+            if not adder.budget_state():
+                break
+            if num_running + len(adder.can_run) >= self.max_running_requests:
+                break
+            if self.server_args.schedule_policy != "lpm" or len(self.waiting_queue) == 1:
+                self._match_prefix(req)
+            evictable_before = self.tree_cache.evictable_size()
+            self.tree_cache.inc_lock_ref(req.last_node)
+            adder.rem_total_tokens -= evictable_before - self.tree_cache.evictable_size()
+            if not adder.add_one(req, len(req.prefix_indices)):
+                self.tree_cache.dec_lock_ref(req.last_node)
+                break
+            req.req_pool_idx = self.req_to_token_pool.alloc()
+            self.req_to_token_pool.write(req.req_pool_idx, 0, req.prefix_indices)
+            if not req.output_ids and req.num_retractions == 0:
+                req.cached_tokens = len(req.prefix_indices)
+            prefix_lens.append(len(req.prefix_indices))
+            admitted.append(req)
+        if not adder.can_run:
+            return None
+        admitted_ids = {id(r) for r in admitted}
+        self.waiting_queue = [r for r in self.waiting_queue if id(r) not in admitted_ids]
+        batch = ScheduleBatch(adder.can_run, ForwardMode.EXTEND, list(adder.extend_lens), prefix_lens)
+        if adder.new_chunked_req is not None:
+            adder.new_chunked_req.is_chunked = True
+            self.chunked_req = adder.new_chunked_req
+        new_seq = [r for r, p in zip(batch.reqs, prefix_lens) if p == len(r.prefix_indices) and not r.kv_len]
+        self.stats.log_prefill(
+            num_new_seqs=len(new_seq),
+            num_new_tokens=sum(batch.extend_lens),
+            num_cached_tokens=sum(len(r.prefix_indices) for r in new_seq),
+            num_used_tokens=self._num_used_tokens(),
+            num_running=num_running,
+            num_queued=len(self.waiting_queue),
+        )
+        return batch
+
+    def _run_extend(self, batch: ScheduleBatch) -> list[GenerateOutput]:
+        out_cache_loc = alloc_token_slots(self.allocator, self.tree_cache, batch.num_new_tokens())
+        if out_cache_loc is None:  # budgets make this unreachable; never crash if it happens
+            logger.warning("Prefill could not get KV slots; requests go back to the queue.")
+            for req in batch.reqs:
+                self._retract(req)
+            self.chunked_req = None
+            return []
+        fields = build_extend_batch(batch, out_cache_loc, self.req_to_token_pool, self.device)
+        logits = self.model_runner.forward(to_forward_batch(batch, fields, out_cache_loc, self.model_runner))
+        sample_idx, outputs = [], []
+        for i, req in enumerate(batch.reqs):
+            req.kv_len = batch.prefix_lens[i] + batch.extend_lens[i]
+            if i in batch.rows.input_rows:
+                self._collect_input_logprobs(req, logits, *batch.rows.input_rows[i])
+            if i in batch.rows.sample_row:
+                req.is_chunked = False
+                sample_idx.append(i)
+            else:
+                self.tree_cache.cache_unfinished_req(req)
+        sample_reqs = [batch.reqs[i] for i in sample_idx]
+        if sample_reqs:
+            rows = torch.tensor([batch.rows.sample_row[i] for i in sample_idx], device=logits.device)
+            outputs = self._sample_and_process(sample_reqs, logits[rows])
+            self.running_reqs.extend(r for r in sample_reqs if not r.finished())
+        return outputs
+
+    # ------------------------------------------------------------------ decode
+    def _get_decode_batch(self) -> ScheduleBatch | None:
+        num_needed = len(self.running_reqs)
+        while self.allocator.available_size() + self.tree_cache.evictable_size() < num_needed:
+            if len(self.running_reqs) == 1:
+                req = self.running_reqs[0]
+                req.finished_reason = FinishReason("abort", message="The request does not fit in the KV cache.")
+                self._release(req)
+                self._pending_outputs.append(make_output(req))
+                return None
+            victim = min(self.running_reqs, key=lambda r: (len(r.output_ids), -len(r.origin_input_ids)))
+            self.running_reqs.remove(victim)
+            self._retract(victim)
+            num_needed -= 1
+            self.new_token_ratio = min(1.0, self.new_token_ratio + 0.3)
+            self.stats.num_retracted_reqs += 1
+            logger.info(
+                f"KV cache is full: retracted 1 request (#running-req: {len(self.running_reqs)}, "
+                f"new_token_ratio: {self.new_token_ratio:.2f})."
+            )
+        self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
+        return ScheduleBatch(list(self.running_reqs), ForwardMode.DECODE)
+
+    def _run_decode(self, batch: ScheduleBatch) -> list[GenerateOutput]:
+        out_cache_loc = alloc_token_slots(self.allocator, self.tree_cache, len(batch.reqs))
+        fields = build_decode_batch(batch, out_cache_loc, self.req_to_token_pool)
+        logits = self.model_runner.forward(to_forward_batch(batch, fields, out_cache_loc, self.model_runner))
+        for req in batch.reqs:
+            req.kv_len += 1
+        outputs = self._sample_and_process(batch.reqs, logits)
+        self.stats.log_decode(len(self.running_reqs), self._num_used_tokens(), len(self.waiting_queue))
+        return outputs
+
+    # ------------------------------------------------------------------ sampling and outputs
+    def _sample_and_process(self, reqs: list[Req], logits: torch.Tensor) -> list[GenerateOutput]:
+        """logits: [len(reqs), V] -> append one token per request, finish, release, emit outputs."""
+        outputs = self._pending_outputs
+        self._pending_outputs = []
+        zero_len = [r for r in reqs if r.sampling_params.max_new_tokens == 0]
+        for req in zero_len:
+            req.finished_reason = FinishReason("length", length=0)
+        info = SamplingBatchInfo.from_params(
+            [r.sampling_params for r in reqs],
+            [r.origin_input_ids for r in reqs],
+            [r.output_ids for r in reqs],
+            [r.generator for r in reqs],
+            self.model_runner.vocab_size,
+            self.eos_token_ids,
+            logits.device,
+        )
+        next_ids = self.sampler.sample(logits, info, self.generator).tolist()
+        logprobs = compute_logprobs(logits) if any(r.return_logprob for r in reqs) else None
+        for i, req in enumerate(reqs):
+            if req.finished():
+                continue
+            if logprobs is not None and req.return_logprob:
+                token_lp = get_token_logprobs(logprobs[i : i + 1], torch.tensor([next_ids[i]]))
+                req.output_token_logprobs.append((float(token_lp[0]), next_ids[i]))
+                if req.top_logprobs_num > 0:
+                    values, ids = get_top_logprobs(logprobs[i : i + 1], req.top_logprobs_num)
+                    req.output_top_logprobs.append(list(zip(values[0].tolist(), ids[0].tolist())))
+            append_token(req, next_ids[i], self.eos_token_ids, self.context_len, self.tokenizer)
+        self.stats.num_generated_tokens += len(reqs) - len(zero_len)
+        for req in reqs:
+            if req.finished():
+                if req in self.running_reqs:
+                    self.running_reqs.remove(req)
+                self._release(req)
+                self.stats.record_finished(req)
+                outputs.append(make_output(req))
+            elif should_stream(req, self.server_args.stream_interval):
+                outputs.append(make_output(req))
+        return outputs
+
+    def _collect_input_logprobs(self, req: Req, logits: torch.Tensor, first_row: int, count: int, first_pos: int) -> None:
+        """Score prompt tokens first_pos+1 .. first_pos+count with logits rows first_row .. first_row+count."""
+        lp = compute_logprobs(logits[first_row : first_row + count])
+        targets = torch.tensor(req.origin_input_ids[first_pos + 1 : first_pos + 1 + count], device=lp.device)
+        if req.logprob_start_len == 0 and first_pos == 0 and not req.input_token_logprobs:
+            req.input_token_logprobs.append((None, req.origin_input_ids[0]))
+            req.input_top_logprobs.append(None)
+        values = get_token_logprobs(lp, targets).tolist()
+        req.input_token_logprobs.extend(zip(values, targets.tolist()))
+        if req.top_logprobs_num > 0:
+            top_v, top_i = get_top_logprobs(lp, req.top_logprobs_num)
+            req.input_top_logprobs.extend(list(zip(v, i)) for v, i in zip(top_v.tolist(), top_i.tolist()))
+
+    # ------------------------------------------------------------------ KV release
+    def _release(self, req: Req) -> None:
+        """Hand a request's KV to the radix cache (or free it) and drop it from the running set."""
+        if req in self.running_reqs:
+            self.running_reqs.remove(req)
+        if req is self.chunked_req:
+            self.chunked_req = None
+        if req.req_pool_idx is not None:
+            self.tree_cache.cache_finished_req(req)
+            req.req_pool_idx = None
+
+    def _retract(self, req: Req) -> None:
+        if req.req_pool_idx is not None:
+            self.tree_cache.cache_finished_req(req)
+        req.reset_for_retract()
+        self.waiting_queue.insert(0, req)
+
+    def _num_used_tokens(self) -> int:
+        return self.max_total_num_tokens - self.allocator.available_size() - self.tree_cache.evictable_size()
+
+    # ------------------------------------------------------------------ control
+    def flush_cache(self) -> ControlResult:
+        """Empty the radix cache; refused while requests are running or waiting."""
+        if not self.is_idle():
+            return ControlResult(
+                False,
+                f"Cache not flushed because there are pending requests. #queue-req: {len(self.waiting_queue)}, "
+                f"#running-req: {len(self.running_reqs) + (1 if self.chunked_req else 0)}",
+            )
+        self.tree_cache.reset()
+        self.req_to_token_pool.clear()
+        self.stats.reset_cache_counters()
+        logger.info("Cache flushed successfully!")
+        return ControlResult(True, "Cache flushed.")
+
+    def update_weights(self, model_path: str) -> ControlResult:
+        """Swap in same-shaped weights; flushes the radix cache on success. Needs an idle scheduler."""
+        if not self.is_idle():
+            return ControlResult(False, "Failed to update weights: requests are in flight.")
+        success, message = self.model_runner.update_weights(model_path)
+        if success:
+            self.flush_cache()
+        return ControlResult(success, message, {"model_path": self.model_runner.model_path})
+
+    def check_memory_leak(self) -> tuple[bool, str]:
+        """When idle: free + cached == total and all request slots free."""
+        free, cached = self.allocator.available_size(), self.tree_cache.total_size()
+        ok = free + cached == self.max_total_num_tokens and (
+            self.req_to_token_pool.available_size() == self.req_to_token_pool.size
+        )
+        return ok, (
+            f"available={free}, cached={cached}, total={self.max_total_num_tokens}, "
+            f"free req slots={self.req_to_token_pool.available_size()}/{self.req_to_token_pool.size}"
+        )
+
+    def get_stats(self) -> dict:
+        """Live statistics for /get_server_info and the dashboard."""
+        return self.stats.snapshot(
+            num_running=len(self.running_reqs) + (1 if self.chunked_req else 0),
+            num_queued=len(self.waiting_queue),
+            num_used_tokens=self._num_used_tokens(),
+            num_cached_tokens=self.tree_cache.total_size(),
+            extra={
+                "max_total_num_tokens": self.max_total_num_tokens,
+                "max_running_requests": self.max_running_requests,
+                "max_prefill_tokens": self.max_prefill_tokens,
+                "context_len": self.context_len,
+                "chunked_prefill_size": self.chunked_prefill_size,
+                "model_path": self.model_runner.model_path,
+            },
+        )

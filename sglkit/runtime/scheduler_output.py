@@ -1,0 +1,103 @@
+"""Scheduler output path: after sampling, append tokens, check finish conditions, detokenize, emit GenerateOutput.
+
+Finish order (SGLang's): max_new_tokens -> EOS / stop_token_ids -> stop strings -> context length.
+While stop strings are active, streamed text holds back the last ``max_stop_len - 1`` characters so a
+stream never shows the start of a stop string that the final text trims.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sglkit.runtime.detokenizer import IncrementalDetokenizer, find_stop_str
+from sglkit.runtime.messages import GenerateOutput
+from sglkit.runtime.req import FinishReason, Req
+
+
+def init_detokenizer(req: Req, tokenizer) -> None:
+    """Attach an incremental detokenizer to ``req`` (once)."""
+    if req.detokenizer is None:
+        params = req.sampling_params
+        req.detokenizer = IncrementalDetokenizer(
+            tokenizer,
+            prompt_ids=req.origin_input_ids,
+            skip_special_tokens=params.skip_special_tokens,
+            spaces_between_special_tokens=params.spaces_between_special_tokens,
+        )
+
+
+def append_token(req: Req, token_id: int, eos_token_ids: set[int], context_len: int, tokenizer) -> None:
+    """Record one sampled token and set ``req.finished_reason`` when a finish condition holds."""
+    params = req.sampling_params
+    init_detokenizer(req, tokenizer)
+    req.output_ids.append(token_id)
+    if not req.first_token_time:
+        req.first_token_time = time.perf_counter()
+    prev_len = len(req.text)
+    req.text += req.detokenizer.append([token_id])
+
+    if len(req.output_ids) >= params.max_new_tokens:
+        req.finished_reason = FinishReason("length", length=params.max_new_tokens)
+    elif (not params.ignore_eos and token_id in eos_token_ids) or token_id in (params.stop_token_ids or ()):
+        req.finished_reason = FinishReason("stop", matched=token_id)
+    if req.finished_reason is None and params.stop:
+        max_stop_len = max(len(s) for s in params.stop)
+        found = find_stop_str(req.text, params.stop, max(0, prev_len - max_stop_len + 1))
+        if found is not None:
+            index, matched = found
+            req.text = req.text[: index + (len(matched) if params.no_stop_trim else 0)]
+            req.finished_reason = FinishReason("stop", matched=matched)
+    if req.finished_reason is None and req.seq_len >= context_len:
+        req.finished_reason = FinishReason("length", length=len(req.output_ids))
+    if req.finished_reason is not None:
+        req.text += req.detokenizer.flush() if req.finished_reason.type == "length" else ""
+
+
+def streamable_text_end(req: Req) -> int:
+    """How much of ``req.text`` may be sent now (all of it once finished)."""
+    if req.finished() or not req.sampling_params.stop:
+        return len(req.text)
+    hold = max(len(s) for s in req.sampling_params.stop) - 1
+    return max(req.sent_text_len, len(req.text) - hold)
+
+
+def make_output(req: Req) -> GenerateOutput:
+    """The news of ``req`` since its last output (and its meta_info)."""
+    end = streamable_text_end(req)
+    text_delta = req.text[req.sent_text_len : end]
+    ids_delta = req.output_ids[req.sent_output_len :]
+    finished = req.finished()
+    meta_info = {
+        "id": req.rid,
+        "finish_reason": req.finished_reason.to_json() if finished else None,
+        "prompt_tokens": len(req.origin_input_ids),
+        "completion_tokens": len(req.output_ids),
+        "cached_tokens": req.cached_tokens,
+    }
+    if finished:
+        meta_info["e2e_latency"] = round(time.perf_counter() - req.created_time, 6)
+    out = GenerateOutput(
+        rid=req.rid,
+        text_delta=text_delta,
+        output_ids_delta=list(ids_delta),
+        finished=finished,
+        meta_info=meta_info,
+    )
+    if req.return_logprob:
+        out.input_token_logprobs = req.input_token_logprobs if req.sent_output_len == 0 else []
+        out.input_top_logprobs = req.input_top_logprobs if req.sent_output_len == 0 else []
+        done = req.sent_output_len
+        out.output_token_logprobs_delta = req.output_token_logprobs[done:]
+        out.output_top_logprobs_delta = req.output_top_logprobs[done:]
+    if finished and req.finished_reason.type == "abort" and req.finished_reason.message:
+        out.error = req.finished_reason.message
+    req.sent_text_len = end
+    req.sent_output_len = len(req.output_ids)
+    return out
+
+
+def should_stream(req: Req, stream_interval: int) -> bool:
+    """True when a streaming request has enough news for a chunk."""
+    interval = req.sampling_params.stream_interval or stream_interval
+    new_tokens = len(req.output_ids) - req.sent_output_len
+    return req.stream and new_tokens > 0 and (new_tokens >= interval or len(req.output_ids) == 1)

@@ -1,0 +1,157 @@
+"""ServerArgs: every runtime and server knob in one place — defaults, argparse flags, validation.
+
+Used by ``python -m sglkit.launch_server`` (flags) and ``sglkit.Engine(**kwargs)`` (keywords); names follow SGLang.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEDULE_POLICIES = ("lpm", "fcfs")
+DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _arg(default: Any, help: str, **argparse_kwargs: Any) -> Any:
+    """A dataclass field carrying its argparse help text."""
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+@dataclass
+class ServerArgs:
+    """All arguments of the sglkit runtime and server (SGLang's names and meanings)."""
+
+    # Model and tokenizer.
+    model_path: str | None = _arg(None, "Folder of an HF-format model (config.json, *.safetensors, tokenizer). "
+                                  "Defaults to the built-in demo model shipped with sglkit.")
+    tokenizer_path: str | None = _arg(None, "Folder of the tokenizer; defaults to --model-path.")
+    served_model_name: str | None = _arg(None, "Model name reported by the API (/v1/models); defaults to --model-path.")
+    chat_template: str | None = _arg(None, "A Jinja chat template (file path or inline string) overriding the tokenizer's.")
+    dtype: str = _arg("auto", "Weight and activation dtype. 'auto': the checkpoint's dtype on CUDA, float32 on CPU.",
+                      choices=DTYPES)
+    context_length: int | None = _arg(None, "Maximum tokens per request (prompt + output); defaults to the model's "
+                                      "max_position_embeddings.")
+    is_embedding: bool = _arg(False, "Serve the model as an embedding / reward model (/encode, /classify, /v1/embeddings).")
+    device: str | None = _arg(None, "'cuda' or 'cpu'; defaults to cuda when available, else cpu.")
+    random_seed: int | None = _arg(None, "Seed of the default sampling generator (random when unset).")
+
+    # Memory and scheduling.
+    mem_fraction_static: float | None = _arg(None, "Share of free device memory (CPU: of available RAM) given to weights "
+                                             "and the KV pool; ignored when --max-total-tokens is set.")
+    max_total_tokens: int | None = _arg(None, "Size of the KV pool in tokens (overrides --mem-fraction-static).")
+    max_running_requests: int | None = _arg(None, "Most requests decoding at once.")
+    max_prefill_tokens: int = _arg(16384, "Most new tokens in one prefill batch.")
+    chunked_prefill_size: int | None = _arg(None, "Split prompts longer than this into chunks (-1 disables chunking). "
+                                            "Default 8192 on CUDA, 2048 on CPU.")
+    schedule_policy: str = _arg("lpm", "Waiting-queue order: 'lpm' (longest prefix match first) or 'fcfs'.",
+                                choices=SCHEDULE_POLICIES)
+    disable_radix_cache: bool = _arg(False, "Turn the radix prefix cache off.")
+    attention_backend: str | None = _arg(None, "Attention kernels: torch_native (default), triton or flashinfer (CUDA).")
+
+    # HTTP server.
+    host: str = _arg("127.0.0.1", "Address to bind; the default keeps the server on this machine.")
+    port: int = _arg(30000, "Port to listen on.")
+    api_key: str | None = _arg(None, "Require 'Authorization: Bearer <key>' on every route except /health and "
+                               "/health_generate.")
+    skip_server_warmup: bool = _arg(False, "Skip the warmup request (the server reports ready right after start-up).")
+    watchdog_timeout: float = _arg(300.0, "Kill the server if a batch makes no progress for this many seconds.")
+    stream_interval: int = _arg(1, "Send a streaming chunk every this many generated tokens.")
+
+    # Logging and metrics.
+    log_level: str = _arg("info", "Log level of the server.", choices=LOG_LEVELS)
+    log_requests: bool = _arg(False, "Log the inputs and outputs of every request.")
+    enable_metrics: bool = _arg(False, "Expose Prometheus metrics at /metrics.")
+    decode_log_interval: int = _arg(40, "Log a 'Decode batch' line every this many decode steps.")
+
+    def __post_init__(self) -> None:
+        if self.tokenizer_path is None:
+            self.tokenizer_path = self.model_path
+        if self.served_model_name is None:
+            self.served_model_name = self.model_path
+        if self.random_seed is None:
+            self.random_seed = random.randint(0, 1 << 30)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first argument out of range."""
+        positive = {
+            "context_length": self.context_length,
+            "max_total_tokens": self.max_total_tokens,
+            "max_running_requests": self.max_running_requests,
+            "max_prefill_tokens": self.max_prefill_tokens,
+            "stream_interval": self.stream_interval,
+            "decode_log_interval": self.decode_log_interval,
+        }
+        for name, value in positive.items():
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.chunked_prefill_size is not None and self.chunked_prefill_size != -1 and self.chunked_prefill_size < 1:
+            raise ValueError(f"chunked_prefill_size must be positive or -1, got {self.chunked_prefill_size!r}.")
+        if self.mem_fraction_static is not None and not 0.0 < self.mem_fraction_static < 1.0:
+            raise ValueError(f"mem_fraction_static must be in (0, 1), got {self.mem_fraction_static!r}.")
+        if self.schedule_policy not in SCHEDULE_POLICIES:
+            raise ValueError(f"schedule_policy must be one of {SCHEDULE_POLICIES}, got {self.schedule_policy!r}.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}.")
+        if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}.")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be in [0, 65535], got {self.port!r}.")
+
+    def resolved_device(self) -> str:
+        """The device to run on: the one asked for, else cuda when available, else cpu."""
+        if self.device:
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        """Add one ``--flag`` per field, with its help text, to ``parser``."""
+        for f in dataclasses.fields(ServerArgs):
+            flag = "--" + f.name.replace("_", "-")
+            meta = dict(f.metadata)
+            help_text = meta.pop("help", "")
+            if f.type in ("bool", bool):
+                parser.add_argument(flag, action="store_true", help=help_text)
+                continue
+            arg_type = _cli_type(f.type)
+            default_text = "" if f.default is None else f" (default: {f.default})"
+            parser.add_argument(flag, type=arg_type, default=f.default, help=help_text + default_text, **meta)
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> ServerArgs:
+        """Build ServerArgs from parsed flags."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{name: getattr(args, name) for name in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-friendly dict (the API key is masked)."""
+        out = dataclasses.asdict(self)
+        if out.get("api_key"):
+            out["api_key"] = "***"
+        return out
+
+
+def _cli_type(annotation: Any) -> Any:
+    text = str(annotation)
+    if "int" in text:
+        return int
+    if "float" in text:
+        return float
+    return str
+
+
+def prepare_server_args(argv: list[str] | None = None) -> ServerArgs:
+    """Parse command-line flags into ServerArgs."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sglkit.launch_server",
+        description="Serve a language model with sglkit (SGLang native API + OpenAI API).",
+    )
+    ServerArgs.add_cli_args(parser)
+    return ServerArgs.from_cli_args(parser.parse_args(argv))
