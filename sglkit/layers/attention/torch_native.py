@@ -1,7 +1,9 @@
 """Torch-native attention backend: SDPA over K/V gathered from the paged pool. Runs on CPU and CUDA.
 
 Decode gathers every request's KV into one padded [B, Hkv, L_max, D] tensor and runs a single masked
-SDPA call. Extend loops over requests (prefill is compute-bound; the loop costs little) with a
+SDPA call. When the whole batch shares a KV prefix (a radix-cache hit: same pool slots), that prefix is
+gathered once and scored against all queries with one batched matmul, and only the per-request suffixes
+are gathered per request (exact: one softmax over prefix and suffix scores). Extend loops over requests (prefill is compute-bound; the loop costs little) with a
 bottom-right causal mask so new tokens attend to the cached prefix and to earlier new tokens.
 """
 
@@ -16,10 +18,14 @@ from sglkit.layers.attention.base import AttentionBackend, RadixAttention
 from sglkit.runtime.forward_batch import ForwardBatch
 
 
+SHARED_PREFIX_MIN_TOKENS = 32  # use the shared-prefix decode path from this many common KV slots
+
+
 @dataclass
 class _DecodeMetadata:
-    kv_indices: torch.Tensor  # [B, L_max] pool slots (0 = padding sink)
-    attn_mask: torch.Tensor  # [B, 1, 1, L_max] bool, True where attended
+    kv_indices: torch.Tensor  # [B, L_max] pool slots (0 = padding sink); suffix only when common_indices is set
+    attn_mask: torch.Tensor  # [B, 1, 1, L_max] bool, True where attended (same layout as kv_indices)
+    common_indices: torch.Tensor | None = None  # [P] pool slots every request of the batch starts with
 
 
 @dataclass
@@ -39,15 +45,19 @@ class TorchNativeAttnBackend(AttentionBackend):
             rows = req_to_token[forward_batch.req_pool_indices, :max_len]  # [B, L_max]
             positions = torch.arange(max_len, device=rows.device)
             valid = positions[None, :] < forward_batch.seq_lens[:, None]
+            common = shared_prefix_len(rows, forward_batch.seq_lens_cpu)
+            common_indices = rows[0, :common] if common else None
+            rows, valid = rows[:, common:], valid[:, common:]
             forward_batch.attn_metadata = _DecodeMetadata(
                 kv_indices=torch.where(valid, rows, torch.zeros_like(rows)),
                 attn_mask=valid[:, None, None, :],
+                common_indices=common_indices,
             )
             return
         kv_indices, masks = [], []
         pool_indices = forward_batch.req_pool_indices.tolist()
         for slot, prefix_len, ext_len in zip(
-            pool_indices, forward_batch.extend_prefix_lens_cpu, forward_batch.extend_seq_lens_cpu
+            pool_indices, forward_batch.extend_prefix_lens_cpu, forward_batch.extend_seq_lens_cpu, strict=True
         ):
             seq_len = prefix_len + ext_len
             kv_indices.append(req_to_token[slot, :seq_len])
@@ -88,6 +98,8 @@ class TorchNativeAttnBackend(AttentionBackend):
         """q: [B, Hq, D] -> [B, Hq, D]."""
         meta: _DecodeMetadata = forward_batch.attn_metadata
         k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        if meta.common_indices is not None:
+            return _decode_with_shared_prefix(q, k_buf, v_buf, meta, layer)
         k = k_buf[meta.kv_indices].transpose(1, 2).to(q.dtype)  # [B, Hkv, L, D]
         v = v_buf[meta.kv_indices].transpose(1, 2).to(q.dtype)
         out = F.scaled_dot_product_attention(
@@ -99,3 +111,40 @@ class TorchNativeAttnBackend(AttentionBackend):
             enable_gqa=layer.num_heads != layer.num_kv_heads,
         )
         return out.squeeze(2)
+
+
+def shared_prefix_len(rows: torch.Tensor, seq_lens: list[int]) -> int:
+    """rows: [B, L] KV slots -> number of leading slots all B rows share (0 if below the threshold or B == 1)."""
+    limit = min(seq_lens) - 1  # every request keeps at least its own last slot in the suffix
+    if rows.shape[0] < 2 or limit < SHARED_PREFIX_MIN_TOKENS:
+        return 0
+    same = (rows[:, :limit] == rows[:1, :limit]).all(dim=0)  # [limit]
+    common = int(same.to(torch.int32).cumprod(0).sum())
+    return common if common >= SHARED_PREFIX_MIN_TOKENS else 0
+
+
+def _decode_with_shared_prefix(
+    q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, meta: _DecodeMetadata, layer: RadixAttention
+) -> torch.Tensor:
+    """q: [B, Hq, D] -> [B, Hq, D]; one softmax over (shared prefix, own suffix) scores."""
+    batch, num_heads, head_dim = q.shape
+    num_kv_heads = layer.num_kv_heads
+    group = num_heads // num_kv_heads
+    prefix_len = meta.common_indices.numel()
+    kc = k_buf[meta.common_indices].to(q.dtype)  # [P, Hkv, D]
+    vc = v_buf[meta.common_indices].to(q.dtype)
+    qg = q.view(batch, num_kv_heads, group, head_dim)
+    flat_q = qg.permute(1, 0, 2, 3).reshape(num_kv_heads, batch * group, head_dim)
+    prefix_scores = torch.bmm(flat_q, kc.permute(1, 2, 0))  # [Hkv, B*G, P]
+    prefix_scores = prefix_scores.view(num_kv_heads, batch, group, prefix_len).permute(1, 0, 2, 3)
+    ks = k_buf[meta.kv_indices].to(q.dtype)  # [B, S, Hkv, D]
+    vs = v_buf[meta.kv_indices].to(q.dtype)
+    suffix_scores = torch.einsum("bhgd,bshd->bhgs", qg, ks)  # [B, Hkv, G, S]
+    suffix_scores = suffix_scores.masked_fill(~meta.attn_mask[:, :, :, :].view(batch, 1, 1, -1), float("-inf"))
+    probs = torch.softmax(torch.cat([prefix_scores, suffix_scores], dim=-1) * layer.scaling, dim=-1)
+    prefix_probs, suffix_probs = probs[..., :prefix_len], probs[..., prefix_len:]
+    out = torch.bmm(
+        prefix_probs.permute(1, 0, 2, 3).reshape(num_kv_heads, batch * group, prefix_len), vc.permute(1, 0, 2)
+    ).view(num_kv_heads, batch, group, head_dim).permute(1, 0, 2, 3)
+    out = out + torch.einsum("bhgs,bshd->bhgd", suffix_probs, vs)
+    return out.reshape(batch, num_heads, head_dim)

@@ -1,0 +1,143 @@
+"""Models: local HF-format folder -> config, safetensors tensors, and a loaded sglkit model (used by the model runner).
+
+Local folders only (never the hub); safetensors only. ``iterate_weights`` shows SGLang's progress line
+``Loading safetensors checkpoint shards: 100% Completed | 1/1 [00:00<00:00,  1.75it/s]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from sglkit.models.registry import get_model_class
+
+__all__ = ["load_config", "find_safetensors_files", "iterate_weights", "resolve_dtype", "load_model"]
+
+PROGRESS_DESC = "Loading safetensors checkpoint shards"
+PROGRESS_BAR_FORMAT = "{desc}: {percentage:3.0f}% Completed | {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+_OTHER_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".gguf")
+
+
+def _model_dir(model_path: str | os.PathLike) -> Path:
+    """The folder ``model_path`` as a Path; FileNotFoundError if it is not an existing directory."""
+    path = Path(model_path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"Model path {str(model_path)!r} does not exist or is not a folder. "
+            "sglkit loads local HF-format folders only (config.json + *.safetensors); it never downloads."
+        )
+    return path
+
+
+def load_config(model_path: str | os.PathLike):
+    """Read ``config.json`` of a local model folder into a transformers ``PretrainedConfig`` (offline)."""
+    path = _model_dir(model_path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"No config.json in model folder {str(path)!r}.")
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(path), local_files_only=True)
+
+
+def find_safetensors_files(model_path: str | os.PathLike) -> list[Path]:
+    """Weight files of a folder: the shards listed by model.safetensors.index.json, else model.safetensors,
+    else every *.safetensors. FileNotFoundError when there are none (sglkit loads safetensors only)."""
+    path = _model_dir(model_path)
+    index_file = path / "model.safetensors.index.json"
+    if index_file.is_file():
+        weight_map = json.loads(index_file.read_text()).get("weight_map", {})
+        root = path.resolve()
+        files = []
+        for name in sorted(set(weight_map.values())):
+            file = (path / name).resolve()
+            if not file.is_relative_to(root):
+                raise ValueError(f"{index_file.name} points outside the model folder: {name!r}.")
+            if not file.is_file():
+                raise FileNotFoundError(f"Shard {name!r} listed in {index_file.name} is missing from {str(path)!r}.")
+            files.append(file)
+        if not files:
+            raise ValueError(f"{index_file} has an empty weight_map.")
+        return files
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        return files
+    others = sorted(p.name for p in path.iterdir() if p.name.endswith(_OTHER_WEIGHT_SUFFIXES))
+    if others:
+        raise FileNotFoundError(
+            f"No *.safetensors weights in {str(path)!r}, only {others}. sglkit loads safetensors only; "
+            "convert the checkpoint (e.g. load it with transformers and save_pretrained(..., safe_serialization=True))."
+        )
+    raise FileNotFoundError(f"No *.safetensors weights in model folder {str(path)!r}.")
+
+
+def iterate_weights(model_path: str | os.PathLike, show_progress: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (HF name, CPU tensor) for every tensor of the folder's safetensors files, one shard at a time."""
+    from safetensors import safe_open
+    from tqdm import tqdm
+
+    files = find_safetensors_files(model_path)
+    bar = tqdm(files, desc=PROGRESS_DESC, bar_format=PROGRESS_BAR_FORMAT, disable=not show_progress)
+    for file in bar:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+def _config_dtype(config) -> torch.dtype | None:
+    """The checkpoint dtype recorded in the config (``dtype``, or the older ``torch_dtype``), if any."""
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(value, str):
+        value = _DTYPES.get(value.replace("torch.", ""))
+    return value if isinstance(value, torch.dtype) else None
+
+
+def resolve_dtype(dtype: str | torch.dtype, config, device: str | torch.device) -> torch.dtype:
+    """Model dtype: "auto" -> float32 on CPU, the config's dtype elsewhere (bfloat16 if unset);
+    "float32"/"float", "float16"/"half", "bfloat16" (or a torch.dtype) as given."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if torch.device(device).type == "cpu":
+            return torch.float32
+        return _config_dtype(config) or torch.bfloat16
+    if dtype not in _DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; choose 'auto' or one of {sorted(_DTYPES)}.")
+    return _DTYPES[dtype]
+
+
+def load_model(
+    model_path: str | os.PathLike, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, object]:
+    """Build the sglkit model of a local folder on ``device`` in ``dtype``, load its weights; (model, config).
+
+    The model is in eval mode with gradients off.
+    """
+    from sglkit.layers.rotary import RotaryEmbedding
+
+    config = load_config(model_path)
+    model_cls = get_model_class(getattr(config, "architectures", None))
+    torch_dtype = resolve_dtype(dtype, config, device)
+    with torch.device("meta"):  # no random init: every parameter is overwritten by the checkpoint
+        model = model_cls(config, dtype=torch_dtype)
+    model.to_empty(device=device)
+    for module in model.modules():
+        if isinstance(module, RotaryEmbedding):
+            module.reset_cache()
+    model.load_weights(iterate_weights(model_path))
+    model.eval()
+    model.requires_grad_(False)
+    return model, config

@@ -1,0 +1,222 @@
+"""Fixtures for model tests: tiny checkpoints per variant, and a hand-built paged-KV runner (PagedRunner)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from sglkit.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TokenToKVPoolAllocator
+from sglkit.layers.attention.torch_native import TorchNativeAttnBackend
+from sglkit.runtime.forward_batch import ForwardBatch, ForwardMode
+
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 10000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 256,  # head_dim 16 -> high, medium and low frequency bands all present
+}
+
+# name -> make_tiny_model keyword arguments
+VARIANTS: dict[str, dict] = {
+    "llama": dict(architecture="LlamaForCausalLM"),
+    "llama-tied": dict(architecture="LlamaForCausalLM", tie_word_embeddings=True),
+    "mistral": dict(architecture="MistralForCausalLM"),
+    "mistral-tied": dict(architecture="MistralForCausalLM", tie_word_embeddings=True),
+    "qwen2": dict(architecture="Qwen2ForCausalLM"),
+    "qwen2-tied": dict(architecture="Qwen2ForCausalLM", tie_word_embeddings=True),
+    "qwen3": dict(architecture="Qwen3ForCausalLM"),
+    "qwen3-tied": dict(architecture="Qwen3ForCausalLM", tie_word_embeddings=True),
+    "llama-llama3-rope": dict(architecture="LlamaForCausalLM", rope_parameters=LLAMA3_ROPE),
+    "llama-linear-rope": dict(
+        architecture="LlamaForCausalLM", rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}
+    ),
+    "llama-sharded": dict(architecture="LlamaForCausalLM", num_shards=3, seed=7),
+    "llama-head-dim-32": dict(architecture="LlamaForCausalLM", head_dim=32),
+    "qwen3-head-dim-32-bias": dict(architecture="Qwen3ForCausalLM", head_dim=32, attention_bias=True),
+    "llama-bias": dict(architecture="LlamaForCausalLM", attention_bias=True, mlp_bias=True, num_key_value_heads=4),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    """Return a function variant name -> folder of that tiny checkpoint (built once per session)."""
+    from sglkit.testing import make_tiny_model
+
+    cache: dict[str, object] = {}
+
+    def get(name: str):
+        if name not in cache:
+            kwargs = dict(VARIANTS[name])
+            cache[name] = make_tiny_model(tmp_path_factory.mktemp(name), kwargs.pop("architecture"), **kwargs)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def hf_model():
+    """Return a function path -> HF reference model (float32, eval), loaded once per path."""
+    from transformers import AutoModelForCausalLM
+
+    cache: dict[str, torch.nn.Module] = {}
+
+    def get(path):
+        if str(path) not in cache:
+            cache[str(path)] = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        return cache[str(path)]
+
+    return get
+
+
+class PagedRunner:
+    """A minimal model runner over the real KV pools and torch-native backend, for tests.
+
+    Requests are identified by any hashable id; each owns a req_to_token row and a growing KV length.
+    """
+
+    def __init__(self, model, config, dtype: torch.dtype = torch.float32, pool_size: int = 2048) -> None:
+        self.model = model
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.req_to_token_pool = ReqToTokenPool(size=8, max_context_len=512)
+        self.allocator = TokenToKVPoolAllocator(pool_size)
+        self.kv_pool = MHATokenToKVPool(
+            pool_size, config.num_hidden_layers, config.num_key_value_heads, head_dim, dtype
+        )
+        self.backend = TorchNativeAttnBackend()
+        self.slots: dict = {}  # request id -> req_to_token row
+        self.lens: dict = {}  # request id -> tokens already in the pool
+
+    def fork(self, src, dst, num_tokens: int) -> None:
+        """Start request ``dst`` whose first ``num_tokens`` KV slots are shared with ``src`` (a radix hit)."""
+        slot = self.req_to_token_pool.alloc()
+        src_row = self.req_to_token_pool.req_to_token[self.slots[src], :num_tokens]
+        self.req_to_token_pool.write(slot, 0, src_row.clone())
+        self.slots[dst], self.lens[dst] = slot, num_tokens
+
+    @torch.no_grad()
+    def forward(self, items: list[tuple[object, list[int]]], mode: ForwardMode = ForwardMode.EXTEND) -> list:
+        """items: [(request id, new token ids)] -> per request, logits [num_new, V] float32 of its new tokens."""
+        input_ids, positions, out_locs, starts = [], [], [], []
+        for rid, tokens in items:
+            if rid not in self.slots:
+                self.slots[rid], self.lens[rid] = self.req_to_token_pool.alloc(), 0
+            prefix = self.lens[rid]
+            loc = self.allocator.alloc(len(tokens))
+            self.req_to_token_pool.write(self.slots[rid], prefix, loc)
+            starts.append(len(input_ids))
+            input_ids += tokens
+            positions += range(prefix, prefix + len(tokens))
+            out_locs.append(loc)
+        prefix_lens = [self.lens[rid] for rid, _ in items]
+        ext_lens = [len(tokens) for _, tokens in items]
+        seq_lens = [p + e for p, e in zip(prefix_lens, ext_lens, strict=True)]
+        batch = ForwardBatch(
+            forward_mode=mode,
+            batch_size=len(items),
+            input_ids=torch.tensor(input_ids, dtype=torch.int64),
+            positions=torch.tensor(positions, dtype=torch.int64),
+            out_cache_loc=torch.cat(out_locs),
+            req_pool_indices=torch.tensor([self.slots[rid] for rid, _ in items], dtype=torch.int64),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int64),
+            seq_lens_cpu=seq_lens,
+            extend_prefix_lens_cpu=prefix_lens if mode.is_extend() else [0] * len(items),
+            extend_seq_lens_cpu=ext_lens,
+            logits_indices=torch.arange(len(input_ids)),
+            req_to_token_pool=self.req_to_token_pool,
+            token_to_kv_pool=self.kv_pool,
+            attn_backend=self.backend,
+            extend_start_loc_cpu=starts,
+        )
+        self.backend.init_forward_metadata(batch)
+        hidden = self.model(batch.input_ids, batch.positions, batch)
+        logits = self.model.compute_logits(hidden[batch.logits_indices])
+        for (rid, _), n in zip(items, ext_lens, strict=True):
+            self.lens[rid] += n
+        return [logits[s : s + n] for s, n in zip(starts, ext_lens, strict=True)]
+
+
+@pytest.fixture
+def paged_runner():
+    """Return a function (model, config, dtype=float32) -> fresh PagedRunner."""
+    return PagedRunner
+
+
+PROMPT_LENGTHS = (11, 5, 23)
+
+
+class HFComparison:
+    """Our logits (paged, packed) vs HF full-sequence logits for one tiny checkpoint, in four scenarios."""
+
+    def __init__(self, path, hf_model, atol: float = 1e-4) -> None:
+        from sglkit.models import load_model
+
+        self.model, self.config = load_model(path, dtype="float32")
+        self.hf_model = hf_model
+        self.atol = atol
+        gen = torch.Generator().manual_seed(0)
+        self.prompts = [torch.randint(6, self.config.vocab_size, (n,), generator=gen).tolist() for n in PROMPT_LENGTHS]
+
+    @torch.no_grad()
+    def reference(self, token_ids: list[int]) -> torch.Tensor:
+        """[L] -> HF logits [L, V] of the whole sequence."""
+        return self.hf_model(torch.tensor([token_ids])).logits[0].float()
+
+    def assert_close(self, ours: torch.Tensor, ref: torch.Tensor) -> None:
+        assert ours.dtype == torch.float32 and ours.shape == ref.shape
+        torch.testing.assert_close(ours, ref, atol=self.atol, rtol=1e-4)
+
+    def single_prefill(self) -> None:
+        """(a) one prompt, one extend pass from an empty cache."""
+        (logits,) = PagedRunner(self.model, self.config).forward([("a", self.prompts[0])])
+        self.assert_close(logits, self.reference(self.prompts[0]))
+
+    def packed_extend(self) -> None:
+        """(b) three prompts of different lengths packed into one extend pass."""
+        outs = PagedRunner(self.model, self.config).forward([(i, p) for i, p in enumerate(self.prompts)])
+        for logits, prompt in zip(outs, self.prompts, strict=True):
+            self.assert_close(logits, self.reference(prompt))
+
+    def prefix_extend(self) -> None:
+        """(c) prefix already in the pool: chunked prefill of one request, and a second request sharing it."""
+        runner = PagedRunner(self.model, self.config)
+        prompt, other = self.prompts[2], self.prompts[0]
+        runner.forward([("a", prompt[:9])])
+        runner.fork("a", "b", 6)  # "b" reuses a's first 6 KV slots (a radix hit)
+        tail_a, tail_b = runner.forward([("a", prompt[9:]), ("b", other)])
+        self.assert_close(tail_a, self.reference(prompt)[9:])
+        self.assert_close(tail_b, self.reference(prompt[:6] + other)[6:])
+
+    def decode_after_prefill(self) -> None:
+        """(d) prefill three prompts, then two decode steps with one new token each."""
+        runner = PagedRunner(self.model, self.config)
+        runner.forward([(i, p) for i, p in enumerate(self.prompts)])
+        seqs = [list(p) for p in self.prompts]
+        for step in range(2):
+            next_ids = [(7 * i + 3 * step + 40) % self.config.vocab_size for i in range(len(seqs))]
+            outs = runner.forward([(i, [t]) for i, t in enumerate(next_ids)], ForwardMode.DECODE)
+            for seq, t, logits in zip(seqs, next_ids, outs, strict=True):
+                seq.append(t)
+                self.assert_close(logits, self.reference(seq)[-1:])
+
+
+SCENARIOS = ("single_prefill", "packed_extend", "prefix_extend", "decode_after_prefill")  # test files repeat this
+
+
+@pytest.fixture(scope="session")
+def hf_comparison(tiny_model_path, hf_model):
+    """Return a function variant name -> HFComparison (our model loaded once per variant)."""
+    cache: dict[str, HFComparison] = {}
+
+    def get(name: str) -> HFComparison:
+        if name not in cache:
+            path = tiny_model_path(name)
+            cache[name] = HFComparison(path, hf_model(path))
+        return cache[name]
+
+    return get
