@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from sglkit.runtime.req import Req
 
 CLIP_MAX_NEW_TOKENS = 4096  # cap of one request's decode reserve, as in SGLang
+IN_BATCH_PREFIX_THRESHOLD = 32  # defer a request sharing this many uncached tokens with one admitted this round
 
 
 def decode_reserve(req: Req, new_token_ratio: float) -> int:
@@ -28,6 +29,21 @@ def sort_waiting_queue(policy: str, waiting: list[Req], match_prefix) -> None:
         for req in waiting:
             match_prefix(req)
         waiting.sort(key=lambda r: -len(r.prefix_indices))
+
+
+def shares_uncached_prefix(req: Req, admitted: list[Req]) -> bool:
+    """True when ``req`` shares at least IN_BATCH_PREFIX_THRESHOLD tokens beyond its cached prefix with a request
+    admitted in this round: waiting one round lets it reuse that request's KV instead of computing it again."""
+    start = len(req.prefix_indices)
+    need = start + IN_BATCH_PREFIX_THRESHOLD
+    ids = req.fill_ids
+    if len(ids) < need:
+        return False
+    for other in admitted:
+        other_ids = other.fill_ids
+        if len(other_ids) >= need and other_ids[start:need] == ids[start:need]:
+            return True
+    return False
 
 
 @dataclass

@@ -33,7 +33,7 @@ from sglkit.runtime.schedule_batch import (
     input_logprob_start,
     to_forward_batch,
 )
-from sglkit.runtime.schedule_policy import PrefillAdder, decode_reserve, sort_waiting_queue
+from sglkit.runtime.schedule_policy import PrefillAdder, decode_reserve, shares_uncached_prefix, sort_waiting_queue
 from sglkit.runtime.scheduler_output import append_token, make_output, should_stream
 from sglkit.runtime.scheduler_stats import SchedulerStats
 from sglkit.runtime.tokenizer_utils import get_eos_token_ids, load_tokenizer
@@ -189,8 +189,11 @@ class Scheduler:
                 break
             if num_running + len(adder.can_run) >= self.max_running_requests:
                 break
-            if self.server_args.schedule_policy != "lpm" or len(self.waiting_queue) == 1:
+            lpm = self.server_args.schedule_policy == "lpm"
+            if not lpm or len(self.waiting_queue) == 1:
                 self._match_prefix(req)
+            if lpm and not self.tree_cache.disable and shares_uncached_prefix(req, adder.can_run):
+                continue
             evictable_before = self.tree_cache.evictable_size()
             self.tree_cache.inc_lock_ref(req.last_node)
             adder.rem_total_tokens -= evictable_before - self.tree_cache.evictable_size()
@@ -246,7 +249,11 @@ class Scheduler:
         if sample_reqs:
             rows = torch.tensor([batch.rows.sample_row[i] for i in sample_idx], device=logits.device)
             outputs = self._sample_and_process(sample_reqs, logits[rows])
-            self.running_reqs.extend(r for r in sample_reqs if not r.finished())
+            for req in sample_reqs:
+                if not req.finished():
+                    # Publish the prompt's KV now so requests sharing this prefix reuse it while this one decodes.
+                    self.tree_cache.cache_unfinished_req(req)
+                    self.running_reqs.append(req)
         return outputs
 
     # ------------------------------------------------------------------ decode

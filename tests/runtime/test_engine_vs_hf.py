@@ -130,3 +130,16 @@ def test_prompt_and_output_logprobs_match_hf(arch_case):
         assert all(len(top) == 3 for top in meta["output_top_logprobs"])
         assert meta["output_top_logprobs"][0][0][1] == out["output_ids"][0]  # greedy picks the top-1
         assert_no_leak(llm)
+
+
+def test_shared_prefix_batch_matches_hf(arch_case):
+    """Prompts sharing a long prefix: in-batch deferral, radix hits, and the shared-prefix decode path."""
+    path, hf = arch_case
+    system = " ".join(WORDS * 2)  # well over 32 tokens
+    prompts = [f"{system} {w} {v}" for w, v in zip(WORDS[:6], WORDS[6:12])]
+    expected = [hf.greedy(hf.tokenizer.encode(p), MAX_NEW) for p in prompts]
+    with sglkit.Engine(model_path=path, max_total_tokens=4096, random_seed=0) as llm:
+        outs = llm.generate(prompts, [greedy_params()] * len(prompts))
+        assert [o["output_ids"] for o in outs] == expected
+        assert sum(o["meta_info"]["cached_tokens"] > 32 for o in outs) == len(prompts) - 1
+        assert_no_leak(llm)

@@ -1,0 +1,1 @@
+"""Benchmarks: offline throughput (Engine vs HF transformers, radix on/off) and online serving."""

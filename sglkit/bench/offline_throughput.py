@@ -1,0 +1,133 @@
+"""Offline throughput benchmark: sglkit.Engine vs HF transformers' batched greedy generate, or radix on vs off.
+
+    python -m sglkit.bench_offline_throughput --model-path P --num-prompts 64 --input-len 128 --output-len 128 --compare-hf
+    python -m sglkit.bench_offline_throughput --model-path P --num-prompts 64 --shared-prefix-len 1024 \
+        --input-len 16 --output-len 32 --compare-radix
+
+Both sides run in this process, one after the other, on the same prompts; the ratio is what to read.
+Without --model-path a ~20M-parameter Llama is made by sglkit.testing (preset "small").
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import tempfile
+import time
+
+import torch
+
+from sglkit.bench.workloads import random_prompts, shared_prefix_prompts
+
+
+def build_workload(args, vocab_size: int, reserved: set[int]) -> list[list[int]]:
+    """The prompts of this run (token ids)."""
+    if args.shared_prefix_len:
+        return shared_prefix_prompts(args.num_prompts, args.shared_prefix_len, args.input_len, vocab_size,
+                                     args.seed, reserved)
+    return random_prompts(args.num_prompts, args.input_len, vocab_size, args.seed, args.range_ratio, reserved)
+
+
+def run_sglkit(model_path: str, prompts: list[list[int]], output_len: int, engine_kwargs: dict) -> dict:
+    """Generate with sglkit.Engine (after a small warmup); returns timing and token counts."""
+    import sglkit
+
+    with sglkit.Engine(model_path=model_path, random_seed=0, **engine_kwargs) as llm:
+        params = {"temperature": 0, "max_new_tokens": output_len, "ignore_eos": True}
+        llm.generate(input_ids=prompts[0][:8], sampling_params={**params, "max_new_tokens": 4})
+        llm.flush_cache()
+        start = time.perf_counter()
+        outs = llm.generate(input_ids=prompts, sampling_params=[params] * len(prompts))
+        elapsed = time.perf_counter() - start
+        cached = sum(o["meta_info"]["cached_tokens"] for o in outs)
+    return {"elapsed": elapsed, "output_tokens": sum(len(o["output_ids"]) for o in outs), "cached_tokens": cached,
+            "outputs": [o["output_ids"] for o in outs]}
+
+
+@torch.inference_mode()
+def run_hf(model_path: str, prompts: list[list[int]], output_len: int, batch_size: int) -> dict:
+    """HF transformers' batched greedy generate (left padding, its default cache)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    model.generate(torch.tensor([prompts[0][:8]]), max_new_tokens=4, do_sample=False, pad_token_id=pad)
+    start = time.perf_counter()
+    outputs = []
+    for lo in range(0, len(prompts), batch_size):
+        chunk = prompts[lo : lo + batch_size]
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=output_len, min_new_tokens=output_len,
+                             do_sample=False, pad_token_id=pad)
+        outputs.extend(out[:, width:].tolist())
+    elapsed = time.perf_counter() - start
+    return {"elapsed": elapsed, "output_tokens": sum(len(o) for o in outputs), "outputs": outputs}
+
+
+def report(name: str, result: dict, num_prompts: int, input_tokens: int) -> None:
+    """Print one side's figures in bench_offline_throughput's style."""
+    e = result["elapsed"]
+    print(f"[{name}] duration: {e:.2f} s | request throughput: {num_prompts / e:.2f} req/s | "
+          f"input: {input_tokens / e:.1f} tok/s | output: {result['output_tokens'] / e:.1f} tok/s | "
+          f"total: {(input_tokens + result['output_tokens']) / e:.1f} tok/s"
+          + (f" | cached tokens: {result['cached_tokens']}" if "cached_tokens" in result else ""))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse flags, run the benchmark(s), print figures and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-path", default=None, help="HF-format model folder (default: a ~20M Llama made here).")
+    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--input-len", type=int, default=128, help="Prompt tokens (the suffix with --shared-prefix-len).")
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--range-ratio", type=float, default=1.0, help="Prompt lengths uniform in [ratio*len, len].")
+    parser.add_argument("--shared-prefix-len", type=int, default=0, help="Give every prompt this common prefix.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-total-tokens", type=int, default=None)
+    parser.add_argument("--chunked-prefill-size", type=int, default=None)
+    parser.add_argument("--disable-radix-cache", action="store_true")
+    parser.add_argument("--compare-hf", action="store_true", help="Also run HF generate and print the ratio.")
+    parser.add_argument("--hf-batch-size", type=int, default=64)
+    parser.add_argument("--compare-radix", action="store_true", help="Run with and without the radix cache.")
+    parser.add_argument("--check-outputs", action="store_true", help="Report how many outputs equal HF's.")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    model_path = args.model_path
+    if model_path is None:
+        from sglkit.testing import make_tiny_model
+
+        model_path = str(make_tiny_model(os.path.join(tempfile.mkdtemp(), "small-llama"), preset="small"))
+    from transformers import AutoConfig, AutoTokenizer
+
+    vocab_size = AutoConfig.from_pretrained(model_path).vocab_size
+    reserved = set(AutoTokenizer.from_pretrained(model_path).all_special_ids)
+    prompts = build_workload(args, vocab_size, reserved)
+    input_tokens = sum(len(p) for p in prompts)
+    print(f"model: {model_path} | threads: {torch.get_num_threads()} | prompts: {len(prompts)} | "
+          f"input tokens: {input_tokens} | output len: {args.output_len}")
+    engine_kwargs = {"max_total_tokens": args.max_total_tokens, "chunked_prefill_size": args.chunked_prefill_size,
+                     "disable_radix_cache": args.disable_radix_cache}
+    engine_kwargs = {k: v for k, v in engine_kwargs.items() if v not in (None, False)}
+    ours = run_sglkit(model_path, prompts, args.output_len, engine_kwargs)
+    report("sglkit", ours, len(prompts), input_tokens)
+    if args.compare_radix:
+        gc.collect()
+        base = run_sglkit(model_path, prompts, args.output_len, {**engine_kwargs, "disable_radix_cache": True})
+        report("sglkit --disable-radix-cache", base, len(prompts), input_tokens)
+        print(f"radix cache speed-up: {base['elapsed'] / ours['elapsed']:.2f}x")
+    if args.compare_hf:
+        gc.collect()
+        hf = run_hf(model_path, prompts, args.output_len, args.hf_batch_size)
+        report("hf-transformers", hf, len(prompts), input_tokens)
+        print(f"throughput ratio sglkit / hf-transformers: {hf['elapsed'] / ours['elapsed']:.2f}x")
+        if args.check_outputs:
+            same = sum(a == b for a, b in zip(ours["outputs"], hf["outputs"]))
+            print(f"outputs identical to HF: {same}/{len(prompts)}")
+
+
+if __name__ == "__main__":
+    main()
