@@ -18,6 +18,7 @@ from torch import nn
 
 from sglkit.layers.activation import SiluAndMul
 from sglkit.layers.attention.base import RadixAttention
+from sglkit.layers.linear import Linear
 from sglkit.layers.norm import RMSNorm
 from sglkit.layers.rotary import RotaryEmbedding, get_rope
 from sglkit.runtime.forward_batch import ForwardBatch
@@ -72,8 +73,8 @@ class LlamaMLP(nn.Module):
         super().__init__()
         if hidden_act != "silu":
             raise ValueError(f"Unsupported hidden_act {hidden_act!r}; sglkit's Llama MLP supports 'silu'.")
-        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias, dtype=dtype)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias, dtype=dtype)
+        self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=bias, dtype=dtype)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=bias, dtype=dtype)
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,8 +93,8 @@ class LlamaAttention(nn.Module):
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         hidden = config.hidden_size
-        self.qkv_proj = nn.Linear(hidden, self.q_size + 2 * self.kv_size, bias=options.qkv_bias, dtype=dtype)
-        self.o_proj = nn.Linear(self.q_size, hidden, bias=options.o_bias, dtype=dtype)
+        self.qkv_proj = Linear(hidden, self.q_size + 2 * self.kv_size, bias=options.qkv_bias, dtype=dtype)
+        self.o_proj = Linear(self.q_size, hidden, bias=options.o_bias, dtype=dtype)
         self.qk_norm = options.qk_norm
         if self.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype=dtype)
@@ -184,7 +185,7 @@ class LlamaForCausalLM(nn.Module):
         self.sliding_window: int | None = getattr(config, "sliding_window", None)
         self.model = LlamaModel(config, self.attention_options(config), dtype)
         if not self.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
 
     @classmethod
     def attention_options(cls, config) -> AttentionOptions:

@@ -14,6 +14,7 @@ import torch
 
 from sglkit.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TokenToKVPoolAllocator
 from sglkit.layers.attention import create_attention_backend
+from sglkit.layers.linear import pack_linear_weights
 from sglkit.models.loader import iterate_weights, load_config, load_model
 from sglkit.runtime.forward_batch import ForwardBatch
 from sglkit.server_args import ServerArgs
@@ -46,6 +47,7 @@ class ModelRunner:
         logger.info(f"Load weight begin. avail mem={available_memory_gb(self.device):.2f} GB")
         self.model, self.model_config = load_model(self.model_path, dtype=server_args.dtype, device=self.device)
         self.dtype = next(self.model.parameters()).dtype
+        pack_linear_weights(self.model)
         logger.info(
             f"Load weight end. type={type(self.model).__name__}, dtype={self.dtype}, "
             f"avail mem={available_memory_gb(self.device):.2f} GB"
@@ -133,12 +135,14 @@ class ModelRunner:
                 raise ValueError(f"architecture {new_arch} differs from the served {old_arch}")
             with torch.inference_mode():
                 self.model.load_weights(iterate_weights(model_path))
+                pack_linear_weights(self.model)
         except Exception as e:  # noqa: BLE001 - every failure is reported and rolled back
             reason = str(e).rstrip(".")
             message = f"Failed to update weights: {reason}.\nRolling back to original weights."
             logger.error(message)
             with torch.inference_mode():
                 self.model.load_weights(iterate_weights(self.model_path))
+                pack_linear_weights(self.model)
             return False, message
         self.model_path = model_path
         logger.info(f"Update weights end. Time elapsed: {time.perf_counter() - start:.2f} s")

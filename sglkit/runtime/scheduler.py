@@ -33,7 +33,12 @@ from sglkit.runtime.schedule_batch import (
     input_logprob_start,
     to_forward_batch,
 )
-from sglkit.runtime.schedule_policy import PrefillAdder, decode_reserve, shares_uncached_prefix, sort_waiting_queue
+from sglkit.runtime.schedule_policy import (
+    PrefillAdder,
+    decode_reserve,
+    shares_uncached_prefix,
+    sort_waiting_queue,
+)
 from sglkit.runtime.scheduler_output import append_token, make_output, should_stream
 from sglkit.runtime.scheduler_stats import SchedulerStats
 from sglkit.runtime.tokenizer_utils import get_eos_token_ids, load_tokenizer

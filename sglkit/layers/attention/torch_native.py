@@ -3,13 +3,15 @@
 Decode gathers every request's KV into one padded [B, Hkv, L_max, D] tensor and runs a single masked
 SDPA call. When the whole batch shares a KV prefix (a radix-cache hit: same pool slots), that prefix is
 gathered once and scored against all queries with one batched matmul, and only the per-request suffixes
-are gathered per request (exact: one softmax over prefix and suffix scores). Extend loops over requests (prefill is compute-bound; the loop costs little) with a
+are gathered per request (exact: one softmax over prefix and suffix scores). While the decode batch stays the
+same from one step to the next, a ``DecodeWorkspace`` keeps each layer's padded K/V and only appends the new
+token, instead of gathering every request's whole KV again each step. Extend loops over requests (prefill is compute-bound; the loop costs little) with a
 bottom-right causal mask so new tokens attend to the cached prefix and to earlier new tokens.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +19,18 @@ import torch.nn.functional as F
 from sglkit.layers.attention.base import AttentionBackend, RadixAttention
 from sglkit.runtime.forward_batch import ForwardBatch
 
+SHARED_PREFIX_MIN_TOKENS = 32
 
-SHARED_PREFIX_MIN_TOKENS = 32  # use the shared-prefix decode path from this many common KV slots
+
+def gather_kv(buf: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """buf: [S, Hkv, D], indices: [...] -> [..., Hkv, D]. index_select on a flat view: several times faster on
+    CPU than advanced indexing."""
+    flat = torch.index_select(buf.view(buf.shape[0], -1), 0, indices.reshape(-1))
+    return flat.view(*indices.shape, *buf.shape[1:])  # use the shared-prefix decode path from this many common KV slots
+
+
+WORKSPACE_MAX_BYTES = 1 << 30  # padded decode K/V kept across steps, all layers together
+WORKSPACE_GROWTH = 64  # extra positions allocated when the workspace is (re)built
 
 
 @dataclass
@@ -26,6 +38,25 @@ class _DecodeMetadata:
     kv_indices: torch.Tensor  # [B, L_max] pool slots (0 = padding sink); suffix only when common_indices is set
     attn_mask: torch.Tensor  # [B, 1, 1, L_max] bool, True where attended (same layout as kv_indices)
     common_indices: torch.Tensor | None = None  # [P] pool slots every request of the batch starts with
+    workspace: DecodeWorkspace | None = None
+    max_len: int = 0
+
+
+@dataclass
+class DecodeWorkspace:
+    """Padded K/V of one decode batch, per layer [B, Hkv, capacity, D], valid while the batch is unchanged.
+
+    Rows follow the batch order; row i holds positions [0, seq_lens[i]) of request slot ``slots[i]``. A step
+    with the same slots and every length one longer appends the new token; anything else rebuilds it.
+    """
+
+    slots: tuple[int, ...]
+    seq_lens: list[int]
+    capacity: int
+    new_positions: torch.Tensor  # [B] where this step's token goes
+    rebuilt: bool = True
+    k: dict[int, torch.Tensor] = field(default_factory=dict)
+    v: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -37,9 +68,38 @@ class _ExtendMetadata:
 class TorchNativeAttnBackend(AttentionBackend):
     """Reference backend built on ``torch.nn.functional.scaled_dot_product_attention``."""
 
+    def __init__(self) -> None:
+        self.workspace: DecodeWorkspace | None = None
+
+    def _next_workspace(self, forward_batch: ForwardBatch, max_len: int) -> DecodeWorkspace | None:
+        """Reuse the workspace if the batch is the previous step's, one token longer; else start a new one."""
+        slots = tuple(forward_batch.req_pool_indices.tolist())
+        seq_lens = forward_batch.seq_lens_cpu
+        pool = forward_batch.token_to_kv_pool
+        ws = self.workspace
+        if (
+            ws is not None
+            and ws.slots == slots
+            and max_len <= ws.capacity
+            and all(new == old + 1 for new, old in zip(seq_lens, ws.seq_lens))
+        ):
+            ws.seq_lens = list(seq_lens)
+            ws.new_positions = forward_batch.seq_lens - 1
+            ws.rebuilt = False
+            return ws
+        capacity = max_len + WORKSPACE_GROWTH
+        elem = torch.tensor([], dtype=pool.dtype).element_size()
+        if 2 * pool.num_layers * len(slots) * pool.num_kv_heads * capacity * pool.head_dim * elem > WORKSPACE_MAX_BYTES:
+            self.workspace = None
+            return None
+        self.workspace = DecodeWorkspace(slots, list(seq_lens), capacity, forward_batch.seq_lens - 1)
+        return self.workspace
+
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         """Build gather indices (and masks) from req_to_token once per pass."""
         req_to_token = forward_batch.req_to_token_pool.req_to_token
+        if not forward_batch.forward_mode.is_decode():
+            self.workspace = None  # an extend pass may reuse request slots: start afresh next decode
         if forward_batch.forward_mode.is_decode():
             max_len = max(forward_batch.seq_lens_cpu)
             rows = req_to_token[forward_batch.req_pool_indices, :max_len]  # [B, L_max]
@@ -52,7 +112,11 @@ class TorchNativeAttnBackend(AttentionBackend):
                 kv_indices=torch.where(valid, rows, torch.zeros_like(rows)),
                 attn_mask=valid[:, None, None, :],
                 common_indices=common_indices,
+                workspace=None if common else self._next_workspace(forward_batch, max_len),
+                max_len=max_len,
             )
+            if common:
+                self.workspace = None
             return
         kv_indices, masks = [], []
         pool_indices = forward_batch.req_pool_indices.tolist()
@@ -78,8 +142,8 @@ class TorchNativeAttnBackend(AttentionBackend):
         for i, ext_len in enumerate(forward_batch.extend_seq_lens_cpu):
             idx = meta.kv_indices[i]
             qi = q[start : start + ext_len].transpose(0, 1)  # [Hq, ext, D]
-            ki = k_buf[idx].transpose(0, 1).to(q.dtype)  # [Hkv, seq, D]
-            vi = v_buf[idx].transpose(0, 1).to(q.dtype)
+            ki = gather_kv(k_buf, idx).transpose(0, 1).to(q.dtype)  # [Hkv, seq, D]
+            vi = gather_kv(v_buf, idx).transpose(0, 1).to(q.dtype)
             mask = meta.masks[i]
             oi = F.scaled_dot_product_attention(
                 qi.unsqueeze(0),
@@ -100,17 +164,35 @@ class TorchNativeAttnBackend(AttentionBackend):
         k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
         if meta.common_indices is not None:
             return _decode_with_shared_prefix(q, k_buf, v_buf, meta, layer)
-        k = k_buf[meta.kv_indices].transpose(1, 2).to(q.dtype)  # [B, Hkv, L, D]
-        v = v_buf[meta.kv_indices].transpose(1, 2).to(q.dtype)
-        out = F.scaled_dot_product_attention(
-            q.unsqueeze(2),  # [B, Hq, 1, D]
-            k,
-            v,
-            attn_mask=meta.attn_mask,
-            scale=layer.scaling,
-            enable_gqa=layer.num_heads != layer.num_kv_heads,
-        )
-        return out.squeeze(2)
+        batch, num_heads, head_dim = q.shape
+        if meta.workspace is not None:
+            k, v = self._workspace_kv(meta, layer, k_buf, v_buf, forward_batch.out_cache_loc)
+        else:
+            k = gather_kv(k_buf, meta.kv_indices).transpose(1, 2)  # [B, Hkv, L, D]
+            v = gather_kv(v_buf, meta.kv_indices).transpose(1, 2)
+        k, v = k.to(q.dtype), v.to(q.dtype)
+        # GQA without expanding K/V: the query heads of one KV head become that head's "query positions".
+        grouped_q = q.view(batch, layer.num_kv_heads, num_heads // layer.num_kv_heads, head_dim)  # [B, Hkv, G, D]
+        out = F.scaled_dot_product_attention(grouped_q, k, v, attn_mask=meta.attn_mask, scale=layer.scaling)
+        return out.reshape(batch, num_heads, head_dim)
+
+
+    @staticmethod
+    def _workspace_kv(meta: _DecodeMetadata, layer: RadixAttention, k_buf, v_buf, new_loc: torch.Tensor):
+        """This layer's [B, Hkv, L_max, D] K/V from the workspace: filled when rebuilt, else one token appended."""
+        ws, lid = meta.workspace, layer.layer_id
+        if ws.rebuilt or lid not in ws.k:
+            batch, max_len = meta.kv_indices.shape
+            shape = (batch, k_buf.shape[1], ws.capacity, k_buf.shape[2])
+            ws.k[lid] = torch.zeros(shape, dtype=k_buf.dtype, device=k_buf.device)
+            ws.v[lid] = torch.zeros(shape, dtype=v_buf.dtype, device=v_buf.device)
+            ws.k[lid][:, :, :max_len] = gather_kv(k_buf, meta.kv_indices).transpose(1, 2)
+            ws.v[lid][:, :, :max_len] = gather_kv(v_buf, meta.kv_indices).transpose(1, 2)
+        else:
+            rows = torch.arange(ws.new_positions.numel(), device=ws.new_positions.device)
+            ws.k[lid][rows, :, ws.new_positions] = gather_kv(k_buf, new_loc)  # [B, Hkv, D]
+            ws.v[lid][rows, :, ws.new_positions] = gather_kv(v_buf, new_loc)
+        return ws.k[lid][:, :, : meta.max_len], ws.v[lid][:, :, : meta.max_len]
 
 
 def shared_prefix_len(rows: torch.Tensor, seq_lens: list[int]) -> int:
@@ -131,14 +213,14 @@ def _decode_with_shared_prefix(
     num_kv_heads = layer.num_kv_heads
     group = num_heads // num_kv_heads
     prefix_len = meta.common_indices.numel()
-    kc = k_buf[meta.common_indices].to(q.dtype)  # [P, Hkv, D]
-    vc = v_buf[meta.common_indices].to(q.dtype)
+    kc = gather_kv(k_buf, meta.common_indices).to(q.dtype)  # [P, Hkv, D]
+    vc = gather_kv(v_buf, meta.common_indices).to(q.dtype)
     qg = q.view(batch, num_kv_heads, group, head_dim)
     flat_q = qg.permute(1, 0, 2, 3).reshape(num_kv_heads, batch * group, head_dim)
     prefix_scores = torch.bmm(flat_q, kc.permute(1, 2, 0))  # [Hkv, B*G, P]
     prefix_scores = prefix_scores.view(num_kv_heads, batch, group, prefix_len).permute(1, 0, 2, 3)
-    ks = k_buf[meta.kv_indices].to(q.dtype)  # [B, S, Hkv, D]
-    vs = v_buf[meta.kv_indices].to(q.dtype)
+    ks = gather_kv(k_buf, meta.kv_indices).to(q.dtype)  # [B, S, Hkv, D]
+    vs = gather_kv(v_buf, meta.kv_indices).to(q.dtype)
     suffix_scores = torch.einsum("bhgd,bshd->bhgs", qg, ks)  # [B, Hkv, G, S]
     suffix_scores = suffix_scores.masked_fill(~meta.attn_mask[:, :, :, :].view(batch, 1, 1, -1), float("-inf"))
     probs = torch.softmax(torch.cat([prefix_scores, suffix_scores], dim=-1) * layer.scaling, dim=-1)
