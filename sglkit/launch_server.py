@@ -1,0 +1,31 @@
+"""``python -m sglkit.launch_server``: parse flags into ServerArgs and run the HTTP server."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: flags -> ServerArgs -> launch_server (exits 1 with a clear message on start-up errors)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sglkit.server_args import prepare_server_args
+
+    server_args = prepare_server_args(argv)
+    if server_args.model_path is None:
+        from sglkit.testing.demo import default_model_path
+
+        server_args.model_path = default_model_path()
+        server_args.__post_init__()
+    from sglkit.server.http_server import launch_server
+
+    try:
+        launch_server(server_args)
+    except RuntimeError as e:
+        print(f"Error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""HTTP server: starts the scheduler process, then serves the native and OpenAI APIs with FastAPI + uvicorn.
+
+launch_server: log args -> check the port -> spawn the scheduler process (loads the model) -> wait until it is
+ready -> uvicorn -> one warmup request -> "The server is fired up and ready to roll!" -> /health turns 200.
+The HTTP process only tokenizes and routes; the scheduler process dies with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import secrets
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from contextlib import asynccontextmanager
+
+import requests
+import uvicorn
+from fastapi import FastAPI
+
+from sglkit.log_utils import configure_logging
+from sglkit.server import native_api, openai_api
+from sglkit.server.errors import install_error_handlers
+from sglkit.server.scheduler_process import PortArgs, run_scheduler_process
+from sglkit.server.tokenizer_manager import TokenizerManager
+from sglkit.server_args import ServerArgs
+
+logger = logging.getLogger("sglkit.server")
+
+AUTH_EXEMPT_PATHS = frozenset({"/health", "/health_generate"})
+MAX_BODY_BYTES = 64 << 20
+WARMUP_PROMPT = "The capital city of France is"
+
+
+class APIKeyMiddleware:
+    """Pure ASGI auth (keeps client-disconnect events working): Bearer key on every route but the exempt ones."""
+
+    def __init__(self, app, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or scope["path"] in AUTH_EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if secrets.compare_digest(given, self.expected):
+            await self.app(scope, receive, send)
+            return
+        body = b'{"error": {"message": "Unauthorized: a valid API key is required.", "type": ' \
+               b'"invalid_request_error", "param": null, "code": "invalid_api_key"}}'
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class BodySizeLimitMiddleware:
+    """Refuse request bodies over ``MAX_BODY_BYTES`` with 413 (by Content-Length)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+                body = b'{"error": {"message": "Request body too large.", "type": "invalid_request_error", ' \
+                       b'"param": null, "code": 413}}'
+                await send({"type": "http.response.start", "status": 413,
+                            "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager, scheduler_process) -> FastAPI:
+    """The FastAPI app with native + OpenAI routes, error handlers and middleware."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        tokenizer_manager.start(scheduler_process)
+        yield
+
+    app = FastAPI(title="sglkit", version="0.1.0", lifespan=lifespan)
+    app.state.server_args = server_args
+    app.state.tokenizer_manager = tokenizer_manager
+    app.state.ready = server_args.skip_server_warmup
+    app.include_router(native_api.router)
+    app.include_router(openai_api.router)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware)
+    if server_args.api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=server_args.api_key)
+    return app
+
+
+def uvicorn_log_config(level: str) -> dict:
+    """uvicorn logging in SGLang's shape: ``[time] INFO:     127.0.0.1:port - "GET /x HTTP/1.1" 200 OK``."""
+    datefmt = "%Y-%m-%d %H:%M:%S"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "default": {"()": "uvicorn.logging.DefaultFormatter", "fmt": "[%(asctime)s] %(levelprefix)s %(message)s",
+                        "datefmt": datefmt, "use_colors": False},
+            "access": {"()": "uvicorn.logging.AccessFormatter", "datefmt": datefmt, "use_colors": False,
+                       "fmt": '[%(asctime)s] %(levelprefix)s %(client_addr)s - "%(request_line)s" %(status_code)s'},
+        },
+        "handlers": {
+            "default": {"formatter": "default", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"},
+            "access": {"formatter": "access", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"},
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["default"], "level": level.upper(), "propagate": False},
+            "uvicorn.error": {"level": level.upper()},
+            "uvicorn.access": {"handlers": ["access"], "level": level.upper(), "propagate": False},
+        },
+    }
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail fast (before loading the model) when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise RuntimeError(f"Port {port} on {host} is already in use ({e.strerror}). Pick another --port.") from e
+
+
+def local_base_url(host: str, port: int) -> str:
+    """A loopback URL reaching a server bound to ``host``."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host in ("::", "[::]"):
+        host = "[::1]"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def warmup(app: FastAPI, server_args: ServerArgs) -> None:
+    """Wait for uvicorn, send one warmup request, then mark the server ready (or shut it down on failure)."""
+    url = local_base_url(server_args.host, server_args.port)
+    session = requests.Session()
+    session.trust_env = False  # proxies never apply to loopback
+    headers = {"Authorization": f"Bearer {server_args.api_key}"} if server_args.api_key else {}
+    try:
+        for _ in range(120):
+            try:
+                if session.get(f"{url}/get_model_info", headers=headers, timeout=5).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.2)
+        if server_args.is_embedding:
+            resp = session.post(f"{url}/encode", json={"text": WARMUP_PROMPT}, headers=headers, timeout=600)
+        else:
+            resp = session.post(f"{url}/generate", headers=headers, timeout=600, json={
+                "text": WARMUP_PROMPT, "sampling_params": {"temperature": 0, "max_new_tokens": 8}})
+        resp.raise_for_status()
+    except Exception as e:  # noqa: BLE001 - any failure ends the server
+        logger.error(f"Initialization failed. warmup error: {e}")
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    app.state.ready = True
+    logger.info("The server is fired up and ready to roll!")
+
+
+def start_scheduler(server_args: ServerArgs) -> tuple[mp.Process, PortArgs, dict]:
+    """Spawn the scheduler process and wait until it has loaded the model; raise with its error otherwise."""
+    ipc_dir = tempfile.mkdtemp(prefix="sglkit-ipc-")
+    port_args = PortArgs(f"ipc://{ipc_dir}/scheduler_input", f"ipc://{ipc_dir}/scheduler_output")
+    ctx = mp.get_context("spawn")
+    reader, writer = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=run_scheduler_process, args=(server_args, port_args, writer, os.getpid()),
+                          name="sglkit-scheduler", daemon=True)
+    process.start()
+    writer.close()
+    while True:
+        if reader.poll(0.5):
+            info = reader.recv()
+            break
+        if not process.is_alive():
+            raise RuntimeError(f"The scheduler process exited during start-up (exit code {process.exitcode}).")
+    if info["status"] != "ready":
+        process.join(timeout=5)
+        raise RuntimeError(f"The scheduler process failed to start: {info['message']}\n{info.get('traceback', '')}")
+    return process, port_args, info
+
+
+def launch_server(server_args: ServerArgs) -> None:
+    """Run the server until it is stopped (SIGINT/SIGTERM); the scheduler process goes down with it."""
+    configure_logging(server_args.log_level)
+    logger.info(f"server_args={server_args}")
+    check_port_free(server_args.host, server_args.port)
+    process, port_args, info = start_scheduler(server_args)
+    try:
+        tokenizer_manager = TokenizerManager(server_args, port_args, info)
+        app = create_app(server_args, tokenizer_manager, process)
+        if not server_args.skip_server_warmup:
+            threading.Thread(target=warmup, args=(app, server_args), daemon=True, name="sglkit-warmup").start()
+        uvicorn.run(app, host=server_args.host, port=server_args.port, log_config=uvicorn_log_config(
+            server_args.log_level), timeout_keep_alive=5, loop="asyncio", h11_max_incomplete_event_size=1 << 20)
+    finally:
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+        sys.stdout.flush()

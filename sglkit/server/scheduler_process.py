@@ -1,0 +1,129 @@
+"""Scheduler process: the server's runtime process. A thin loop recv -> handle -> step -> send over ZMQ.
+
+The HTTP process never runs model compute; it talks to this process with the dataclasses of
+``sglkit.runtime.messages``. This process dies with its parent (PR_SET_PDEATHSIG) and kills itself when a
+batch makes no progress for ``watchdog_timeout`` seconds, so a hung runtime never hangs the server.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+
+import zmq
+
+from sglkit.log_utils import configure_logging
+from sglkit.runtime.messages import (
+    AbortReq,
+    ControlResult,
+    FlushCacheReq,
+    GetStatsReq,
+    TokenizedGenerateReq,
+    UpdateWeightsReq,
+)
+from sglkit.server_args import ServerArgs
+
+logger = logging.getLogger("sglkit.scheduler")
+
+
+@dataclass
+class PortArgs:
+    """ZMQ endpoints between the HTTP process and the scheduler process."""
+
+    scheduler_input: str  # HTTP -> scheduler (PUSH/PULL)
+    scheduler_output: str  # scheduler -> HTTP (PUSH/PULL)
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def start_watchdog(get_progress, is_busy, timeout: float) -> None:
+    """Kill this process if the scheduler is busy but its forward counter stalls for ``timeout`` seconds."""
+
+    def watch() -> None:
+        last, since = get_progress(), time.monotonic()
+        while True:
+            time.sleep(min(1.0, timeout / 4))
+            progress = get_progress()
+            if progress != last or not is_busy():
+                last, since = progress, time.monotonic()
+            elif time.monotonic() - since > timeout:
+                logger.error(f"Watchdog timeout: no progress for {timeout:.0f} s. Killing the scheduler process.")
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="sglkit-watchdog").start()
+
+
+def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_pipe, parent_pid: int) -> None:
+    """Entry point of the scheduler process: load the model, report readiness, then serve forever."""
+    die_with_parent()
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+    configure_logging(server_args.log_level, prefix="TP0")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # exit cleanly (finalizers run) when the server stops
+    import tqdm
+
+    tqdm.tqdm.set_lock(threading.RLock())  # tqdm's default multiprocessing lock would be reported as leaked
+    try:
+        from sglkit.runtime.scheduler import Scheduler
+
+        scheduler = Scheduler(server_args)
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which exits with the message
+        ready_pipe.send({"status": "error", "message": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+        return
+    ctx = zmq.Context()
+    recv_sock = ctx.socket(zmq.PULL)
+    recv_sock.bind(port_args.scheduler_input)
+    send_sock = ctx.socket(zmq.PUSH)
+    send_sock.connect(port_args.scheduler_output)
+    ready_pipe.send({"status": "ready", **scheduler.get_stats()})
+    start_watchdog(lambda: scheduler.forward_ct, lambda: not scheduler.is_idle(), server_args.watchdog_timeout)
+    poller = zmq.Poller()
+    poller.register(recv_sock, zmq.POLLIN)
+    while True:
+        timeout_ms = 0 if not scheduler.is_idle() else 1000
+        while poller.poll(timeout_ms):
+            handle_message(scheduler, recv_sock.recv_pyobj(), send_sock)
+            timeout_ms = 0
+        outputs = scheduler.step()
+        if outputs:
+            send_sock.send_pyobj(outputs)
+
+
+def handle_message(scheduler, msg, send_sock) -> None:
+    """Dispatch one message from the HTTP process; control requests get a ControlResult back."""
+    if isinstance(msg, list):  # a batch of generate requests
+        early = [out for req in msg if (out := scheduler.add_request(req)) is not None]
+        if early:
+            send_sock.send_pyobj(early)
+    elif isinstance(msg, TokenizedGenerateReq):
+        out = scheduler.add_request(msg)
+        if out is not None:
+            send_sock.send_pyobj([out])
+    elif isinstance(msg, AbortReq):
+        outputs = scheduler.abort_request(msg.rid, msg.abort_all)
+        if outputs:
+            send_sock.send_pyobj(outputs)
+    elif isinstance(msg, FlushCacheReq):
+        send_sock.send_pyobj(scheduler.flush_cache())
+    elif isinstance(msg, UpdateWeightsReq):
+        send_sock.send_pyobj(scheduler.update_weights(msg.model_path))
+    elif isinstance(msg, GetStatsReq):
+        send_sock.send_pyobj(ControlResult(True, payload=scheduler.get_stats()))
+    else:
+        logger.error(f"Unknown message {type(msg).__name__}")

@@ -1,0 +1,236 @@
+"""Tokenizer manager: the HTTP process's asyncio front end to the scheduler process.
+
+HTTP handler -> tokenize (off the event loop) -> [ZMQ] scheduler -> [ZMQ] GenerateOutput deltas -> per-request
+asyncio queues -> chunks with cumulative text for the handler. A client that goes away aborts its requests;
+a dead scheduler process ends every waiting request with an error instead of a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from sglkit.runtime.engine import format_logprobs
+from sglkit.runtime.input_processor import GenerateInput, build_requests
+from sglkit.runtime.messages import (
+    AbortReq,
+    ControlResult,
+    FlushCacheReq,
+    GenerateOutput,
+    GetStatsReq,
+    TokenizedGenerateReq,
+    UpdateWeightsReq,
+)
+from sglkit.runtime.tokenizer_utils import load_tokenizer
+from sglkit.server.scheduler_process import PortArgs
+from sglkit.server_args import ServerArgs
+
+logger = logging.getLogger("sglkit.server")
+
+DISCONNECT_POLL_S = 1.0
+CONTROL_TIMEOUT_S = 600.0
+
+
+class ServerUnavailableError(RuntimeError):
+    """The scheduler process is gone; the server answers 503."""
+
+
+class RequestFailedError(RuntimeError):
+    """A request ended with an error inside the scheduler."""
+
+
+class _ChunkBuilder:
+    """Accumulates one request's deltas into cumulative chunks (text, ids, logprobs)."""
+
+    def __init__(self, index: int, return_logprob: bool) -> None:
+        self.index = index
+        self.return_logprob = return_logprob
+        self.text = ""
+        self.output_ids: list[int] = []
+        self.logprobs = {k: [] for k in ("input_token_logprobs", "input_top_logprobs",
+                                          "output_token_logprobs", "output_top_logprobs")}
+
+    def add(self, out: GenerateOutput) -> dict[str, Any]:
+        self.text += out.text_delta
+        self.output_ids.extend(out.output_ids_delta)
+        meta = dict(out.meta_info)
+        if self.return_logprob:
+            self.logprobs["input_token_logprobs"].extend(out.input_token_logprobs)
+            self.logprobs["input_top_logprobs"].extend(out.input_top_logprobs)
+            self.logprobs["output_token_logprobs"].extend(out.output_token_logprobs_delta)
+            self.logprobs["output_top_logprobs"].extend(out.output_top_logprobs_delta)
+            meta.update(format_logprobs(self.logprobs))
+        return {
+            "index": self.index,
+            "text": self.text,
+            "delta": out.text_delta,
+            "output_ids": list(self.output_ids),
+            "meta_info": meta,
+            "finished": out.finished,
+            "error": out.error,
+        }
+
+
+class TokenizerManager:
+    """Sends requests to the scheduler process and routes its outputs back to waiting handlers."""
+
+    def __init__(self, server_args: ServerArgs, port_args: PortArgs, model_info: dict[str, Any]) -> None:
+        self.server_args = server_args
+        self.tokenizer = load_tokenizer(server_args.tokenizer_path, server_args.chat_template)
+        self.context_len: int = model_info["context_len"]
+        self.max_total_num_tokens: int = model_info["max_total_num_tokens"]
+        self.vocab_size: int = model_info.get("vocab_size") or len(self.tokenizer)
+        self.model_path: str = server_args.model_path
+        self.ctx = zmq.asyncio.Context()
+        self.recv_sock = self.ctx.socket(zmq.PULL)
+        self.recv_sock.bind(port_args.scheduler_output)
+        self.send_sock = zmq.Context.instance().socket(zmq.PUSH)
+        self.send_sock.connect(port_args.scheduler_input)
+        self.rid_to_queue: dict[str, asyncio.Queue] = {}
+        self.control_lock = asyncio.Lock()
+        self.control_future: asyncio.Future | None = None
+        self.weights_lock = asyncio.Lock()
+        self.unpaused = asyncio.Event()
+        self.unpaused.set()
+        self.alive = True
+        self.num_in_flight = 0
+
+    # ----- background tasks -----
+    def start(self, scheduler_process) -> None:
+        """Start the output loop and the scheduler-death watcher on the running event loop."""
+        self._tasks = [
+            asyncio.create_task(self._handle_loop()),
+            asyncio.create_task(self._watch_scheduler(scheduler_process)),
+        ]
+
+    async def _handle_loop(self) -> None:
+        while True:
+            obj = await self.recv_sock.recv_pyobj()
+            if isinstance(obj, ControlResult):
+                if self.control_future is not None and not self.control_future.done():
+                    self.control_future.set_result(obj)
+                continue
+            for out in obj:
+                queue = self.rid_to_queue.get(out.rid)
+                if queue is not None:
+                    queue.put_nowait(out)
+
+    async def _watch_scheduler(self, process) -> None:
+        while process.is_alive():
+            await asyncio.sleep(0.5)
+        self.alive = False
+        logger.error(f"The scheduler process died (exit code {process.exitcode}). The server is unhealthy.")
+        for rid, queue in list(self.rid_to_queue.items()):
+            queue.put_nowait(GenerateOutput(rid, "", [], True, {"id": rid, "finish_reason": {"type": "abort"}},
+                                            error="The scheduler process died."))
+        if self.control_future is not None and not self.control_future.done():
+            self.control_future.set_exception(ServerUnavailableError("The scheduler process died."))
+
+    # ----- generation -----
+    async def tokenize(self, inp: GenerateInput) -> tuple[bool, list[TokenizedGenerateReq], list[int]]:
+        """Validate and tokenize off the event loop; raises InvalidRequestError for bad input."""
+        if not self.alive:
+            raise ServerUnavailableError("The server is unhealthy: the scheduler process died.")
+        return await asyncio.to_thread(build_requests, inp, self.tokenizer, self.vocab_size, self.context_len)
+
+    async def run(self, reqs: list[TokenizedGenerateReq], owners: list[int] | None = None,
+                  request=None) -> AsyncIterator[dict[str, Any]]:
+        """Send ``reqs`` and yield cumulative chunks (``index`` = position in ``reqs``) until all finish.
+
+        Streaming requests yield every chunk; others yield only their final chunk. Leaving early (client gone,
+        error, cancellation) aborts every unfinished request, so its KV is freed.
+        """
+        await self.unpaused.wait()
+        if not self.alive:
+            raise ServerUnavailableError("The server is unhealthy: the scheduler process died.")
+        queue: asyncio.Queue = asyncio.Queue()
+        builders = {r.rid: _ChunkBuilder(i, r.return_logprob) for i, r in enumerate(reqs)}
+        for r in reqs:
+            if r.rid in self.rid_to_queue:
+                raise ValueError(f"Duplicate request id {r.rid!r}.")
+            self.rid_to_queue[r.rid] = queue
+        unfinished = set(builders)
+        self.num_in_flight += len(reqs)
+        try:
+            self.send_sock.send_pyobj(list(reqs))
+            while unfinished:
+                try:
+                    out: GenerateOutput = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:
+                    if request is not None and await request.is_disconnected():
+                        logger.info(f"Client disconnected; aborting {len(unfinished)} request(s).")
+                        return
+                    continue
+                chunk = builders[out.rid].add(out)
+                if out.finished:
+                    unfinished.discard(out.rid)
+                if out.error and not self.alive:
+                    raise ServerUnavailableError(out.error)
+                if out.finished or reqs[chunk["index"]].stream:
+                    yield chunk
+        finally:
+            for rid in unfinished:
+                self.send_sock.send_pyobj(AbortReq(rid=rid))
+            for rid in builders:
+                self.rid_to_queue.pop(rid, None)
+            self.num_in_flight -= len(reqs)
+
+    async def generate_once(self, inp: GenerateInput, request=None) -> list[dict[str, Any]]:
+        """Tokenize, run and return the final chunk of every request (non-streaming)."""
+        inp.stream = False
+        _, reqs, _ = await self.tokenize(inp)
+        finals: list[dict[str, Any]] = [None] * len(reqs)  # type: ignore[list-item]
+        async for chunk in self.run(reqs, request=request):
+            finals[chunk["index"]] = chunk
+        return finals
+
+    def abort_request(self, rid: str | None = None, abort_all: bool = False) -> bool:
+        """Abort by id (or all). Returns False when the id is not in flight."""
+        if not abort_all and rid not in self.rid_to_queue:
+            return False
+        self.send_sock.send_pyobj(AbortReq(rid=rid, abort_all=abort_all))
+        return True
+
+    # ----- control -----
+    async def control(self, msg, timeout: float = CONTROL_TIMEOUT_S) -> ControlResult:
+        """Send one control message and wait for its ControlResult."""
+        if not self.alive:
+            raise ServerUnavailableError("The server is unhealthy: the scheduler process died.")
+        async with self.control_lock:
+            self.control_future = asyncio.get_running_loop().create_future()
+            self.send_sock.send_pyobj(msg)
+            try:
+                return await asyncio.wait_for(self.control_future, timeout)
+            finally:
+                self.control_future = None
+
+    async def flush_cache(self) -> ControlResult:
+        """Flush the radix cache (refused while requests are in flight)."""
+        return await self.control(FlushCacheReq())
+
+    async def get_stats(self) -> dict[str, Any]:
+        """Live scheduler statistics."""
+        return (await self.control(GetStatsReq(), timeout=30.0)).payload
+
+    async def update_weights(self, model_path: str, drain_timeout: float = 300.0) -> ControlResult:
+        """Hold new requests, let in-flight ones finish, swap weights, resume."""
+        async with self.weights_lock:
+            self.unpaused.clear()
+            try:
+                deadline = time.monotonic() + drain_timeout
+                while self.num_in_flight > 0:
+                    if time.monotonic() > deadline:
+                        return ControlResult(False, "Failed to update weights: in-flight requests did not finish.")
+                    await asyncio.sleep(0.02)
+                result = await self.control(UpdateWeightsReq(model_path))
+                if result.success:
+                    self.model_path = model_path
+                return result
+            finally:
+                self.unpaused.set()
