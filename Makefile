@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 30000
 PYTEST_ARGS ?=
+TEST_PATHS ?= tests notebooks
 
 .PHONY: install serve test lint clean
 
@@ -23,7 +24,7 @@ serve: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m sglkit.launch_server --port $(PORT)
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q --nbval-lax $(TEST_PATHS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sglkit tests

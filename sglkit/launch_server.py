@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -25,6 +26,10 @@ def main(argv: list[str] | None = None) -> None:
     except RuntimeError as e:
         print(f"Error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn already shut down gracefully; no traceback
+        sys.exit(130)
+    finally:
+        gc.freeze()  # the process is exiting: skip interpreter shutdown's GC passes (seconds with torch loaded)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ Every rejection is an ``InvalidRequestError`` (a ValueError) naming the offendin
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sglkit.runtime.messages import TokenizedGenerateReq
@@ -72,12 +72,14 @@ def validate_input_ids(input_ids: Any, vocab_size: int, param: str = "input_ids"
     return input_ids
 
 
-def check_context_length(num_input: int, max_new_tokens: int, context_len: int, param: str = "max_new_tokens") -> None:
-    """SGLang's two context-length errors."""
+def check_context_length(
+    num_input: int, max_new_tokens: int, context_len: int, param: str = "max_new_tokens", input_param: str = "input_ids"
+) -> None:
+    """SGLang's two context-length errors: the input alone (``input_param``), or input + output (``param``)."""
     if num_input >= context_len:
         raise InvalidRequestError(
             f"The input ({num_input} tokens) is longer than the model's context length ({context_len} tokens).",
-            "input",
+            input_param,
         )
     if num_input + max_new_tokens > context_len:
         raise InvalidRequestError(
@@ -123,7 +125,8 @@ def build_requests(
         else:
             input_ids = validate_input_ids(item, vocab_size)
             text = None
-        check_context_length(len(input_ids), params.max_new_tokens, context_len)
+        check_context_length(len(input_ids), params.max_new_tokens, context_len,
+                             input_param="text" if inp.text is not None else "input_ids")
         return_logprob = bool(_pick(inp.return_logprob, i, num, "return_logprob"))
         start = _pick(inp.logprob_start_len, i, num, "logprob_start_len")
         start = -1 if start is None else start
@@ -135,11 +138,13 @@ def build_requests(
         base_rid = _pick(inp.rid, i, num, "rid") or uuid.uuid4().hex
         for j in range(params.n):
             rid = base_rid if params.n == 1 else f"{base_rid}-{j}"
+            # n seeded samples must differ: sample j gets seed + j (sample 0 equals the n=1 request).
+            seeded = params.sampling_seed is not None and j > 0
             reqs.append(
                 TokenizedGenerateReq(
                     rid=rid,
                     input_ids=list(input_ids),
-                    sampling_params=params,
+                    sampling_params=replace(params, sampling_seed=params.sampling_seed + j) if seeded else params,
                     input_text=text,
                     return_logprob=return_logprob,
                     logprob_start_len=start,

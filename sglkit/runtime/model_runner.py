@@ -75,10 +75,12 @@ class ModelRunner:
         cfg = self.model_config
         model_len = getattr(cfg, "max_position_embeddings", None) or 2048
         context_len = self.server_args.context_length or model_len
-        if self.server_args.context_length and self.server_args.context_length > model_len:
+        if context_len > model_len:
             logger.warning(
-                f"context_length={context_len} is longer than the model's max_position_embeddings={model_len}."
+                f"context_length={context_len} is longer than the model's max_position_embeddings={model_len}; "
+                f"using {model_len}."
             )
+            context_len = model_len
         window = getattr(self.model, "sliding_window", None)
         if window and window < context_len:
             logger.warning(f"Capping context length to the sliding window ({window} tokens).")

@@ -18,13 +18,7 @@ from sglkit.runtime.forward_batch import ForwardMode
 from sglkit.runtime.messages import ControlResult, GenerateOutput, TokenizedGenerateReq
 from sglkit.runtime.model_runner import ModelRunner
 from sglkit.runtime.req import FinishReason, Req
-from sglkit.runtime.sampler import (
-    Sampler,
-    SamplingBatchInfo,
-    compute_logprobs,
-    get_token_logprobs,
-    get_top_logprobs,
-)
+from sglkit.runtime.sampler import Sampler, SamplingBatchInfo, compute_logprobs
 from sglkit.runtime.schedule_batch import (
     ScheduleBatch,
     alloc_token_slots,
@@ -39,7 +33,13 @@ from sglkit.runtime.schedule_policy import (
     shares_uncached_prefix,
     sort_waiting_queue,
 )
-from sglkit.runtime.scheduler_output import append_token, make_output, should_stream
+from sglkit.runtime.scheduler_output import (
+    append_token,
+    collect_input_logprobs,
+    make_output,
+    record_output_logprobs,
+    should_stream,
+)
 from sglkit.runtime.scheduler_stats import SchedulerStats
 from sglkit.runtime.tokenizer_utils import get_eos_token_ids, load_tokenizer
 from sglkit.server_args import ServerArgs
@@ -128,12 +128,14 @@ class Scheduler:
             if abort_all or req.rid == rid:
                 self.waiting_queue.remove(req)
                 req.finished_reason = FinishReason("abort")
+                self.stats.record_finished(req)
                 outputs.append(make_output(req))
         active = list(self.running_reqs) + ([self.chunked_req] if self.chunked_req else [])
         for req in active:
             if abort_all or req.rid == rid:
                 req.finished_reason = FinishReason("abort")
                 self._release(req)
+                self.stats.record_finished(req)
                 outputs.append(make_output(req))
         return outputs
 
@@ -244,7 +246,7 @@ class Scheduler:
         for i, req in enumerate(batch.reqs):
             req.kv_len = batch.prefix_lens[i] + batch.extend_lens[i]
             if i in batch.rows.input_rows:
-                self._collect_input_logprobs(req, logits, *batch.rows.input_rows[i])
+                collect_input_logprobs(req, logits, *batch.rows.input_rows[i])
             if i in batch.rows.sample_row:
                 req.is_chunked = False
                 sample_idx.append(i)
@@ -291,7 +293,7 @@ class Scheduler:
         for req in batch.reqs:
             req.kv_len += 1
         outputs = self._sample_and_process(batch.reqs, logits)
-        self.stats.log_decode(len(self.running_reqs), self._num_used_tokens(), len(self.waiting_queue))
+        self.stats.log_decode(len(batch.reqs), self._num_used_tokens(), len(self.waiting_queue))
         return outputs
 
     # ------------------------------------------------------------------ sampling and outputs
@@ -317,11 +319,7 @@ class Scheduler:
             if req.finished():
                 continue
             if logprobs is not None and req.return_logprob:
-                token_lp = get_token_logprobs(logprobs[i : i + 1], torch.tensor([next_ids[i]]))
-                req.output_token_logprobs.append((float(token_lp[0]), next_ids[i]))
-                if req.top_logprobs_num > 0:
-                    values, ids = get_top_logprobs(logprobs[i : i + 1], req.top_logprobs_num)
-                    req.output_top_logprobs.append(list(zip(values[0].tolist(), ids[0].tolist())))
+                record_output_logprobs(req, logprobs[i], next_ids[i])
             append_token(req, next_ids[i], self.eos_token_ids, self.context_len, self.tokenizer)
         self.stats.num_generated_tokens += len(reqs) - len(zero_len)
         for req in reqs:
@@ -334,19 +332,6 @@ class Scheduler:
             elif should_stream(req, self.server_args.stream_interval):
                 outputs.append(make_output(req))
         return outputs
-
-    def _collect_input_logprobs(self, req: Req, logits: torch.Tensor, first_row: int, count: int, first_pos: int) -> None:
-        """Score prompt tokens first_pos+1 .. first_pos+count with logits rows first_row .. first_row+count."""
-        lp = compute_logprobs(logits[first_row : first_row + count])
-        targets = torch.tensor(req.origin_input_ids[first_pos + 1 : first_pos + 1 + count], device=lp.device)
-        if req.logprob_start_len == 0 and first_pos == 0 and not req.input_token_logprobs:
-            req.input_token_logprobs.append((None, req.origin_input_ids[0]))
-            req.input_top_logprobs.append(None)
-        values = get_token_logprobs(lp, targets).tolist()
-        req.input_token_logprobs.extend(zip(values, targets.tolist()))
-        if req.top_logprobs_num > 0:
-            top_v, top_i = get_top_logprobs(lp, req.top_logprobs_num)
-            req.input_top_logprobs.extend(list(zip(v, i)) for v, i in zip(top_v.tolist(), top_i.tolist()))
 
     # ------------------------------------------------------------------ KV release
     def _release(self, req: Req) -> None:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from sglkit.runtime.detokenizer import IncrementalDetokenizer, find_stop_str
 from sglkit.runtime.messages import GenerateOutput
 from sglkit.runtime.req import FinishReason, Req
+from sglkit.runtime.sampler import compute_logprobs, get_token_logprobs, get_top_logprobs
 
 
 def init_detokenizer(req: Req, tokenizer) -> None:
@@ -101,3 +104,25 @@ def should_stream(req: Req, stream_interval: int) -> bool:
     interval = req.sampling_params.stream_interval or stream_interval
     new_tokens = len(req.output_ids) - req.sent_output_len
     return req.stream and new_tokens > 0 and (new_tokens >= interval or len(req.output_ids) == 1)
+
+
+def record_output_logprobs(req: Req, logprobs: torch.Tensor, token_id: int) -> None:
+    """logprobs: [V] log-softmax of this step's logits -> append the sampled token's logprob (and top-k)."""
+    req.output_token_logprobs.append((float(logprobs[token_id]), token_id))
+    if req.top_logprobs_num > 0:
+        values, ids = get_top_logprobs(logprobs[None], req.top_logprobs_num)
+        req.output_top_logprobs.append(list(zip(values[0].tolist(), ids[0].tolist())))
+
+
+def collect_input_logprobs(req: Req, logits: torch.Tensor, first_row: int, count: int, first_pos: int) -> None:
+    """Score prompt tokens first_pos+1 .. first_pos+count with logits rows first_row .. first_row+count."""
+    lp = compute_logprobs(logits[first_row : first_row + count])  # [count, V]
+    targets = torch.tensor(req.origin_input_ids[first_pos + 1 : first_pos + 1 + count], device=lp.device)
+    if req.logprob_start_len == 0 and first_pos == 0 and not req.input_token_logprobs:
+        req.input_token_logprobs.append((None, req.origin_input_ids[0]))
+        req.input_top_logprobs.append(None)
+    values = get_token_logprobs(lp, targets).tolist()
+    req.input_token_logprobs.extend(zip(values, targets.tolist()))
+    if req.top_logprobs_num > 0:
+        top_v, top_i = get_top_logprobs(lp, req.top_logprobs_num)
+        req.input_top_logprobs.extend(list(zip(v, i)) for v, i in zip(top_v.tolist(), top_i.tolist()))

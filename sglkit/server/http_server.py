@@ -11,6 +11,7 @@ import logging
 import multiprocessing as mp
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -22,9 +23,10 @@ from contextlib import asynccontextmanager
 import requests
 import uvicorn
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sglkit.log_utils import configure_logging
-from sglkit.server import native_api, openai_api
+from sglkit.server import embeddings_api, native_api, openai_api
 from sglkit.server.errors import install_error_handlers
 from sglkit.server.scheduler_process import PortArgs, run_scheduler_process
 from sglkit.server.tokenizer_manager import TokenizerManager
@@ -35,6 +37,7 @@ logger = logging.getLogger("sglkit.server")
 AUTH_EXEMPT_PATHS = frozenset({"/health", "/health_generate"})
 MAX_BODY_BYTES = 64 << 20
 WARMUP_PROMPT = "The capital city of France is"
+GRACEFUL_SHUTDOWN_S = 1.0  # then in-flight requests are cancelled (and aborted): a stop never waits on them
 
 
 class APIKeyMiddleware:
@@ -60,22 +63,37 @@ class APIKeyMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """Refuse request bodies over ``MAX_BODY_BYTES`` with 413 (by Content-Length)."""
+    """Refuse request bodies over ``MAX_BODY_BYTES`` with 413: by Content-Length up front, and by counting the
+    bytes of chunked uploads as they arrive (the 413 then comes from the route's body read)."""
+
+    TOO_LARGE = (b'{"error": {"message": "Request body too large.", "type": "invalid_request_error", '
+                 b'"param": null, "code": 413}}')
 
     def __init__(self, app) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-                body = b'{"error": {"message": "Request body too large.", "type": "invalid_request_error", ' \
-                       b'"param": null, "code": 413}}'
-                await send({"type": "http.response.start", "status": 413,
-                            "headers": [(b"content-type", b"application/json")]})
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": self.TOO_LARGE})
+            return
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    raise StarletteHTTPException(413, "Request body too large.")
+            return message
+
+        await self.app(scope, counting_receive, send)
 
 
 def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager, scheduler_process) -> FastAPI:
@@ -92,6 +110,7 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager, sch
     app.state.ready = server_args.skip_server_warmup
     app.include_router(native_api.router)
     app.include_router(openai_api.router)
+    app.include_router(embeddings_api.router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware)
     if server_args.api_key:
@@ -117,7 +136,7 @@ def uvicorn_log_config(level: str) -> dict:
         },
         "loggers": {
             "uvicorn": {"handlers": ["default"], "level": level.upper(), "propagate": False},
-            "uvicorn.error": {"level": level.upper()},
+            "uvicorn.error": {"level": level.upper(), "propagate": True},  # configure_logging turned it off
             "uvicorn.access": {"handlers": ["access"], "level": level.upper(), "propagate": False},
         },
     }
@@ -172,9 +191,9 @@ def warmup(app: FastAPI, server_args: ServerArgs) -> None:
     logger.info("The server is fired up and ready to roll!")
 
 
-def start_scheduler(server_args: ServerArgs) -> tuple[mp.Process, PortArgs, dict]:
-    """Spawn the scheduler process and wait until it has loaded the model; raise with its error otherwise."""
-    ipc_dir = tempfile.mkdtemp(prefix="sglkit-ipc-")
+def start_scheduler(server_args: ServerArgs, ipc_dir: str) -> tuple[mp.Process, PortArgs, dict]:
+    """Spawn the scheduler process (ZMQ sockets in ``ipc_dir``) and wait until it has loaded the model; raise
+    with its error otherwise."""
     port_args = PortArgs(f"ipc://{ipc_dir}/scheduler_input", f"ipc://{ipc_dir}/scheduler_output")
     ctx = mp.get_context("spawn")
     reader, writer = ctx.Pipe(duplex=False)
@@ -194,23 +213,42 @@ def start_scheduler(server_args: ServerArgs) -> tuple[mp.Process, PortArgs, dict
     return process, port_args, info
 
 
+def _exit_on_signal(signum: int, _frame) -> None:
+    """SIGTERM: unwind (so ``launch_server``'s cleanup runs) and exit with the shell's code, 128 + signal."""
+    raise SystemExit(128 + signum)
+
+
 def launch_server(server_args: ServerArgs) -> None:
-    """Run the server until it is stopped (SIGINT/SIGTERM); the scheduler process goes down with it."""
+    """Run the server until it is stopped (SIGINT/SIGTERM); the scheduler process goes down with it.
+
+    uvicorn handles SIGTERM with a graceful shutdown and then re-raises it under the handler it found, so
+    a Python handler is installed first: the process then unwinds through the cleanup below (scheduler
+    process stopped, IPC folder removed) instead of being killed by the default action.
+    """
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     configure_logging(server_args.log_level)
     logger.info(f"server_args={server_args}")
     check_port_free(server_args.host, server_args.port)
-    process, port_args, info = start_scheduler(server_args)
+    ipc_dir = tempfile.mkdtemp(prefix="sglkit-ipc-")
+    try:
+        process, port_args, info = start_scheduler(server_args, ipc_dir)
+    except BaseException:
+        shutil.rmtree(ipc_dir, ignore_errors=True)
+        raise
     try:
         tokenizer_manager = TokenizerManager(server_args, port_args, info)
         app = create_app(server_args, tokenizer_manager, process)
         if not server_args.skip_server_warmup:
             threading.Thread(target=warmup, args=(app, server_args), daemon=True, name="sglkit-warmup").start()
         uvicorn.run(app, host=server_args.host, port=server_args.port, log_config=uvicorn_log_config(
-            server_args.log_level), timeout_keep_alive=5, loop="asyncio", h11_max_incomplete_event_size=1 << 20)
+            server_args.log_level), timeout_keep_alive=5, loop="asyncio", h11_max_incomplete_event_size=1 << 20,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
         if process.is_alive():
             process.terminate()
             process.join(timeout=5)
             if process.is_alive():
                 process.kill()
+        shutil.rmtree(ipc_dir, ignore_errors=True)
         sys.stdout.flush()

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from sglkit import __version__
 from sglkit.runtime.input_processor import GenerateInput
 from sglkit.server.errors import error_response
-from sglkit.server.protocol import parse_json_object, validate_request
+from sglkit.server.protocol import Bool, Int, parse_json_object, validate_request
 
 router = APIRouter()
 
@@ -29,17 +29,20 @@ FLUSH_OK_TEXT = (
 
 
 class GenerateReqInput(BaseModel):
-    """Body of /generate (SGLang's GenerateReqInput, the fields sglkit supports)."""
+    """Body of /generate (SGLang's GenerateReqInput, the fields sglkit supports).
+
+    Same type rules as the OpenAI routes: no strings or booleans for numbers, only true/false for flags.
+    """
 
     model_config = ConfigDict(extra="ignore")
     text: str | list[str] | None = None
-    input_ids: list[int] | list[list[int]] | None = None
+    input_ids: list[Int] | list[list[Int]] | None = None
     sampling_params: dict[str, Any] | list[dict[str, Any]] | None = None
     rid: str | list[str] | None = None
-    return_logprob: bool | list[bool] = False
-    logprob_start_len: int | list[int] | None = None
-    top_logprobs_num: int | list[int] | None = None
-    stream: bool = False
+    return_logprob: Bool | list[Bool] = False
+    logprob_start_len: Int | list[Int] | None = None
+    top_logprobs_num: Int | list[Int] | None = None
+    stream: Bool = False
 
 
 class UpdateWeightsReqInput(BaseModel):
@@ -54,7 +57,7 @@ class AbortReqInput(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     rid: str | None = None
-    abort_all: bool = False
+    abort_all: Bool = False
 
 
 def _tm(request: Request):
@@ -192,17 +195,18 @@ async def abort_request(request: Request) -> Response:
     return JSONResponse({"success": True, "message": "Abort requested."})
 
 
+# (Prometheus name, stats key, kind, help). Counters end in ``_total``, as Prometheus requires and SGLang does.
 METRICS = (
-    ("num_running_reqs", "gauge", "Requests running."),
-    ("num_queue_reqs", "gauge", "Requests waiting."),
-    ("num_used_tokens", "gauge", "KV slots in use."),
-    ("token_usage", "gauge", "Share of the KV pool in use."),
-    ("cache_hit_rate", "gauge", "Prefix cache hit rate."),
-    ("gen_throughput", "gauge", "Generation throughput (token/s)."),
-    ("total_prompt_tokens", "counter", "Prompt tokens of finished requests."),
-    ("total_completion_tokens", "counter", "Generated tokens of finished requests."),
-    ("num_finished_reqs", "counter", "Finished requests."),
-    ("num_retracted_reqs", "counter", "Requests retracted for lack of KV memory."),
+    ("num_running_reqs", "num_running_reqs", "gauge", "Requests running."),
+    ("num_queue_reqs", "num_queue_reqs", "gauge", "Requests waiting."),
+    ("num_used_tokens", "num_used_tokens", "gauge", "KV slots in use."),
+    ("token_usage", "token_usage", "gauge", "Share of the KV pool in use."),
+    ("cache_hit_rate", "cache_hit_rate", "gauge", "Prefix cache hit rate."),
+    ("gen_throughput", "gen_throughput", "gauge", "Generation throughput (token/s)."),
+    ("prompt_tokens_total", "total_prompt_tokens", "counter", "Prompt tokens of finished requests."),
+    ("generation_tokens_total", "total_completion_tokens", "counter", "Generated tokens of finished requests."),
+    ("num_requests_total", "num_finished_reqs", "counter", "Finished requests."),
+    ("num_retracted_reqs_total", "num_retracted_reqs", "counter", "Requests retracted for lack of KV memory."),
 )
 
 
@@ -212,10 +216,11 @@ async def metrics(request: Request) -> Response:
     if not request.app.state.server_args.enable_metrics:
         return error_response(404, "Metrics are disabled; start the server with --enable-metrics.", code="not_found")
     stats = await _tm(request).get_stats()
-    name = request.app.state.server_args.served_model_name
+    name = str(request.app.state.server_args.served_model_name)
+    name = name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")  # label-value escaping
     lines = []
-    for key, kind, help_text in METRICS:
-        metric = f"sglkit:{key}" + ("_total" if kind == "counter" and not key.startswith("total") else "")
+    for metric_name, key, kind, help_text in METRICS:
+        metric = f"sglkit:{metric_name}"
         lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}",
                   f'{metric}{{model_name="{name}"}} {float(stats.get(key, 0.0))}']
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

@@ -34,7 +34,7 @@ MIN_LOGPROB = -9999.0  # OpenAI's floor; also keeps -inf out of JSON
 _RESERVED_TEMPLATE_KWARGS = frozenset(
     {"conversation", "tools", "tokenize", "add_generation_prompt", "return_dict", "chat_template"}
 )
-_INTERNAL_NAME = re.compile(r"\b(max_new_tokens|min_new_tokens|sampling_seed|top_logprobs_num|logprob_start_len)\b")
+_INTERNAL_NAME = re.compile(r"\b(max_new_tokens|min_new_tokens|sampling_seed|top_logprobs_num|logprob_start_len|input_ids)\b")
 
 TokenDecoder = Callable[[int], str]
 Chunk = dict[str, Any]
@@ -282,6 +282,18 @@ def completion_logprobs(entries: list[tuple[list, list | None]], decode: TokenDe
     return out
 
 
+def echo_logprobs(meta: Mapping[str, Any], decode: TokenDecoder, echo_len: int) -> dict[str, list]:
+    """The prompt's logprobs for ``echo``, offsets aligned so the prompt tokens end where the echoed text ends.
+
+    The echoed text is the prompt as given, which lacks special tokens such as BOS; tokens before the text's
+    start get offset 0. Output offsets then continue at ``echo_len`` without going backwards.
+    """
+    lp = completion_logprobs(logprob_entries(meta, "input"), decode)
+    shift = echo_len - sum(len(token) for token in lp["tokens"])
+    lp["text_offset"] = [max(0, offset + shift) for offset in lp["text_offset"]]
+    return lp
+
+
 def build_chat_response(rid: str, created: int, model: str, finals: list[Chunk], owners: list[int],
                         decode: TokenDecoder | None = None, logprobs: bool = False) -> dict[str, Any]:
     """Final chunks (one per choice) -> a ``chat.completion`` dict."""
@@ -315,9 +327,10 @@ def build_completion_response(rid: str, created: int, model: str, finals: list[C
         lp = None
         if logprobs is not None:
             meta = chunk["meta_info"]
-            lp = completion_logprobs(logprob_entries(meta, "input"), decode)
-            out = completion_logprobs(logprob_entries(meta, "output"), decode, len(prefix))
-            lp = {key: lp[key] + out[key] for key in lp} if echo_texts else out
+            lp = completion_logprobs(logprob_entries(meta, "output"), decode, len(prefix))
+            if echo_texts:
+                prompt_lp = echo_logprobs(meta, decode, len(prefix))
+                lp = {key: prompt_lp[key] + lp[key] for key in lp}
         choices.append(_completion_choice(chunk, prefix + chunk["text"], lp))
     usage = usage_from({c["index"]: c for c in finals}, owners)
     return CompletionResponse(id=rid, created=created, model=model, choices=choices, usage=usage).model_dump()
@@ -375,29 +388,30 @@ class CompletionStreamFormatter:
         self.rid, self.created, self.model, self.owners = rid, created, model, owners
         self.echo_texts, self.decode, self.logprobs = echo_texts, decode, logprobs
         self.num_logprobs_sent: dict[int, int] = {}
-        self.num_chars_sent: dict[int, int] = {}
+        self.next_text_offset: dict[int, int] = {}  # as in the non-streamed answer: echo + token texts so far
         self.finals: dict[int, Chunk] = {}
 
     def on_chunk(self, chunk: Chunk) -> list[dict[str, Any]]:
         """The events for one chunk (possibly none)."""
         index, meta = chunk["index"], chunk["meta_info"]
-        first = index not in self.num_chars_sent
+        first = index not in self.num_logprobs_sent
         text = chunk["delta"]
         lp = None
         if first:
-            self.num_chars_sent[index] = self.num_logprobs_sent[index] = 0
+            self.num_logprobs_sent[index] = 0
             if self.echo_texts:
                 text = self.echo_texts[self.owners[index]] + text
+            self.next_text_offset[index] = len(text) - len(chunk["delta"])
         if self.logprobs is not None:
             sent = self.num_logprobs_sent[index]
-            base = self.num_chars_sent[index] + len(text) - len(chunk["delta"])
-            lp = completion_logprobs(logprob_entries(meta, "output", sent), self.decode, base)
+            lp = completion_logprobs(logprob_entries(meta, "output", sent), self.decode, self.next_text_offset[index])
             self.num_logprobs_sent[index] = sent + len(lp["tokens"])
+            if lp["tokens"]:
+                self.next_text_offset[index] = lp["text_offset"][-1] + len(lp["tokens"][-1])
             if first and self.echo_texts:
-                prompt_lp = completion_logprobs(logprob_entries(meta, "input"), self.decode)
+                prompt_lp = echo_logprobs(meta, self.decode, len(text) - len(chunk["delta"]))
                 lp = {key: prompt_lp[key] + lp[key] for key in lp}
             lp = lp if lp["tokens"] else None
-        self.num_chars_sent[index] += len(text)
         if chunk["finished"]:
             self.finals[index] = chunk
         if not (text or lp or chunk["finished"]):

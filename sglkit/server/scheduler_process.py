@@ -8,6 +8,7 @@ batch makes no progress for ``watchdog_timeout`` seconds, so a hung runtime neve
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from sglkit.runtime.messages import (
     ControlResult,
     FlushCacheReq,
     GetStatsReq,
+    TokenizedEmbeddingReq,
     TokenizedGenerateReq,
     UpdateWeightsReq,
 )
@@ -69,20 +71,29 @@ def start_watchdog(get_progress, is_busy, timeout: float) -> None:
     threading.Thread(target=watch, daemon=True, name="sglkit-watchdog").start()
 
 
+def _exit_on_sigterm(*_) -> None:
+    """SIGTERM (the server stopping): exit with finalizers, but skip the cyclic GC passes of interpreter
+    shutdown, which take seconds with a loaded model and would hold up the server's own shutdown."""
+    gc.freeze()
+    sys.exit(0)
+
+
 def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_pipe, parent_pid: int) -> None:
     """Entry point of the scheduler process: load the model, report readiness, then serve forever."""
     die_with_parent()
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
     configure_logging(server_args.log_level, prefix="TP0")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # exit cleanly (finalizers run) when the server stops
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server stops us itself
     import tqdm
 
     tqdm.tqdm.set_lock(threading.RLock())  # tqdm's default multiprocessing lock would be reported as leaked
     try:
+        from sglkit.runtime.embedding_scheduler import EmbeddingScheduler
         from sglkit.runtime.scheduler import Scheduler
 
-        scheduler = Scheduler(server_args)
+        scheduler = EmbeddingScheduler(server_args) if server_args.is_embedding else Scheduler(server_args)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which exits with the message
         ready_pipe.send({"status": "error", "message": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
         return
@@ -91,6 +102,8 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_pi
     recv_sock.bind(port_args.scheduler_input)
     send_sock = ctx.socket(zmq.PUSH)
     send_sock.connect(port_args.scheduler_output)
+    gc.collect()
+    gc.freeze()  # the model and pools are long-lived: keep them out of every later collection (no pauses)
     ready_pipe.send({"status": "ready", **scheduler.get_stats()})
     start_watchdog(lambda: scheduler.forward_ct, lambda: not scheduler.is_idle(), server_args.watchdog_timeout)
     poller = zmq.Poller()
@@ -107,11 +120,11 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_pi
 
 def handle_message(scheduler, msg, send_sock) -> None:
     """Dispatch one message from the HTTP process; control requests get a ControlResult back."""
-    if isinstance(msg, list):  # a batch of generate requests
+    if isinstance(msg, list):  # a batch of generate (or embedding) requests
         early = [out for req in msg if (out := scheduler.add_request(req)) is not None]
         if early:
             send_sock.send_pyobj(early)
-    elif isinstance(msg, TokenizedGenerateReq):
+    elif isinstance(msg, (TokenizedGenerateReq, TokenizedEmbeddingReq)):
         out = scheduler.add_request(msg)
         if out is not None:
             send_sock.send_pyobj([out])

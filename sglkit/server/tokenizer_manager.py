@@ -111,7 +111,13 @@ class TokenizerManager:
 
     async def _handle_loop(self) -> None:
         while True:
-            obj = await self.recv_sock.recv_pyobj()
+            try:
+                obj = await self.recv_sock.recv_pyobj()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - one bad message must not end the loop (every request would hang)
+                logger.exception("Dropped an undecodable message from the scheduler process")
+                continue
             if isinstance(obj, ControlResult):
                 if self.control_future is not None and not self.control_future.done():
                     self.control_future.set_result(obj)
@@ -203,6 +209,8 @@ class TokenizerManager:
         if not self.alive:
             raise ServerUnavailableError("The server is unhealthy: the scheduler process died.")
         async with self.control_lock:
+            if not self.alive:  # it died while we waited for the lock: nobody would answer
+                raise ServerUnavailableError("The server is unhealthy: the scheduler process died.")
             self.control_future = asyncio.get_running_loop().create_future()
             self.send_sock.send_pyobj(msg)
             try:

@@ -7,6 +7,7 @@ written once (deterministically, no downloads) into a cache folder and reused.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "sglkit-tiny-llama"
@@ -18,12 +19,15 @@ def cache_dir() -> Path:
 
 
 def default_model_path() -> str:
-    """Path of the built-in default model, creating it on first use."""
+    """Path of the built-in default model, creating it on first use (safe if two processes race)."""
     path = cache_dir() / DEFAULT_MODEL_NAME
     if not (path / "config.json").is_file():
         from sglkit.testing.tiny_models import make_tiny_model
 
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
         make_tiny_model(tmp, "LlamaForCausalLM", seed=0)
-        tmp.replace(path) if not path.exists() else None
+        try:
+            tmp.rename(path)
+        except OSError:  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
     return str(path)

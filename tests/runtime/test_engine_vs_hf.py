@@ -143,3 +143,24 @@ def test_shared_prefix_batch_matches_hf(arch_case):
         assert [o["output_ids"] for o in outs] == expected
         assert sum(o["meta_info"]["cached_tokens"] > 32 for o in outs) == len(prompts) - 1
         assert_no_leak(llm)
+
+
+@pytest.mark.parametrize(
+    "engine_kwargs",
+    [
+        {"schedule_policy": "fcfs", "max_running_requests": 3},
+        {"schedule_policy": "lpm", "max_prefill_tokens": 24, "chunked_prefill_size": -1},
+        {"disable_radix_cache": True, "chunked_prefill_size": 7},
+    ],
+    ids=["fcfs-3-running", "lpm-small-prefill-budget", "no-radix-chunk7"],
+)
+def test_scheduler_knobs_keep_outputs(tiny_model_factory, engine_kwargs):
+    """Policies and budgets change batching, never the tokens."""
+    path = tiny_model_factory("LlamaForCausalLM")
+    hf = HFReference(path)
+    prompts = make_prompts(10)
+    expected = [hf.greedy(hf.tokenizer.encode(p), MAX_NEW) for p in prompts]
+    with sglkit.Engine(model_path=path, max_total_tokens=4096, random_seed=0, **engine_kwargs) as llm:
+        outs = llm.generate(prompts, [greedy_params()] * len(prompts))
+        assert [o["output_ids"] for o in outs] == expected
+        assert_no_leak(llm)
