@@ -176,6 +176,8 @@ class TokenizerManager:
                 chunk = builders[out.rid].add(out)
                 if out.finished:
                     unfinished.discard(out.rid)
+                    if self.server_args.log_requests:
+                        self._log_request(reqs[chunk["index"]], chunk)
                 if out.error and not self.alive:
                     raise ServerUnavailableError(out.error)
                 if out.finished or reqs[chunk["index"]].stream:
@@ -186,6 +188,15 @@ class TokenizerManager:
             for rid in builders:
                 self.rid_to_queue.pop(rid, None)
             self.num_in_flight -= len(reqs)
+
+    @staticmethod
+    def _log_request(req: TokenizedGenerateReq, chunk: dict[str, Any]) -> None:
+        """--log-requests: one line per finished request with its input and output."""
+        shown_input = req.input_text if req.input_text is not None else f"<{len(req.input_ids)} token ids>"
+        logger.info(
+            f"Finish: rid={req.rid}, input={shown_input!r}, output={chunk['text']!r}, "
+            f"meta_info={ {k: v for k, v in chunk['meta_info'].items() if 'logprobs' not in k} }"
+        )
 
     async def generate_once(self, inp: GenerateInput, request=None) -> list[dict[str, Any]]:
         """Tokenize, run and return the final chunk of every request (non-streaming)."""

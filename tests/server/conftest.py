@@ -60,6 +60,6 @@ def other_size_model_path(tiny_model_factory) -> str:
 def server(server_model_path):
     """The shared server (metrics on). Tests that change weights restore the original ones."""
     os.environ.setdefault("SGLKIT_ECHO_LOGS", "0")
-    running = start_server(server_model_path, "--enable-metrics", "--max-total-tokens 16384")
+    running = start_server(server_model_path, "--enable-metrics", "--log-requests", "--max-total-tokens 16384")
     yield running
     terminate_process(running.process)
