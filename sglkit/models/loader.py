@@ -120,16 +120,20 @@ def resolve_dtype(dtype: str | torch.dtype, config, device: str | torch.device) 
 
 
 def load_model(
-    model_path: str | os.PathLike, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu"
+    model_path: str | os.PathLike,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "cpu",
+    is_embedding: bool = False,
 ) -> tuple[torch.nn.Module, object]:
     """Build the sglkit model of a local folder on ``device`` in ``dtype``, load its weights; (model, config).
 
-    The model is in eval mode with gradients off.
+    ``is_embedding`` picks the embedding / reward variant of the architecture. The model is in eval mode with
+    gradients off.
     """
     from sglkit.layers.rotary import RotaryEmbedding
 
     config = load_config(model_path)
-    model_cls = get_model_class(getattr(config, "architectures", None))
+    model_cls = get_model_class(getattr(config, "architectures", None), is_embedding=is_embedding)
     torch_dtype = resolve_dtype(dtype, config, device)
     with torch.device("meta"):  # no random init: every parameter is overwritten by the checkpoint
         model = model_cls(config, dtype=torch_dtype)

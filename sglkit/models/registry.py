@@ -1,10 +1,14 @@
-"""Models: architecture name (config.json ``architectures``) -> sglkit model class. Used by the loader."""
+"""Models: architecture name (config.json ``architectures``) -> sglkit model class. Used by the loader.
+
+Generation (the default) and embedding (``--is-embedding``) have separate tables: a causal LM served with
+``--is-embedding`` becomes its embedding variant (last-token pooling, no LM head).
+"""
 
 from __future__ import annotations
 
 import importlib
 
-__all__ = ["MODEL_REGISTRY", "get_model_class", "supported_architectures"]
+__all__ = ["MODEL_REGISTRY", "EMBEDDING_MODEL_REGISTRY", "get_model_class", "supported_architectures"]
 
 # Architecture name -> "module:ClassName" (imported on first use).
 MODEL_REGISTRY: dict[str, str] = {
@@ -14,19 +18,43 @@ MODEL_REGISTRY: dict[str, str] = {
     "Qwen3ForCausalLM": "sglkit.models.qwen3:Qwen3ForCausalLM",
 }
 
+_EMBED = "sglkit.models.llama_embedding"
+# Architecture name -> class when serving embeddings / rewards (``is_embedding``).
+EMBEDDING_MODEL_REGISTRY: dict[str, str] = {
+    "LlamaForCausalLM": f"{_EMBED}:LlamaEmbeddingModel",
+    "LlamaModel": f"{_EMBED}:LlamaEmbeddingModel",
+    "MistralForCausalLM": f"{_EMBED}:LlamaEmbeddingModel",
+    "MistralModel": f"{_EMBED}:LlamaEmbeddingModel",
+    "Qwen2ForCausalLM": f"{_EMBED}:Qwen2EmbeddingModel",
+    "Qwen2Model": f"{_EMBED}:Qwen2EmbeddingModel",
+    "Qwen3ForCausalLM": f"{_EMBED}:Qwen3EmbeddingModel",
+    "Qwen3Model": f"{_EMBED}:Qwen3EmbeddingModel",
+    "LlamaForSequenceClassification": f"{_EMBED}:LlamaForSequenceClassification",
+    "Qwen2ForSequenceClassification": f"{_EMBED}:Qwen2ForSequenceClassification",
+    "BertModel": "sglkit.models.bert:BertModel",
+}
 
-def supported_architectures() -> list[str]:
-    """Architecture names sglkit can run."""
-    return list(MODEL_REGISTRY)
+
+def supported_architectures(is_embedding: bool = False) -> list[str]:
+    """Architecture names sglkit can run (as generation models, or as embedding models)."""
+    return list(EMBEDDING_MODEL_REGISTRY if is_embedding else MODEL_REGISTRY)
 
 
-def get_model_class(architectures: list[str] | None) -> type:
+def get_model_class(architectures: list[str] | None, is_embedding: bool = False) -> type:
     """Return the class of the first supported name in ``architectures``; ValueError naming the unsupported ones."""
+    registry = EMBEDDING_MODEL_REGISTRY if is_embedding else MODEL_REGISTRY
     for name in architectures or []:
-        if name in MODEL_REGISTRY:
-            module_name, class_name = MODEL_REGISTRY[name].split(":")
+        if name in registry:
+            module_name, class_name = registry[name].split(":")
             return getattr(importlib.import_module(module_name), class_name)
+    names = list(architectures or [])
+    if not is_embedding and any(name in EMBEDDING_MODEL_REGISTRY for name in names):
+        raise ValueError(
+            f"Model architectures {names} are embedding / reward models: serve them with --is-embedding "
+            "(Engine(..., is_embedding=True))."
+        )
+    kind = "embedding" if is_embedding else "generation"
     raise ValueError(
-        f"Model architectures {list(architectures or [])} are not supported by sglkit. "
-        f"Supported architectures: {supported_architectures()}."
+        f"Model architectures {names} are not supported by sglkit as {kind} models. "
+        f"Supported architectures: {supported_architectures(is_embedding)}."
     )

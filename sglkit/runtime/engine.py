@@ -2,6 +2,8 @@
 
 generate() -> input_processor (validate, tokenize) -> Scheduler.add_request -> Scheduler.step() until done
 -> outputs assembled into SGLang's {"text", "output_ids", "meta_info"} dicts (or streamed as chunks).
+With ``is_embedding=True``: encode() -> embedding_input -> EmbeddingScheduler (prefill-only passes)
+-> {"embedding", "meta_info"} dicts.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from sglkit.log_utils import configure_logging
+from sglkit.runtime.embedding_input import EmbeddingInput, build_embedding_requests
+from sglkit.runtime.embedding_scheduler import EmbeddingScheduler
 from sglkit.runtime.input_processor import GenerateInput, build_requests
 from sglkit.runtime.messages import GenerateOutput
 from sglkit.runtime.scheduler import Scheduler
@@ -85,7 +89,8 @@ class Engine:
             kwargs["model_path"] = default_model_path()
         self.server_args = ServerArgs(log_level=log_level or kwargs.pop("log_level", "error"), **kwargs)
         configure_logging(self.server_args.log_level)
-        self.scheduler: Scheduler | None = Scheduler(self.server_args)
+        scheduler_cls = EmbeddingScheduler if self.server_args.is_embedding else Scheduler
+        self.scheduler: Scheduler | EmbeddingScheduler | None = scheduler_cls(self.server_args)
         self.tokenizer = self.scheduler.tokenizer
 
     # ----- generation -----
@@ -105,6 +110,8 @@ class Engine:
         Raises ValueError (naming the parameter) for invalid inputs; the engine keeps serving afterwards.
         """
         scheduler = self._require_scheduler()
+        if self.server_args.is_embedding:
+            raise ValueError("This engine serves an embedding model (is_embedding=True); use encode(), not generate().")
         inp = GenerateInput(
             text=prompt,
             input_ids=input_ids,
@@ -127,6 +134,35 @@ class Engine:
         if is_batch or len(results) > 1:
             return results
         return results[0]
+
+    # ----- embeddings -----
+    def encode(
+        self,
+        prompt: str | list[str] | None = None,
+        input_ids: list[int] | list[list[int]] | None = None,
+        rid: str | list[str] | None = None,
+    ) -> dict | list[dict]:
+        """Embed one input (dict) or a list (list of dicts): ``{"embedding": [...], "meta_info": {...}}``.
+
+        Needs ``is_embedding=True``. For reward / classification models ``embedding`` holds the scores. Inputs
+        are batched into as few prefill passes as ``max_prefill_tokens`` allows. Raises ValueError (naming the
+        parameter) for invalid inputs; the engine keeps serving afterwards.
+        """
+        scheduler = self._require_scheduler()
+        if not self.server_args.is_embedding:
+            raise ValueError("encode() needs an embedding model: create the Engine with is_embedding=True.")
+        is_batch, reqs = build_embedding_requests(
+            EmbeddingInput(text=prompt, input_ids=input_ids, rid=rid),
+            self.tokenizer, scheduler.model_runner.vocab_size, scheduler.context_len,
+        )
+        finals = {out.rid: out for out in self._run(reqs)}
+        results = []
+        for req in reqs:
+            out = finals[req.rid]
+            if out.error:
+                raise ValueError(out.error)
+            results.append({"embedding": out.embedding, "meta_info": dict(out.meta_info)})
+        return results if is_batch else results[0]
 
     def _stream(self, reqs, owners, is_batch) -> Iterator[dict]:
         index_of = {r.rid: i for i, r in enumerate(reqs)}
@@ -182,7 +218,7 @@ class Engine:
         """Release the model and the KV pool. Idempotent."""
         self.scheduler = None
 
-    def _require_scheduler(self) -> Scheduler:
+    def _require_scheduler(self) -> Scheduler | EmbeddingScheduler:
         if self.scheduler is None:
             raise RuntimeError("The engine has been shut down.")
         return self.scheduler

@@ -77,3 +77,26 @@ class ControlResult:
     success: bool
     message: str = ""
     payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TokenizedEmbeddingReq:
+    """A validated, tokenized input for an embedding / reward model (``--is-embedding``)."""
+
+    rid: str
+    input_ids: list[int]
+    input_text: str | None = None
+
+
+@dataclass
+class EmbeddingOutput:
+    """The pooled vector (embedding, or the scores of a reward / classification model) of one input.
+
+    Always final (``finished`` is True); ``error`` is set instead of ``embedding`` when the input failed.
+    """
+
+    rid: str
+    embedding: list[float]
+    meta_info: dict[str, Any] = field(default_factory=dict)
+    finished: bool = True
+    error: str | None = None

@@ -51,9 +51,13 @@ def test_only_bin_weights(tmp_path, llama_path):
 def test_unknown_architecture(tmp_path, llama_path):
     folder = _copy(llama_path, tmp_path / "m")
     config = json.loads((folder / "config.json").read_text())
-    config["architectures"] = ["LlamaForSequenceClassification"]
+    config["architectures"] = ["GPT2LMHeadModel"]
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"\['LlamaForSequenceClassification'\] are not supported.*Qwen3ForCausalLM"):
+    with pytest.raises(ValueError, match=r"\['GPT2LMHeadModel'\] are not supported.*Qwen3ForCausalLM"):
+        load_model(folder)
+    config["architectures"] = ["LlamaForSequenceClassification"]  # a reward model: served with --is-embedding
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"\['LlamaForSequenceClassification'\] are embedding / reward models.*--is-embedding"):
         load_model(folder)
 
 

@@ -1,0 +1,194 @@
+"""Embedding scheduler: the engine loop body for ``--is-embedding``. Queue -> prefill batch -> pooled vectors.
+
+Same public surface as ``Scheduler`` (add_request, step, abort_request, is_idle, flush_cache, update_weights,
+get_stats, check_memory_leak), so the offline Engine and the server's scheduler process drive either one.
+Prefill only: each ``step()`` takes waiting inputs in arrival order up to ``max_prefill_tokens`` tokens and
+``max_running_requests`` inputs (always at least one), runs one pass, and returns one final EmbeddingOutput per
+input. Nothing stays in the KV pool between steps, so there is no prefix cache to flush.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from sglkit.runtime.embedding_runner import EmbeddingModelRunner
+from sglkit.runtime.messages import ControlResult, EmbeddingOutput, TokenizedEmbeddingReq
+from sglkit.runtime.scheduler_stats import SchedulerStats
+from sglkit.runtime.tokenizer_utils import load_tokenizer
+from sglkit.server_args import ServerArgs
+
+logger = logging.getLogger("sglkit.runtime.scheduler")
+
+EMBEDDING_FINISH_REASON = {"type": "length", "length": 0}  # SGLang's finish reason of an embedding request
+
+
+@dataclass
+class _Waiting:
+    """A queued input and when it arrived."""
+
+    req: TokenizedEmbeddingReq
+    created_time: float
+
+
+class EmbeddingScheduler:
+    """Batches embedding / reward inputs into prefill passes over one EmbeddingModelRunner."""
+
+    def __init__(self, server_args: ServerArgs, tokenizer=None) -> None:
+        self.server_args = server_args
+        self.model_runner = EmbeddingModelRunner(server_args)
+        self.tokenizer = tokenizer or load_tokenizer(server_args.tokenizer_path, server_args.chat_template)
+        runner = self.model_runner
+        self.device = runner.device
+        self.context_len = runner.max_input_len
+        self.max_total_num_tokens = runner.max_total_num_tokens
+        self.max_running_requests = runner.max_running_requests
+        self.max_prefill_tokens = server_args.max_prefill_tokens
+        self.waiting_queue: deque[_Waiting] = deque()
+        self.stats = SchedulerStats(self.max_total_num_tokens, server_args.decode_log_interval)
+        self.forward_ct = 0
+        self._pending_outputs: list[EmbeddingOutput] = []
+        logger.info(
+            f"max_total_num_tokens={self.max_total_num_tokens}, max_prefill_tokens={self.max_prefill_tokens}, "
+            f"max_running_requests={self.max_running_requests}, context_len={self.context_len}, "
+            f"pooling={runner.pooling_description}"
+        )
+
+    # ------------------------------------------------------------------ intake
+    def add_request(self, recv: TokenizedEmbeddingReq) -> EmbeddingOutput | None:
+        """Queue an input; returns a final error output instead when it can never run."""
+        if not isinstance(recv, TokenizedEmbeddingReq):
+            return EmbeddingOutput(recv.rid, [], self._meta(recv.rid, 0), error=(
+                "This model is an embedding model; it serves /encode, /classify and /v1/embeddings, not generation."))
+        num_input = len(recv.input_ids)
+        error = None
+        if num_input == 0:
+            error = "The input is empty."
+        elif num_input > self.context_len:
+            error = (f"The input ({num_input} tokens) is longer than the model's context length "
+                     f"({self.context_len} tokens).")
+        if error:
+            self.stats.num_aborted_reqs += 1
+            return EmbeddingOutput(recv.rid, [], self._meta(recv.rid, num_input), error=error)
+        self.waiting_queue.append(_Waiting(recv, time.perf_counter()))
+        return None
+
+    def abort_request(self, rid: str | None = None, abort_all: bool = False) -> list[EmbeddingOutput]:
+        """Drop waiting inputs (by id, or all); returns their final (aborted) outputs."""
+        kept, outputs = deque(), []
+        for item in self.waiting_queue:
+            if abort_all or item.req.rid == rid:
+                meta = {**self._meta(item.req.rid, len(item.req.input_ids)), "finish_reason": {"type": "abort"}}
+                outputs.append(EmbeddingOutput(item.req.rid, [], meta, error="The request was aborted."))
+                self.stats.num_aborted_reqs += 1
+            else:
+                kept.append(item)
+        self.waiting_queue = kept
+        return outputs
+
+    # ------------------------------------------------------------------ loop
+    def is_idle(self) -> bool:
+        """True when nothing is queued (a pass never outlives ``step``)."""
+        return not self.waiting_queue
+
+    def step(self) -> list[EmbeddingOutput]:
+        """Run one prefill pass over the next batch of waiting inputs; return their outputs."""
+        outputs, self._pending_outputs = self._pending_outputs, []
+        batch = self._next_batch()
+        if not batch:
+            self.stats.idle()
+            return outputs
+        self.forward_ct += 1
+        try:
+            vectors = self.model_runner.embed([item.req.input_ids for item in batch]).tolist()
+        except Exception as e:  # noqa: BLE001 - fail this batch's requests, keep serving
+            logger.exception("Embedding pass failed.")
+            return outputs + [
+                EmbeddingOutput(item.req.rid, [], self._meta(item.req.rid, len(item.req.input_ids)),
+                                error=f"The embedding pass failed: {type(e).__name__}: {e}")
+                for item in batch
+            ]
+        now = time.perf_counter()
+        for item, vector in zip(batch, vectors):
+            num_input = len(item.req.input_ids)
+            meta = {**self._meta(item.req.rid, num_input), "e2e_latency": now - item.created_time}
+            outputs.append(EmbeddingOutput(item.req.rid, vector, meta))
+            self.stats.num_finished_reqs += 1
+            self.stats.total_prompt_tokens += num_input
+        return outputs
+
+    def _next_batch(self) -> list[_Waiting]:
+        """Pop waiting inputs in arrival order while they fit the token and size budgets; log the batch."""
+        batch: list[_Waiting] = []
+        num_tokens = 0
+        budget = self.max_prefill_tokens
+        if self.model_runner.uses_kv_cache:
+            budget = min(budget, self.max_total_num_tokens)
+        while self.waiting_queue and len(batch) < self.max_running_requests:
+            n = len(self.waiting_queue[0].req.input_ids)
+            if batch and num_tokens + n > budget:
+                break
+            batch.append(self.waiting_queue.popleft())
+            num_tokens += n
+        if batch:
+            self.stats.log_prefill(
+                num_new_seqs=len(batch),
+                num_new_tokens=num_tokens,
+                num_cached_tokens=0,
+                num_used_tokens=0,
+                num_running=0,
+                num_queued=len(self.waiting_queue),
+            )
+        return batch
+
+    @staticmethod
+    def _meta(rid: str, num_input: int) -> dict:
+        return {"id": rid, "finish_reason": dict(EMBEDDING_FINISH_REASON), "prompt_tokens": num_input,
+                "cached_tokens": 0}
+
+    # ------------------------------------------------------------------ control
+    def flush_cache(self) -> ControlResult:
+        """Nothing to flush (no prefix cache); succeeds, as SGLang's does for embedding models."""
+        logger.info("Cache flushed successfully!")
+        return ControlResult(True, "Cache flushed.")
+
+    def update_weights(self, model_path: str) -> ControlResult:
+        """Swap in same-shaped weights. Needs an idle scheduler."""
+        if not self.is_idle():
+            return ControlResult(False, "Failed to update weights: requests are in flight.")
+        success, message = self.model_runner.update_weights(model_path)
+        return ControlResult(success, message, {"model_path": self.model_runner.model_path})
+
+    def check_memory_leak(self) -> tuple[bool, str]:
+        """When idle: every KV slot and request slot is free."""
+        runner = self.model_runner
+        if not runner.uses_kv_cache:
+            return True, "encoder model: no KV pool"
+        free = runner.token_to_kv_pool_allocator.available_size()
+        slots = runner.req_to_token_pool.available_size()
+        return runner.is_pool_free(), (
+            f"available={free}, total={self.max_total_num_tokens}, "
+            f"free req slots={slots}/{runner.req_to_token_pool.size}"
+        )
+
+    def get_stats(self) -> dict:
+        """Live statistics for /get_server_info (same keys as the generation scheduler's)."""
+        return self.stats.snapshot(
+            num_running=0,
+            num_queued=len(self.waiting_queue),
+            num_used_tokens=0,
+            num_cached_tokens=0,
+            extra={
+                "max_total_num_tokens": self.max_total_num_tokens,
+                "max_running_requests": self.max_running_requests,
+                "max_prefill_tokens": self.max_prefill_tokens,
+                "context_len": self.context_len,
+                "chunked_prefill_size": None,
+                "model_path": self.model_runner.model_path,
+                "vocab_size": self.model_runner.vocab_size,
+                "is_embedding": True,
+                "pooling": self.model_runner.pooling_description,
+            },
+        )

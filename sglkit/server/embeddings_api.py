@@ -1,0 +1,149 @@
+"""Embedding routes (HTTP edge -> embedding client): /encode, /classify (SGLang native) and /v1/embeddings (OpenAI).
+
+Served by a model launched with ``--is-embedding``; a generation model answers all three with a 400. Shapes:
+
+- ``/encode`` and ``/classify``: ``{"text": str | [str]}`` or ``{"input_ids": [int] | [[int]]}`` ->
+  ``{"embedding": [...], "meta_info": {...}}``, or a list of those for a list. For a reward model the
+  ``embedding`` holds its scores (``embedding[0]`` is the reward), as in SGLang.
+- ``/v1/embeddings``: OpenAI's request (``input`` as a string, strings, token ids or lists of token ids;
+  ``encoding_format`` "float" or "base64") -> ``{"object": "list", "data": [...], "model", "usage"}``.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict
+
+from sglkit.runtime.embedding_input import EmbeddingInput
+from sglkit.runtime.input_processor import InvalidRequestError
+from sglkit.server import embedding_client
+from sglkit.server.errors import error_response
+from sglkit.server.openai_format import model_error
+from sglkit.server.protocol import Int, parse_json_object, validate_request
+
+router = APIRouter()
+
+CLIENT_CLOSED_REQUEST = 499
+
+
+class EncodeReqInput(BaseModel):
+    """Body of /encode and /classify (SGLang's EmbeddingReqInput, the fields sglkit supports)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    text: str | list[str] | None = None
+    input_ids: list[Int] | list[list[Int]] | None = None
+    rid: str | list[str] | None = None
+
+
+class EmbeddingRequest(BaseModel):
+    """Body of /v1/embeddings (OpenAI)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    input: str | list[str] | list[Int] | list[list[Int]]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: Int | None = None
+    user: str | None = None
+
+
+def _generation_model_refusal(request: Request, route: str) -> Response | None:
+    """The 400 a generation model answers on embedding routes, or None for an embedding model."""
+    if request.app.state.server_args.is_embedding:
+        return None
+    return error_response(
+        400,
+        f"This model is a generation model; {route} needs an embedding or reward model served with --is-embedding. "
+        "Use /generate or /v1/completions instead.",
+        "model",
+    )
+
+
+async def _native(request: Request, route: str) -> Response:
+    refusal = _generation_model_refusal(request, route)
+    if refusal is not None:
+        return refusal
+    obj = validate_request(EncodeReqInput, parse_json_object(await request.body()))
+    tm = request.app.state.tokenizer_manager
+    inp = EmbeddingInput(text=obj.text, input_ids=obj.input_ids, rid=obj.rid)
+    try:
+        is_batch, outputs = await embedding_client.encode(tm, inp, request)
+    except embedding_client.ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    results = [{"embedding": out.embedding, "meta_info": out.meta_info} for out in outputs]
+    return JSONResponse(results if is_batch else results[0])
+
+
+@router.api_route("/encode", methods=["POST", "PUT"])
+async def encode(request: Request) -> Response:
+    """Embeddings of text or token ids (single or a list)."""
+    return await _native(request, "/encode")
+
+
+@router.api_route("/classify", methods=["POST", "PUT"])
+async def classify(request: Request) -> Response:
+    """Scores of a reward / classification model (``embedding`` holds them); same input as /encode."""
+    return await _native(request, "/classify")
+
+
+def _openai_input(value: Any) -> EmbeddingInput:
+    """OpenAI ``input`` -> EmbeddingInput (always a batch, so every answer is a list)."""
+    if isinstance(value, str):
+        return EmbeddingInput(text=[value])
+    if value and all(isinstance(v, str) for v in value):
+        return EmbeddingInput(text=list(value))
+    if value and all(isinstance(v, int) for v in value):
+        return EmbeddingInput(input_ids=[list(value)])
+    if value and all(isinstance(v, list) for v in value):
+        return EmbeddingInput(input_ids=list(value))
+    if not value:
+        raise InvalidRequestError("input must not be empty.", "input")
+    raise InvalidRequestError("input must be a string, a list of strings, token ids or lists of token ids.", "input")
+
+
+def _encode_vector(vector: list[float], encoding_format: str | None) -> list[float] | str:
+    """float: the list; base64: little-endian float32 bytes, base64-encoded (what the openai client decodes)."""
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector
+
+
+@router.post("/v1/embeddings")
+async def openai_embeddings(request: Request) -> Response:
+    """OpenAI's embeddings endpoint; the official client's ``embeddings.create`` works against it."""
+    refusal = _generation_model_refusal(request, "/v1/embeddings")
+    if refusal is not None:
+        return refusal
+    req = validate_request(EmbeddingRequest, parse_json_object(await request.body()))
+    args, tm = request.app.state.server_args, request.app.state.tokenizer_manager
+    paths = [p for p in (args.model_path, tm.model_path) if p]
+    message = model_error(req.model, args.served_model_name, paths)
+    if message:
+        return error_response(400, message, "model", code="model_not_found")
+    inp = _openai_input(req.input)
+    try:
+        _, outputs = await embedding_client.encode(tm, inp, request, text_param="input", ids_param="input")
+    except embedding_client.ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    dimension = len(outputs[0].embedding)
+    if req.dimensions is not None and req.dimensions != dimension:
+        return error_response(
+            400, f"dimensions={req.dimensions} is not supported: this model's embeddings have {dimension} dimensions.",
+            "dimensions",
+        )
+    num_tokens = sum(out.meta_info.get("prompt_tokens", 0) for out in outputs)
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encode_vector(out.embedding, req.encoding_format)}
+        for i, out in enumerate(outputs)
+    ]
+    return JSONResponse({
+        "object": "list",
+        "data": data,
+        "model": args.served_model_name,
+        "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens},
+    })
