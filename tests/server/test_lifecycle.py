@@ -128,7 +128,7 @@ def test_sigterm_to_the_server_alone_stops_its_scheduler_and_cleans_up(server_mo
         running.process.send_signal(signal.SIGTERM)
         assert running.process.wait(timeout=30) == 128 + signal.SIGTERM  # it unwound, not killed outright
         assert wait_gone([scheduler], timeout=5.0) == []
-        assert live(members) == []
+        assert wait_gone(members, timeout=5.0) == []  # incl. multiprocessing's resource tracker
         assert not any(os.path.exists(os.path.dirname(path)) for path in sockets)  # the IPC folder is removed
         log = running.log()
         assert "Uvicorn running on" in log and "Shutting down" in log and "Finished server process" in log
