@@ -9,7 +9,7 @@ PORT ?= 30000
 PYTEST_ARGS ?=
 TEST_PATHS ?= tests notebooks
 
-.PHONY: install serve test lint clean
+.PHONY: install serve test lint docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,13 @@ serve: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m sglkit.launch_server --port $(PORT)
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q --nbval-lax $(TEST_PATHS) $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg $(TEST_PATHS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sglkit tests
+
+docs: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
