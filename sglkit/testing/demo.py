@@ -1,7 +1,8 @@
 """The built-in default model: what ``make serve`` / ``launch_server`` without ``--model-path`` serve.
 
-Until a trained demo model ships inside the package, this is a tiny Llama made by ``sglkit.testing``,
-written once (deterministically, no downloads) into a cache folder and reused.
+It is the trained demo model shipped in ``sglkit/data/demo_model`` (``scripts/train_demo_model.py``,
+docs/demo_model.md). Should that folder be missing, a tiny random Llama made by ``sglkit.testing`` is
+written once (deterministically, no downloads) into a cache folder and used instead.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ import os
 import shutil
 from pathlib import Path
 
-DEFAULT_MODEL_NAME = "sglkit-tiny-llama"
+__all__ = ["DEFAULT_MODEL_NAME", "FALLBACK_MODEL_NAME", "cache_dir", "default_model_path"]
+
+DEFAULT_MODEL_NAME = "sglkit-demo"  # the shipped demo model's name (e.g. as the served model name)
+FALLBACK_MODEL_NAME = "sglkit-tiny-llama"  # cache folder of the random fallback model
 
 
 def cache_dir() -> Path:
@@ -19,8 +23,14 @@ def cache_dir() -> Path:
 
 
 def default_model_path() -> str:
-    """Path of the built-in default model, creating it on first use (safe if two processes race)."""
-    path = cache_dir() / DEFAULT_MODEL_NAME
+    """Path of the built-in default model: the shipped demo model, else the generated fallback (made on first use,
+    safe if two processes race)."""
+    from sglkit.data import demo_model_dir
+
+    shipped = demo_model_dir()
+    if shipped is not None:
+        return str(shipped)
+    path = cache_dir() / FALLBACK_MODEL_NAME
     if not (path / "config.json").is_file():
         from sglkit.testing.tiny_models import make_tiny_model
 
