@@ -199,10 +199,10 @@ async def run_requests(base_url: str, backend: str, workload: Workload, request_
             pass
         start = time.perf_counter()
         tasks = []
-        for prompt, output_len in zip(workload.prompts, workload.output_lens):
+        for i, (prompt, output_len) in enumerate(zip(workload.prompts, workload.output_lens)):
+            if i and request_rate != float("inf"):
+                await asyncio.sleep(rng.expovariate(request_rate))  # Poisson process: exponential gaps
             tasks.append(asyncio.create_task(one(prompt, output_len)))
-            if request_rate != float("inf"):
-                await asyncio.sleep(rng.expovariate(request_rate))
         results = await asyncio.gather(*tasks)
         duration = time.perf_counter() - start
     return list(results), duration
@@ -215,6 +215,7 @@ def compute_metrics(results: list[RequestResult], duration: float) -> dict:
     output_tokens = sum(r.output_len for r in ok)
     tpots = [(r.latency - r.ttft) / (r.output_len - 1) for r in ok if r.output_len > 1]
     itls = [gap for r in ok for gap in r.itl]
+    duration = max(duration, 1e-9)
     metrics = {
         "completed": len(ok),
         "failed": len(results) - len(ok),
