@@ -74,6 +74,7 @@ def start_watchdog(get_progress, is_busy, timeout: float) -> None:
 def _exit_on_sigterm(*_) -> None:
     """SIGTERM (the server stopping): exit with finalizers, but skip the cyclic GC passes of interpreter
     shutdown, which take seconds with a loaded model and would hold up the server's own shutdown."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM (tree-wide terminate) must not interrupt exit
     gc.freeze()
     sys.exit(0)
 
