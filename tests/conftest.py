@@ -43,3 +43,15 @@ def tiny_model_factory(tmp_path_factory):
 def llama_path(tiny_model_factory) -> str:
     """The default tiny Llama."""
     return tiny_model_factory("LlamaForCausalLM")
+
+
+@pytest.fixture(scope="session")
+def same_shape_model_path(tiny_model_factory) -> str:
+    """Same architecture and shapes as the tiny Llama, other weights (seed 7): /update_weights succeeds."""
+    return tiny_model_factory("LlamaForCausalLM", seed=7)
+
+
+@pytest.fixture(scope="session")
+def other_size_model_path(tiny_model_factory) -> str:
+    """Same architecture, wider hidden size: /update_weights fails and rolls back."""
+    return tiny_model_factory("LlamaForCausalLM", hidden_size=96, intermediate_size=192)
