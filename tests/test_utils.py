@@ -108,6 +108,7 @@ def isolated_state(tmp_path, monkeypatch):
     for sub in ("logs", "pids"):
         (state / sub).mkdir(parents=True)
     monkeypatch.setattr(process_mod, "_state_dir_path", state)
+    kill_all_servers(grace_period=1.0, include_stale=False)  # start clean: judge only what this test leaves
     yield state
     leftover = registered_processes()
     kill_all_servers(grace_period=1.0, include_stale=False)
