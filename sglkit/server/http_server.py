@@ -7,6 +7,7 @@ The HTTP process only tokenizes and routes; the scheduler process dies with it.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -27,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sglkit.log_utils import configure_logging
 from sglkit.server import embeddings_api, native_api, openai_api
-from sglkit.server.errors import install_error_handlers
+from sglkit.server.errors import error_body, install_error_handlers
 from sglkit.server.scheduler_process import PortArgs, run_scheduler_process
 from sglkit.server.tokenizer_manager import TokenizerManager
 from sglkit.server_args import ServerArgs
@@ -38,6 +39,14 @@ AUTH_EXEMPT_PATHS = frozenset({"/health", "/health_generate"})
 MAX_BODY_BYTES = 64 << 20
 WARMUP_PROMPT = "The capital city of France is"
 GRACEFUL_SHUTDOWN_S = 1.0  # then in-flight requests are cancelled (and aborted): a stop never waits on them
+
+
+async def send_error(send, status: int, message: str, code: int | str) -> None:
+    """Answer from ASGI middleware with the project's OpenAI-style error body (``errors.error_body``)."""
+    body = json.dumps(error_body(message, "invalid_request_error", code=code)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class APIKeyMiddleware:
@@ -55,19 +64,12 @@ class APIKeyMiddleware:
         if secrets.compare_digest(given, self.expected):
             await self.app(scope, receive, send)
             return
-        body = b'{"error": {"message": "Unauthorized: a valid API key is required.", "type": ' \
-               b'"invalid_request_error", "param": null, "code": "invalid_api_key"}}'
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 401, "Unauthorized: a valid API key is required.", "invalid_api_key")
 
 
 class BodySizeLimitMiddleware:
     """Refuse request bodies over ``MAX_BODY_BYTES`` with 413: by Content-Length up front, and by counting the
     bytes of chunked uploads as they arrive (the 413 then comes from the route's body read)."""
-
-    TOO_LARGE = (b'{"error": {"message": "Request body too large.", "type": "invalid_request_error", '
-                 b'"param": null, "code": 413}}')
 
     def __init__(self, app) -> None:
         self.app = app
@@ -78,9 +80,7 @@ class BodySizeLimitMiddleware:
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            await send({"type": "http.response.start", "status": 413,
-                        "headers": [(b"content-type", b"application/json")]})
-            await send({"type": "http.response.body", "body": self.TOO_LARGE})
+            await send_error(send, 413, "Request body too large.", 413)
             return
         received = 0
 
