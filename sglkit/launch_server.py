@@ -13,12 +13,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from sglkit.server_args import prepare_server_args
 
-    server_args = prepare_server_args(argv)
-    if server_args.model_path is None:
-        from sglkit.testing.demo import default_model_path
-
-        server_args.model_path = default_model_path()
-        server_args.__post_init__()
+    server_args = prepare_server_args(argv)  # no --model-path: the built-in demo model (ServerArgs' default)
     from sglkit.server.http_server import launch_server
 
     try:

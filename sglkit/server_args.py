@@ -29,7 +29,8 @@ class ServerArgs:
     model_path: str | None = _arg(None, "Folder of an HF-format model (config.json, *.safetensors, tokenizer). "
                                   "Defaults to the built-in demo model shipped with sglkit.")
     tokenizer_path: str | None = _arg(None, "Folder of the tokenizer; defaults to --model-path.")
-    served_model_name: str | None = _arg(None, "Model name reported by the API (/v1/models); defaults to --model-path.")
+    served_model_name: str | None = _arg(None, "Model name reported by the API (/v1/models); defaults to --model-path "
+                                         "('sglkit-demo' for the built-in demo model).")
     chat_template: str | None = _arg(None, "A Jinja chat template (file path or inline string) overriding the tokenizer's.")
     dtype: str = _arg("auto", "Weight and activation dtype. 'auto': the checkpoint's dtype on CUDA, float32 on CPU.",
                       choices=DTYPES)
@@ -68,6 +69,12 @@ class ServerArgs:
     decode_log_interval: int = _arg(40, "Log a 'Decode batch' line every this many decode steps.")
 
     def __post_init__(self) -> None:
+        if self.model_path is None:  # the built-in default model, served under its own name
+            from sglkit.testing.demo import default_model_name, default_model_path
+
+            self.model_path = default_model_path()
+            if self.served_model_name is None:
+                self.served_model_name = default_model_name()
         if self.tokenizer_path is None:
             self.tokenizer_path = self.model_path
         if self.served_model_name is None:

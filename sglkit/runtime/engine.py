@@ -83,10 +83,6 @@ class Engine:
     """
 
     def __init__(self, log_level: str | None = None, **kwargs: Any) -> None:
-        if kwargs.get("model_path") is None:
-            from sglkit.testing.demo import default_model_path
-
-            kwargs["model_path"] = default_model_path()
         self.server_args = ServerArgs(log_level=log_level or kwargs.pop("log_level", "error"), **kwargs)
         configure_logging(self.server_args.log_level)
         scheduler_cls = EmbeddingScheduler if self.server_args.is_embedding else Scheduler

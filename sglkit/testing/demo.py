@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODEL_NAME", "FALLBACK_MODEL_NAME", "cache_dir", "default_model_path"]
+__all__ = ["DEFAULT_MODEL_NAME", "FALLBACK_MODEL_NAME", "cache_dir", "default_model_name", "default_model_path"]
 
 DEFAULT_MODEL_NAME = "sglkit-demo"  # the shipped demo model's name (e.g. as the served model name)
 FALLBACK_MODEL_NAME = "sglkit-tiny-llama"  # cache folder of the random fallback model
@@ -20,6 +20,13 @@ FALLBACK_MODEL_NAME = "sglkit-tiny-llama"  # cache folder of the random fallback
 def cache_dir() -> Path:
     """Where generated models live (``$SGLKIT_CACHE`` or ~/.cache/sglkit)."""
     return Path(os.environ.get("SGLKIT_CACHE", Path.home() / ".cache" / "sglkit"))
+
+
+def default_model_name() -> str:
+    """The name the built-in default model is served under (``--served-model-name`` when none is given)."""
+    from sglkit.data import demo_model_dir
+
+    return DEFAULT_MODEL_NAME if demo_model_dir() is not None else FALLBACK_MODEL_NAME
 
 
 def default_model_path() -> str:

@@ -15,7 +15,7 @@ import torch
 
 import sglkit
 from sglkit.data import DEMO_MODEL_DIR, demo_model_dir
-from sglkit.testing.demo import default_model_path
+from sglkit.testing.demo import default_model_name, default_model_path
 from sglkit.testing.tiny_models import CHAT_TEMPLATE
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_demo_model.py"
@@ -56,6 +56,16 @@ def test_default_model_is_the_shipped_demo_model():
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
             "chat_template.jinja"} <= files
     assert sum(p.stat().st_size for p in DEMO_MODEL_DIR.iterdir()) < 8 * 2**20
+
+
+def test_server_args_default_to_the_demo_model_under_its_name():
+    from sglkit.server_args import ServerArgs, prepare_server_args
+
+    args = prepare_server_args([])  # python -m sglkit.launch_server without --model-path
+    assert (Path(args.model_path), Path(args.tokenizer_path)) == (DEMO_MODEL_DIR, DEMO_MODEL_DIR)
+    assert args.served_model_name == default_model_name() == "sglkit-demo"
+    assert ServerArgs(served_model_name="mine").served_model_name == "mine"
+    assert ServerArgs(model_path=str(DEMO_MODEL_DIR)).served_model_name == str(DEMO_MODEL_DIR)
 
 
 def test_hf_transformers_loads_it():
