@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -72,15 +73,45 @@ def start_watchdog(get_progress, is_busy, timeout: float) -> None:
 
 
 def _exit_on_sigterm(*_) -> None:
-    """SIGTERM (the server stopping): exit with finalizers, but skip the cyclic GC passes of interpreter
-    shutdown, which take seconds with a loaded model and would hold up the server's own shutdown."""
+    """SIGTERM while the model loads: exit at once (nothing to finish yet), skipping interpreter shutdown's GC."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM (tree-wide terminate) must not interrupt exit
     gc.freeze()
     sys.exit(0)
 
 
+class ShutdownSignal:
+    """SIGTERM once serving: a flag the serve loop checks between steps, and a byte that wakes its poller.
+
+    Raising from the handler instead (sys.exit) can land inside a finalizer (e.g. a ZMQ socket's __del__),
+    where the exception is swallowed and the process keeps running until something kills it.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._read, self._write = socket.socketpair()
+        self._read.setblocking(False)
+        self._write.setblocking(False)
+        signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, *_) -> None:
+        self.requested = True
+
+    def fileno(self) -> int:
+        """The file descriptor that becomes readable when a signal arrives (for the poller)."""
+        return self._read.fileno()
+
+    def drain(self) -> None:
+        """Consume the wake-up bytes."""
+        try:
+            while self._read.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+
 def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_pipe, parent_pid: int) -> None:
-    """Entry point of the scheduler process: load the model, report readiness, then serve forever."""
+    """Entry point of the scheduler process: load the model, report readiness, then serve until SIGTERM."""
     die_with_parent()
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
@@ -107,16 +138,28 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_pi
     gc.freeze()  # the model and pools are long-lived: keep them out of every later collection (no pauses)
     ready_pipe.send({"status": "ready", **scheduler.get_stats()})
     start_watchdog(lambda: scheduler.forward_ct, lambda: not scheduler.is_idle(), server_args.watchdog_timeout)
+    shutdown = ShutdownSignal()
     poller = zmq.Poller()
     poller.register(recv_sock, zmq.POLLIN)
-    while True:
+    poller.register(shutdown, zmq.POLLIN)
+    while not shutdown.requested:
         timeout_ms = 0 if not scheduler.is_idle() else 1000
-        while poller.poll(timeout_ms):
-            handle_message(scheduler, recv_sock.recv_pyobj(), send_sock)
+        while not shutdown.requested and (events := dict(poller.poll(timeout_ms))):
+            if recv_sock in events:
+                handle_message(scheduler, recv_sock.recv_pyobj(), send_sock)
+            if shutdown in events:
+                shutdown.drain()
             timeout_ms = 0
-        outputs = scheduler.step()
-        if outputs:
-            send_sock.send_pyobj(outputs)
+        if not shutdown.requested:
+            outputs = scheduler.step()
+            if outputs:
+                send_sock.send_pyobj(outputs)
+    # SIGTERM: the server is stopping. Close the sockets and return (multiprocessing runs the finalizers and
+    # exits); skip the cyclic GC passes of interpreter shutdown, which take seconds with a loaded model.
+    recv_sock.close(linger=0)
+    send_sock.close(linger=0)
+    ctx.term()
+    gc.freeze()
 
 
 def handle_message(scheduler, msg, send_sock) -> None:
