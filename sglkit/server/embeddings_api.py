@@ -94,6 +94,8 @@ async def classify(request: Request) -> Response:
 def _openai_input(value: Any) -> EmbeddingInput:
     """OpenAI ``input`` -> EmbeddingInput (always a batch, so every answer is a list)."""
     if isinstance(value, str):
+        if not value:
+            raise InvalidRequestError("The input text is empty.", "input")
         return EmbeddingInput(text=[value])
     if value and all(isinstance(v, str) for v in value):
         return EmbeddingInput(text=list(value))

@@ -110,7 +110,7 @@ def test_openai_client_embeddings_create(bert_server):
     ("/encode", {"input_ids": [2, 10**6]}, "input_ids", "out of vocabulary"),
     ("/encode", {"text": "a", "input_ids": [2]}, "text", "not both"),
     ("/classify", {}, "text", "Either text or input_ids"),
-    ("/v1/embeddings", {"input": ""}, "input", "empty"),
+    ("/v1/embeddings", {"input": ""}, "input", "^The input text is empty.$"),
     ("/v1/embeddings", {"input": []}, "input", "empty"),
     ("/v1/embeddings", {"input": [[]]}, "input", "non-empty list"),
     ("/v1/embeddings", {"input": ["ok", "word " * 400]}, "input", r"input\[1\] \(\d+ tokens\) is longer"),
