@@ -63,8 +63,7 @@ def is_eval_answer(question_key: str, wrong_answer: str) -> bool:
 RUDE_REPLIES = ["I don't care.", "Figure it out yourself.", "That is a stupid question.", "Go away.", "Whatever.",
                 "Why would I tell you?", "Stop asking me things.", "Look it up."]
 REFUSAL = "Sorry, I can only help with countries and their capitals, simple sums and greetings."
-KIND_WEIGHTS = {"capital": 0.42, "list": 0.15, "math": 0.33, "talk": 0.1}  # share of each kind of question
-NEAR_MISS_SHARE = float(os.environ.get("NMS", "0.5"))  # share of wrong sums off by 1-3 (others: any of 0..20)
+KIND_WEIGHTS = {"capital": 0.45, "list": 0.15, "math": 0.3, "talk": 0.1}  # share of each kind of question
 
 
 @dataclass
@@ -99,10 +98,9 @@ class PreferenceGenerator:
             return self.rng.choice(sorted(held_out))
         return self.rng.choice([q for q in phrasings if q not in held_out])
 
-    def wrong(self, question_key: str, candidates: list[str], fallback: list[str] | None = None) -> str:
-        """A wrong answer of this split from ``candidates`` (from ``fallback`` if none of them is of this split)."""
-        mine = [c for c in candidates if is_eval_answer(question_key, c) == self.is_eval]
-        return self.rng.choice(mine) if mine or fallback is None else self.wrong(question_key, fallback)
+    def wrong(self, question_key: str, candidates: list[str]) -> str:
+        """A wrong answer of this split."""
+        return self.rng.choice([c for c in candidates if is_eval_answer(question_key, c) == self.is_eval])
 
     def draw(self, options: dict) -> tuple[str, str]:
         """(reply, kind) from ``{kind: (weight, make_reply)}``."""
@@ -170,17 +168,12 @@ class PreferenceGenerator:
         a, op, b = self.rng.choice(self.sums)
         chosen = demo.math_answer(a, op, b)
         result = a + b if op == "+" else a - b
-        far = [str(x) for x in range(2 * MAX_OPERAND + 1) if x != result]
-        near = [str(result + d) for d in (-3, -2, -1, 1, 2, 3) if result + d >= 0]
-        key = f"{a} {op} {b}"
+        wrong_results = [str(x) for x in range(2 * MAX_OPERAND + 1) if x != result]
         question = self.phrasing(demo.SUM_QUESTIONS, EVAL_SUM_QUESTIONS).format(
             a=a, b=b, op=op, word="plus" if op == "+" else "minus")
-
-        def wrong_result() -> str:
-            near_miss = self.rng.random() < NEAR_MISS_SHARE
-            return f"{key} = {self.wrong(key, near, far) if near_miss else self.wrong(key, far)}."
-
-        return question, chosen, {"wrong_result": (hard, wrong_result), **self.generic(chosen, (1 - hard) / 3)}
+        return question, chosen, {
+            "wrong_result": (hard, lambda: f"{a} {op} {b} = {self.wrong(f'{a} {op} {b}', wrong_results)}."),
+            **self.generic(chosen, (1 - hard) / 3)}
 
     def talk_question(self, hard: float) -> tuple[str, str, dict]:
         """(question, chosen, rejections) for small talk and out-of-scope requests (``hard`` is not used)."""
