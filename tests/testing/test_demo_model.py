@@ -3,9 +3,7 @@ through sglkit's own runtime with greedy decoding."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,19 +15,15 @@ import sglkit
 from sglkit.data import DEMO_MODEL_DIR, demo_model_dir
 from sglkit.testing.demo import default_model_name, default_model_path
 from sglkit.testing.tiny_models import CHAT_TEMPLATE
+from tests.testing.conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_demo_model.py"
 GREEDY = {"temperature": 0, "max_new_tokens": 64}
 
 
 @pytest.fixture(scope="module")
 def script():
     """The training script as a module (its fact tables and answer formats are the reference)."""
-    spec = importlib.util.spec_from_file_location("train_demo_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_demo_model")
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,8 @@ LlamaForSequenceClassification, sglkit's runtime gives HF's scores, and it prefe
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -16,8 +13,8 @@ import torch
 
 import sglkit
 from sglkit.data import DEMO_MODEL_DIR, DEMO_REWARD_MODEL_DIR, demo_reward_model_dir
+from tests.testing.conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_reward_model.py"
 ATOL = 1e-3
 
 pytestmark = pytest.mark.skipif(demo_reward_model_dir() is None, reason="the demo reward model is not trained")
@@ -26,11 +23,7 @@ pytestmark = pytest.mark.skipif(demo_reward_model_dir() is None, reason="the dem
 @pytest.fixture(scope="module")
 def script():
     """The training script as a module (it loads scripts/train_demo_model.py: the fact tables, the formats)."""
-    spec = importlib.util.spec_from_file_location("train_reward_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_reward_model")
 
 
 @pytest.fixture(scope="module")
