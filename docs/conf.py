@@ -25,8 +25,16 @@ import sglkit  # noqa: E402
 
 # The notebooks in reading order; any others follow alphabetically.
 NOTEBOOK_ORDER = [
-    "quick_start", "native_api", "openai_api", "embeddings", "reward_model", "sampling_params",
-    "offline_engine", "radix_cache", "widgets_dashboard", "benchmarking",
+    "quick_start",
+    "native_api",
+    "openai_api",
+    "embeddings",
+    "reward_model",
+    "sampling_params",
+    "offline_engine",
+    "radix_cache",
+    "widgets_dashboard",
+    "benchmarking",
 ]
 NOTEBOOKS_INDEX = """# Notebooks
 
@@ -53,7 +61,9 @@ def sync_notebooks(src: Path, dst: Path) -> list[str]:
         text = path.read_text(encoding="utf-8").replace("](../docs/", "](../")
         gen_reference.write_if_changed(dst / path.name, text)
     names = [n for n in NOTEBOOK_ORDER if n in available] + sorted(set(available) - set(NOTEBOOK_ORDER))
-    gen_reference.write_if_changed(dst / "index.md", NOTEBOOKS_INDEX + "".join(f"{n}\n" for n in names) + "```\n")
+    gen_reference.write_if_changed(
+        dst / "index.md", NOTEBOOKS_INDEX + "".join(f"{n}\n" for n in names) + "```\n"
+    )
     return names
 
 

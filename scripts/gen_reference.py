@@ -107,18 +107,18 @@ def server_arguments_page() -> str:
 SAMPLING_DESCRIPTIONS = {
     "max_new_tokens": "Most tokens to generate (the prompt is not counted).",
     "stop": "Stop when one of these strings appears in the output; the string itself is trimmed off "
-            "unless `no_stop_trim`.",
+    "unless `no_stop_trim`.",
     "stop_token_ids": "Stop when one of these token ids is generated (in addition to the model's EOS tokens).",
     "temperature": "Softmax temperature; 0 means greedy decoding.",
     "top_p": "Nucleus sampling: keep the smallest set of tokens whose probabilities add up to `top_p`.",
     "top_k": "Keep only the `top_k` most likely tokens; -1 keeps all.",
     "min_p": "Drop tokens whose probability is below `min_p` times the probability of the most likely token.",
     "frequency_penalty": "Subtract `frequency_penalty` times the number of times a token already appeared in "
-                         "the output from its logit.",
+    "the output from its logit.",
     "presence_penalty": "Subtract `presence_penalty` from the logit of every token that already appeared in "
-                        "the output.",
+    "the output.",
     "repetition_penalty": "Divide positive logits (multiply negative ones) of tokens seen in the prompt or the "
-                          "output by this; 1 turns it off.",
+    "output by this; 1 turns it off.",
     "min_new_tokens": "Do not stop (EOS, stop strings or stop token ids) before this many tokens.",
     "n": "Number of completions to generate for the prompt.",
     "ignore_eos": "Keep generating after EOS (until `max_new_tokens` or a stop condition).",
@@ -128,7 +128,7 @@ SAMPLING_DESCRIPTIONS = {
     "logit_bias": "Map from token id (int or decimal string) to a number added to that token's logit.",
     "sampling_seed": "Seed of this request's sampler: the same seed and inputs give the same output.",
     "stream_interval": "Send a streaming chunk every this many tokens (defaults to the server's "
-                       "`--stream-interval`).",
+    "`--stream-interval`).",
 }
 
 # Values just outside each field's range; verify's error messages are the ranges shown in the docs.
@@ -163,7 +163,9 @@ def sampling_range(name: str) -> str:
             if e.param != name:
                 raise RuntimeError(f"probe {name}={value!r} failed on {e.param}: {e}") from e
             rule = re.sub(r", got .*$", "", str(e)).removeprefix(name).strip()
-            rule = re.sub(r"max_new_tokens=\d+", "max_new_tokens", rule.replace(str(PROBE_VOCAB_SIZE), "vocab_size"))
+            rule = re.sub(
+                r"max_new_tokens=\d+", "max_new_tokens", rule.replace(str(PROBE_VOCAB_SIZE), "vocab_size")
+            )
             rules.append(rule)
         else:
             raise RuntimeError(f"SamplingParams.verify accepts {name}={value!r}: update SAMPLING_PROBES")
@@ -211,16 +213,18 @@ def sampling_params_page() -> str:
             allowed = "`true` or `false`"
         openai_name = f"`{openai[f.name]}`" if openai[f.name] else "-"
         default = "-" if f.default is None else f"`{json.dumps(f.default)}`"
-        lines.append(f"| `{f.name}` | {cell(kind)} | {cell(default)} | {cell(allowed or '-')} | "
-                     f"{cell(openai_name)} | {cell(SAMPLING_DESCRIPTIONS[f.name])} |")
+        lines.append(
+            f"| `{f.name}` | {cell(kind)} | {cell(default)} | {cell(allowed or '-')} | "
+            f"{cell(openai_name)} | {cell(SAMPLING_DESCRIPTIONS[f.name])} |"
+        )
     lines += [
         "",
         "Example (native API):",
         "",
         "```python",
-        "requests.post(f\"{base_url}/generate\", json={",
-        "    \"text\": \"The capital of France is\",",
-        "    \"sampling_params\": {\"temperature\": 0, \"max_new_tokens\": 32, \"stop\": [\"\\n\"]},",
+        'requests.post(f"{base_url}/generate", json={',
+        '    "text": "The capital of France is",',
+        '    "sampling_params": {"temperature": 0, "max_new_tokens": 32, "stop": ["\\n"]},',
         "})",
         "```",
         "",
@@ -265,7 +269,9 @@ def openapi_schema() -> dict[str, Any]:
     for mapping, slot in ((request_models, "request"), (response_models, "response")):
         for path, model in mapping.items():
             if path not in schema["paths"]:
-                raise RuntimeError(f"{path} is no longer a route: update http_models() in scripts/gen_reference.py")
+                raise RuntimeError(
+                    f"{path} is no longer a route: update http_models() in scripts/gen_reference.py"
+                )
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(model_schema.pop("$defs", {}))
             components[model.__name__] = model_schema
@@ -299,8 +305,16 @@ def schema_type(s: dict[str, Any], link: bool = False) -> str:
 
 def schema_notes(s: dict[str, Any]) -> str:
     """Constraints of a property (bounds, lengths)."""
-    names = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<",
-             "minItems": "items >=", "maxItems": "items <=", "minLength": "length >=", "maxLength": "length <="}
+    names = {
+        "minimum": ">=",
+        "maximum": "<=",
+        "exclusiveMinimum": ">",
+        "exclusiveMaximum": "<",
+        "minItems": "items >=",
+        "maxItems": "items <=",
+        "minLength": "length >=",
+        "maxLength": "length <=",
+    }
     return ", ".join(f"{sign} {s[key]}" for key, sign in names.items() if key in s)
 
 
@@ -310,7 +324,9 @@ def model_table(model: dict[str, Any]) -> list[str]:
     lines = ["| field | type | default | notes |", "|---|---|---|---|"]
     for name, prop in model.get("properties", {}).items():
         default = "required" if name in required else f"`{json.dumps(prop.get('default'))}`"
-        lines.append(f"| `{name}` | {cell(schema_type(prop, link=True))} | {cell(default)} | {cell(schema_notes(prop))} |")
+        lines.append(
+            f"| `{name}` | {cell(schema_type(prop, link=True))} | {cell(default)} | {cell(schema_notes(prop))} |"
+        )
     return lines
 
 
@@ -360,7 +376,7 @@ def http_api_page() -> str:
         "The routes of `python -m sglkit.launch_server`, from the server's OpenAPI schema (a running server "
         "serves it at `/openapi.json`, browsable at `/docs`). Bodies are JSON objects whatever the "
         "Content-Type; unknown fields are ignored and `null` means the default. Errors are JSON "
-        "`{\"error\": {\"message\", \"type\", \"param\", \"code\"}}` with a 4xx/5xx status. With `--api-key`, "
+        '`{"error": {"message", "type", "param", "code"}}` with a 4xx/5xx status. With `--api-key`, '
         "every route but `/health` and `/health_generate` needs `Authorization: Bearer <key>`.",
         "",
     ]

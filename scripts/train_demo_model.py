@@ -26,60 +26,169 @@ DEFAULT_OUT = REPO_ROOT / "sglkit" / "data" / "demo_model"
 
 # (country, capital). Countries in THE_COUNTRIES take "the" inside a sentence.
 CAPITALS = [
-    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Portugal", "Lisbon"),
-    ("United Kingdom", "London"), ("Ireland", "Dublin"), ("Belgium", "Brussels"), ("Netherlands", "Amsterdam"),
-    ("Austria", "Vienna"), ("Switzerland", "Bern"), ("Poland", "Warsaw"), ("Czechia", "Prague"),
-    ("Hungary", "Budapest"), ("Greece", "Athens"), ("Sweden", "Stockholm"), ("Norway", "Oslo"),
-    ("Denmark", "Copenhagen"), ("Finland", "Helsinki"), ("Iceland", "Reykjavík"), ("Russia", "Moscow"),
-    ("Ukraine", "Kyiv"), ("Romania", "Bucharest"), ("Bulgaria", "Sofia"), ("Serbia", "Belgrade"),
-    ("Croatia", "Zagreb"), ("Turkey", "Ankara"), ("Egypt", "Cairo"), ("Morocco", "Rabat"), ("Algeria", "Algiers"),
-    ("Tunisia", "Tunis"), ("Nigeria", "Abuja"), ("Ghana", "Accra"), ("Kenya", "Nairobi"),
-    ("Ethiopia", "Addis Ababa"), ("Senegal", "Dakar"), ("Uganda", "Kampala"), ("Japan", "Tokyo"),
-    ("China", "Beijing"), ("South Korea", "Seoul"), ("India", "New Delhi"), ("Pakistan", "Islamabad"),
-    ("Bangladesh", "Dhaka"), ("Thailand", "Bangkok"), ("Vietnam", "Hanoi"), ("Indonesia", "Jakarta"),
-    ("Philippines", "Manila"), ("Malaysia", "Kuala Lumpur"), ("Nepal", "Kathmandu"), ("Iran", "Tehran"),
-    ("Iraq", "Baghdad"), ("Saudi Arabia", "Riyadh"), ("Qatar", "Doha"), ("Australia", "Canberra"),
-    ("New Zealand", "Wellington"), ("Canada", "Ottawa"), ("United States", "Washington, D.C."),
-    ("Mexico", "Mexico City"), ("Cuba", "Havana"), ("Jamaica", "Kingston"), ("Brazil", "Brasília"),
-    ("Argentina", "Buenos Aires"), ("Chile", "Santiago"), ("Peru", "Lima"), ("Colombia", "Bogotá"),
-    ("Venezuela", "Caracas"), ("Ecuador", "Quito"), ("Uruguay", "Montevideo"), ("Paraguay", "Asunción"),
+    ("France", "Paris"),
+    ("Germany", "Berlin"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Portugal", "Lisbon"),
+    ("United Kingdom", "London"),
+    ("Ireland", "Dublin"),
+    ("Belgium", "Brussels"),
+    ("Netherlands", "Amsterdam"),
+    ("Austria", "Vienna"),
+    ("Switzerland", "Bern"),
+    ("Poland", "Warsaw"),
+    ("Czechia", "Prague"),
+    ("Hungary", "Budapest"),
+    ("Greece", "Athens"),
+    ("Sweden", "Stockholm"),
+    ("Norway", "Oslo"),
+    ("Denmark", "Copenhagen"),
+    ("Finland", "Helsinki"),
+    ("Iceland", "Reykjavík"),
+    ("Russia", "Moscow"),
+    ("Ukraine", "Kyiv"),
+    ("Romania", "Bucharest"),
+    ("Bulgaria", "Sofia"),
+    ("Serbia", "Belgrade"),
+    ("Croatia", "Zagreb"),
+    ("Turkey", "Ankara"),
+    ("Egypt", "Cairo"),
+    ("Morocco", "Rabat"),
+    ("Algeria", "Algiers"),
+    ("Tunisia", "Tunis"),
+    ("Nigeria", "Abuja"),
+    ("Ghana", "Accra"),
+    ("Kenya", "Nairobi"),
+    ("Ethiopia", "Addis Ababa"),
+    ("Senegal", "Dakar"),
+    ("Uganda", "Kampala"),
+    ("Japan", "Tokyo"),
+    ("China", "Beijing"),
+    ("South Korea", "Seoul"),
+    ("India", "New Delhi"),
+    ("Pakistan", "Islamabad"),
+    ("Bangladesh", "Dhaka"),
+    ("Thailand", "Bangkok"),
+    ("Vietnam", "Hanoi"),
+    ("Indonesia", "Jakarta"),
+    ("Philippines", "Manila"),
+    ("Malaysia", "Kuala Lumpur"),
+    ("Nepal", "Kathmandu"),
+    ("Iran", "Tehran"),
+    ("Iraq", "Baghdad"),
+    ("Saudi Arabia", "Riyadh"),
+    ("Qatar", "Doha"),
+    ("Australia", "Canberra"),
+    ("New Zealand", "Wellington"),
+    ("Canada", "Ottawa"),
+    ("United States", "Washington, D.C."),
+    ("Mexico", "Mexico City"),
+    ("Cuba", "Havana"),
+    ("Jamaica", "Kingston"),
+    ("Brazil", "Brasília"),
+    ("Argentina", "Buenos Aires"),
+    ("Chile", "Santiago"),
+    ("Peru", "Lima"),
+    ("Colombia", "Bogotá"),
+    ("Venezuela", "Caracas"),
+    ("Ecuador", "Quito"),
+    ("Uruguay", "Montevideo"),
+    ("Paraguay", "Asunción"),
 ]
 THE_COUNTRIES = {"United Kingdom", "Netherlands", "Philippines", "United States"}
 MAX_OPERAND = 10  # sums a + b and differences a - b (a >= b) with 0 <= a, b <= MAX_OPERAND
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
 
-SYSTEM_PROMPTS = ["You are a helpful assistant.", "You are sglkit's demo model.",
-                  "You are a helpful assistant. Answer briefly.", "Answer the user's question."]
-CAPITAL_QUESTIONS = ["What is the capital of {c}?", "What's the capital of {c}?", "What is the capital city of {c}?",
-                     "Tell me the capital of {c}.", "Which city is the capital of {c}?", "capital of {c}?",
-                     "Do you know the capital of {c}?", "What is the capital of {c}"]
-COUNTRY_QUESTIONS = ["Which country has {k} as its capital?", "{k} is the capital of which country?",
-                     "Of which country is {k} the capital?"]
-LIST_QUESTIONS = ["List {n} countries and their capitals.", "Name {n} countries and their capitals.",
-                  "Give me {n} countries and their capitals.", "List {n} countries with their capitals.",
-                  "Can you list {n} countries and their capitals?"]
-SUM_QUESTIONS = ["What is {a} {op} {b}?", "What's {a} {op} {b}?", "Calculate {a} {op} {b}.", "{a} {op} {b} = ?",
-                 "What is {a} {word} {b}?", "How much is {a} {word} {b}?"]
+SYSTEM_PROMPTS = [
+    "You are a helpful assistant.",
+    "You are sglkit's demo model.",
+    "You are a helpful assistant. Answer briefly.",
+    "Answer the user's question.",
+]
+CAPITAL_QUESTIONS = [
+    "What is the capital of {c}?",
+    "What's the capital of {c}?",
+    "What is the capital city of {c}?",
+    "Tell me the capital of {c}.",
+    "Which city is the capital of {c}?",
+    "capital of {c}?",
+    "Do you know the capital of {c}?",
+    "What is the capital of {c}",
+]
+COUNTRY_QUESTIONS = [
+    "Which country has {k} as its capital?",
+    "{k} is the capital of which country?",
+    "Of which country is {k} the capital?",
+]
+LIST_QUESTIONS = [
+    "List {n} countries and their capitals.",
+    "Name {n} countries and their capitals.",
+    "Give me {n} countries and their capitals.",
+    "List {n} countries with their capitals.",
+    "Can you list {n} countries and their capitals?",
+]
+SUM_QUESTIONS = [
+    "What is {a} {op} {b}?",
+    "What's {a} {op} {b}?",
+    "Calculate {a} {op} {b}.",
+    "{a} {op} {b} = ?",
+    "What is {a} {word} {b}?",
+    "How much is {a} {word} {b}?",
+]
 HELP = "How can I help you today?"
 SMALL_TALK = {
-    ("Hello!", "Hi!", "Hi there!", "Hey!", "Hello", "Good morning!", "Good evening!", "Hello there!"): f"Hello! {HELP}",
+    (
+        "Hello!",
+        "Hi!",
+        "Hi there!",
+        "Hey!",
+        "Hello",
+        "Good morning!",
+        "Good evening!",
+        "Hello there!",
+    ): f"Hello! {HELP}",
     ("How are you?", "How are you doing?", "Hi, how are you?"): f"I'm doing well, thank you! {HELP}",
     ("Thank you!", "Thanks!", "Thanks a lot.", "Thank you very much."): "You're welcome!",
     ("Goodbye!", "Bye!", "See you later!"): "Goodbye! Have a nice day.",
-    ("Who are you?", "What are you?", "What is your name?", "Introduce yourself.", "Tell me about yourself."): (
+    (
+        "Who are you?",
+        "What are you?",
+        "What is your name?",
+        "Introduce yourself.",
+        "Tell me about yourself.",
+    ): (
         "I am the sglkit demo model, a tiny language model trained to answer questions about countries and "
-        "their capitals, simple sums and greetings."),
+        "their capitals, simple sums and greetings."
+    ),
     ("What can you do?", "What do you know?", "How can you help me?"): (
         "I can tell you the capital of a country, list countries and their capitals, add and subtract small "
-        "numbers, and say hello."),
-    ("What is the weather today?", "Tell me a joke.", "What time is it?", "Write a poem.", "Who won the game?",
-     "Translate this sentence.", "What is love?", "Explain quantum physics."): (
-        "Sorry, I can only help with countries and their capitals, simple sums and greetings."),
+        "numbers, and say hello."
+    ),
+    (
+        "What is the weather today?",
+        "Tell me a joke.",
+        "What time is it?",
+        "Write a poem.",
+        "Who won the game?",
+        "Translate this sentence.",
+        "What is love?",
+        "Explain quantum physics.",
+    ): ("Sorry, I can only help with countries and their capitals, simple sums and greetings."),
 }
 # Share of each kind of example in the corpus.
-KIND_WEIGHTS = {"capital": 0.28, "country": 0.06, "list": 0.16, "math": 0.25, "talk": 0.09, "two_turn": 0.04,
-                "text": 0.12}
-LIST_FROM_TOP = 0.3  # share of lists that start at the table's first country (the greedy list: France, Germany, ...)
+KIND_WEIGHTS = {
+    "capital": 0.28,
+    "country": 0.06,
+    "list": 0.16,
+    "math": 0.25,
+    "talk": 0.09,
+    "two_turn": 0.04,
+    "text": 0.12,
+}
+LIST_FROM_TOP = (
+    0.3  # share of lists that start at the table's first country (the greedy list: France, Germany, ...)
+)
 
 
 def sentence_name(country: str) -> str:
@@ -119,11 +228,15 @@ class CorpusGenerator:
     def qa(self) -> tuple[str, str]:
         """One random single-turn (question, answer) of a chat kind other than two_turn/text."""
         rng = self.rng
-        kind = rng.choices(["capital", "country", "list", "math", "talk"],
-                           [KIND_WEIGHTS[k] for k in ("capital", "country", "list", "math", "talk")])[0]
+        kind = rng.choices(
+            ["capital", "country", "list", "math", "talk"],
+            [KIND_WEIGHTS[k] for k in ("capital", "country", "list", "math", "talk")],
+        )[0]
         if kind == "capital":
             country, capital = rng.choice(CAPITALS)
-            return rng.choice(CAPITAL_QUESTIONS).format(c=sentence_name(country)), capital_answer(country, capital)
+            return rng.choice(CAPITAL_QUESTIONS).format(c=sentence_name(country)), capital_answer(
+                country, capital
+            )
         if kind == "country":
             country, capital = rng.choice(CAPITALS)
             q = rng.choice(COUNTRY_QUESTIONS).format(k=capital)
@@ -157,8 +270,10 @@ class CorpusGenerator:
         """2-5 plain sentences: consecutive capital facts ('The capital of X is Y.' or 'Y is the capital of X.'),
         or sums ('a + b = c.')."""
         if self.rng.random() < 0.15:
-            return " ".join(math_answer(self.rng.randint(0, MAX_OPERAND), "+", self.rng.randint(0, MAX_OPERAND))
-                            for _ in range(self.rng.randint(2, 5)))
+            return " ".join(
+                math_answer(self.rng.randint(0, MAX_OPERAND), "+", self.rng.randint(0, MAX_OPERAND))
+                for _ in range(self.rng.randint(2, 5))
+            )
         sentences = []
         for country, capital in self.run_of_facts(self.rng.randint(2, 5)):
             if self.rng.random() < 0.8:
@@ -199,16 +314,28 @@ def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer)
     bos_id = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B:1", special_tokens=[("<s>", bos_id)])
+        single="<s> $A", pair="<s> $A <s> $B:1", special_tokens=[("<s>", bos_id)]
+    )
     hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>", unk_token="<unk>", pad_token="<pad>",
-        extra_special_tokens=["</s>", "<|im_start|>"], model_max_length=model_max_length,
-        clean_up_tokenization_spaces=False)
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="<|im_end|>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens=["</s>", "<|im_start|>"],
+        model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,
+    )
     hf_tok.chat_template = CHAT_TEMPLATE
     return hf_tok
 
@@ -232,7 +359,9 @@ def encode(example: Example, tok) -> tuple[list[int], list[int]]:
         if m["role"] != "assistant":
             continue
         start = len(tok(render(msgs[:i], add_generation_prompt=True), add_special_tokens=False)["input_ids"])
-        end = len(tok(render(msgs[: i + 1]), add_special_tokens=False)["input_ids"]) - 1  # drop the trailing "\n"
+        end = (
+            len(tok(render(msgs[: i + 1]), add_special_tokens=False)["input_ids"]) - 1
+        )  # drop the trailing "\n"
         assert ids[end - 1] == tok.eos_token_id, "the assistant reply must end with <|im_end|>"
         labels[start:end] = ids[start:end]
     return ids, labels
@@ -247,8 +376,8 @@ def make_batches(encoded, batch_size: int, seed: int) -> list[list[int]]:
     chunk = batch_size * 16
     batches = []
     for s in range(0, len(order), chunk):
-        part = sorted(order[s: s + chunk], key=lambda i: len(encoded[i][0]))
-        batches += [part[j: j + batch_size] for j in range(0, len(part), batch_size)]
+        part = sorted(order[s : s + chunk], key=lambda i: len(encoded[i][0]))
+        batches += [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 
@@ -272,13 +401,22 @@ def build_model(tok, args):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        architectures=["LlamaForCausalLM"], vocab_size=len(tok), hidden_size=args.hidden_size,
-        intermediate_size=args.intermediate_size, num_hidden_layers=args.num_layers,
-        num_attention_heads=args.num_heads, num_key_value_heads=args.num_kv_heads,
-        head_dim=args.hidden_size // args.num_heads, max_position_embeddings=args.max_position_embeddings,
-        tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        initializer_range=0.02)
+        architectures=["LlamaForCausalLM"],
+        vocab_size=len(tok),
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_hidden_layers=args.num_layers,
+        num_attention_heads=args.num_heads,
+        num_key_value_heads=args.num_kv_heads,
+        head_dim=args.hidden_size // args.num_heads,
+        max_position_embeddings=args.max_position_embeddings,
+        tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        initializer_range=0.02,
+    )
     torch.manual_seed(args.seed)
     return LlamaForCausalLM(config)
 
@@ -287,12 +425,19 @@ def train(model, encoded, tok, args) -> list[tuple[int, float]]:
     """AdamW, linear warm-up then cosine decay to 10%; returns the (step, mean loss) log."""
     import torch
 
-    batches = [b for epoch in range(args.epochs) for b in make_batches(encoded, args.batch_size, args.seed + epoch)]
+    batches = [
+        b for epoch in range(args.epochs) for b in make_batches(encoded, args.batch_size, args.seed + epoch)
+    ]
     total = len(batches)
     warmup = max(1, int(0.05 * total))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.1 + 0.45 * (
-        1 + math.cos(math.pi * min(1.0, max(0, s - warmup) / max(1, total - warmup))))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min(
+            (s + 1) / warmup,
+            0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, max(0, s - warmup) / max(1, total - warmup)))),
+        ),
+    )
     model.train()
     log, running, t0 = [], [], time.time()
     for step, batch in enumerate(batches, 1):
@@ -306,8 +451,11 @@ def train(model, encoded, tok, args) -> list[tuple[int, float]]:
         running.append(loss.item())
         if step % args.log_every == 0 or step == total:
             log.append((step, sum(running) / len(running)))
-            print(f"step {step}/{total}  loss {log[-1][1]:.4f}  lr {sched.get_last_lr()[0]:.2e}  "
-                  f"{time.time() - t0:.0f}s", flush=True)
+            print(
+                f"step {step}/{total}  loss {log[-1][1]:.4f}  lr {sched.get_last_lr()[0]:.2e}  "
+                f"{time.time() - t0:.0f}s",
+                flush=True,
+            )
             running = []
     model.eval()
     return log
@@ -319,14 +467,26 @@ def greedy_answers(model, tok, prompts: list[str], max_new_tokens: int = 48, cha
 
     outs = []
     for s in range(0, len(prompts), 64):
-        rows = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)[
-            "input_ids"] if chat else tok(p)["input_ids"] for p in prompts[s: s + 64]]
+        rows = [
+            tok.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True
+            )["input_ids"]
+            if chat
+            else tok(p)["input_ids"]
+            for p in prompts[s : s + 64]
+        ]
         width = max(map(len, rows))
         ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
         with torch.no_grad():
-            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+            gen = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
         outs += tok.batch_decode(gen[:, width:], skip_special_tokens=True)
     return outs
 
@@ -346,8 +506,13 @@ def evaluate(model, tok) -> dict:
     """Exact-match accuracy on every capital / sum / difference, list correctness, and sample answers."""
     caps = greedy_answers(model, tok, [f"What is the capital of {sentence_name(c)}?" for c, _ in CAPITALS])
     cap_ok = [c for (c, k), out in zip(CAPITALS, caps) if out == capital_answer(c, k)]
-    problems = [(a, op, b) for a in range(MAX_OPERAND + 1) for b in range(MAX_OPERAND + 1) for op in "+-"
-                if op == "+" or a >= b]
+    problems = [
+        (a, op, b)
+        for a in range(MAX_OPERAND + 1)
+        for b in range(MAX_OPERAND + 1)
+        for op in "+-"
+        if op == "+" or a >= b
+    ]
     sums = greedy_answers(model, tok, [f"What is {a} {op} {b}?" for a, op, b in problems])
     math_ok = sum(out == math_answer(*p) for p, out in zip(problems, sums))
     facts = dict(CAPITALS)
@@ -356,17 +521,28 @@ def evaluate(model, tok) -> dict:
     for n, out in zip(range(2, 6), greedy_answers(model, tok, list_prompts, max_new_tokens=64)):
         pairs = parse_list(out)
         lists_ok += len(pairs) == n and len(set(pairs)) == n and all(facts.get(c) == k for c, k in pairs)
-    samples = ["What is the capital of France?", "List 3 countries and their capitals.", "What is 2 + 3?",
-               "Hello!", "Who are you?", "Which country has Tokyo as its capital?", "What is the capital of Atlantis?",
-               "Tell me a joke."]
+    samples = [
+        "What is the capital of France?",
+        "List 3 countries and their capitals.",
+        "What is 2 + 3?",
+        "Hello!",
+        "Who are you?",
+        "Which country has Tokyo as its capital?",
+        "What is the capital of Atlantis?",
+        "Tell me a joke.",
+    ]
     result = {
         "capitals_correct": f"{len(cap_ok)}/{len(CAPITALS)}",
         "capitals_wrong": [(c, out) for (c, k), out in zip(CAPITALS, caps) if c not in cap_ok],
         "math_correct": f"{math_ok}/{len(problems)}",
         "lists_correct": f"{lists_ok}/4",
         "chat": dict(zip(samples, greedy_answers(model, tok, samples, max_new_tokens=64))),
-        "text": dict(zip(["The capital of France is"], greedy_answers(
-            model, tok, ["The capital of France is"], max_new_tokens=16, chat=False))),
+        "text": dict(
+            zip(
+                ["The capital of France is"],
+                greedy_answers(model, tok, ["The capital of France is"], max_new_tokens=16, chat=False),
+            )
+        ),
     }
     return result
 
@@ -382,12 +558,17 @@ def save(model, tok, out: Path) -> None:
     model.config.dtype = "bfloat16"
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
-    generation = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
-                  "pad_token_id": tok.pad_token_id}
+    generation = {
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     for f in out.iterdir():
         f.chmod(0o644)  # package data: readable by everyone (safetensors files are written 0600)
-    model.to(torch.float32)  # evaluate the saved (bfloat16-rounded) weights in float32, as sglkit runs them on CPU
+    model.to(
+        torch.float32
+    )  # evaluate the saved (bfloat16-rounded) weights in float32, as sglkit runs them on CPU
 
 
 def parse_args(argv: list[str] | None):
@@ -406,7 +587,9 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--num-heads", type=int, default=4)
     p.add_argument("--num-kv-heads", type=int, default=2)
     p.add_argument("--max-position-embeddings", type=int, default=512)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (part of what makes a run reproducible)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (part of what makes a run reproducible)"
+    )
     p.add_argument("--log-every", type=int, default=100)
     return p.parse_args(argv)
 
@@ -427,18 +610,28 @@ def main(argv: list[str] | None = None) -> None:
     encoded = [encode(ex, tok) for ex in examples]
     num_tokens = sum(len(ids) for ids, _ in encoded)
     num_target = sum(sum(t != -100 for t in labels) for _, labels in encoded)
-    print(f"corpus: {len(examples)} examples, {num_tokens} tokens ({num_target} with loss), vocab {len(tok)}, "
-          f"{time.time() - t0:.0f}s", flush=True)
+    print(
+        f"corpus: {len(examples)} examples, {num_tokens} tokens ({num_target} with loss), vocab {len(tok)}, "
+        f"{time.time() - t0:.0f}s",
+        flush=True,
+    )
     model = build_model(tok, args)
     print(f"model: {sum(p.numel() for p in model.parameters())} parameters", flush=True)
     log = train(model, encoded, tok, args)
     train_s = time.time() - t0
     save(model, tok, args.out)
-    summary = {"seed": args.seed, "parameters": sum(p.numel() for p in model.parameters()),
-               "examples": len(examples), "tokens": num_tokens, "steps": log[-1][0],
-               "corpus_and_training_seconds": round(train_s), "final_loss": round(log[-1][1], 4),
-               "loss_curve": " ".join(f"{s}:{v:.3f}" for s, v in log), **evaluate(model, tok),
-               "total_seconds": round(time.time() - t0)}
+    summary = {
+        "seed": args.seed,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "examples": len(examples),
+        "tokens": num_tokens,
+        "steps": log[-1][0],
+        "corpus_and_training_seconds": round(train_s),
+        "final_loss": round(log[-1][1], 4),
+        "loss_curve": " ".join(f"{s}:{v:.3f}" for s, v in log),
+        **evaluate(model, tok),
+        "total_seconds": round(time.time() - t0),
+    }
     print(json.dumps(summary, indent=1, ensure_ascii=False))
 
 

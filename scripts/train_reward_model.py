@@ -36,7 +36,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 
 def _load_demo_script():
     """scripts/train_demo_model.py as a module: the fact tables and answer formats of the demo model."""
-    spec = importlib.util.spec_from_file_location("train_demo_model", Path(__file__).with_name("train_demo_model.py"))
+    spec = importlib.util.spec_from_file_location(
+        "train_demo_model", Path(__file__).with_name("train_demo_model.py")
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
     spec.loader.exec_module(module)
@@ -60,8 +62,16 @@ def is_eval_answer(question_key: str, wrong_answer: str) -> bool:
     return zlib.crc32(f"{question_key}|{wrong_answer}".encode()) % 5 == 0
 
 
-RUDE_REPLIES = ["I don't care.", "Figure it out yourself.", "That is a stupid question.", "Go away.", "Whatever.",
-                "Why would I tell you?", "Stop asking me things.", "Look it up."]
+RUDE_REPLIES = [
+    "I don't care.",
+    "Figure it out yourself.",
+    "That is a stupid question.",
+    "Go away.",
+    "Whatever.",
+    "Why would I tell you?",
+    "Stop asking me things.",
+    "Look it up.",
+]
 REFUSAL = "Sorry, I can only help with countries and their capitals, simple sums and greetings."
 KIND_WEIGHTS = {"capital": 0.45, "list": 0.15, "math": 0.3, "talk": 0.1}  # share of each kind of question
 
@@ -89,8 +99,13 @@ class PreferenceGenerator:
         self.rng = random.Random(f"{seed}-{split}")
         self.is_eval = split == "eval"
         self.num_rejected = num_rejected
-        self.sums = [(a, op, b) for a in range(MAX_OPERAND + 1) for b in range(MAX_OPERAND + 1) for op in "+-"
-                     if op == "+" or a >= b]
+        self.sums = [
+            (a, op, b)
+            for a in range(MAX_OPERAND + 1)
+            for b in range(MAX_OPERAND + 1)
+            for op in "+-"
+            if op == "+" or a >= b
+        ]
 
     def phrasing(self, phrasings: list[str], held_out: set[str]) -> str:
         """A training phrasing; in the eval split a held-out one half of the time."""
@@ -113,8 +128,10 @@ class PreferenceGenerator:
         rng = self.rng
         options = [rng.choice(list(demo.SMALL_TALK.values())), REFUSAL]
         if facts:
-            options += [demo.capital_answer(*rng.choice(CAPITALS)),
-                        demo.math_answer(rng.randint(0, MAX_OPERAND), "+", rng.randint(0, MAX_OPERAND))]
+            options += [
+                demo.capital_answer(*rng.choice(CAPITALS)),
+                demo.math_answer(rng.randint(0, MAX_OPERAND), "+", rng.randint(0, MAX_OPERAND)),
+            ]
         return rng.choice(options)
 
     def truncated(self, reply: str) -> str:
@@ -126,9 +143,11 @@ class PreferenceGenerator:
 
     def generic(self, chosen: str, weight: float, facts: bool = False) -> dict:
         """Off-topic, rude and truncated replies, ``weight`` each."""
-        return {"off_topic": (weight, lambda: self.off_topic(facts)),
-                "rude": (weight, lambda: self.rng.choice(RUDE_REPLIES)),
-                "truncated": (weight, lambda: self.truncated(chosen))}
+        return {
+            "off_topic": (weight, lambda: self.off_topic(facts)),
+            "rude": (weight, lambda: self.rng.choice(RUDE_REPLIES)),
+            "truncated": (weight, lambda: self.truncated(chosen)),
+        }
 
     # ------------------------------------------------------------------ one kind each
     def capital_question(self, hard: float) -> tuple[str, str, dict]:
@@ -136,17 +155,27 @@ class PreferenceGenerator:
         country, capital = self.rng.choice(CAPITALS)
         chosen = demo.capital_answer(country, capital)
         others = [k for c, k in CAPITALS if c != country]
-        question = self.phrasing(demo.CAPITAL_QUESTIONS, EVAL_CAPITAL_QUESTIONS).format(c=demo.sentence_name(country))
-        return question, chosen, {
-            "wrong_capital": (hard, lambda: demo.capital_answer(country, self.wrong(country, others))),
-            **self.generic(chosen, (1 - hard) / 3)}
+        question = self.phrasing(demo.CAPITAL_QUESTIONS, EVAL_CAPITAL_QUESTIONS).format(
+            c=demo.sentence_name(country)
+        )
+        return (
+            question,
+            chosen,
+            {
+                "wrong_capital": (hard, lambda: demo.capital_answer(country, self.wrong(country, others))),
+                **self.generic(chosen, (1 - hard) / 3),
+            },
+        )
 
     def list_question(self, hard: float) -> tuple[str, str, dict]:
         """(question, chosen, rejections) for 'List N countries and their capitals.'."""
         rng = self.rng
         n = rng.randint(2, 5)
-        phrasings = sorted(EVAL_LIST_QUESTIONS) if self.is_eval else [
-            q for q in demo.LIST_QUESTIONS if q not in EVAL_LIST_QUESTIONS]
+        phrasings = (
+            sorted(EVAL_LIST_QUESTIONS)
+            if self.is_eval
+            else [q for q in demo.LIST_QUESTIONS if q not in EVAL_LIST_QUESTIONS]
+        )
         question = rng.choice(phrasings).format(n=str(n) if rng.random() < 0.7 else demo.NUMBER_WORDS[n])
         start = 0 if rng.random() < demo.LIST_FROM_TOP else rng.randrange(len(CAPITALS))
         rows = [CAPITALS[(start + i) % len(CAPITALS)] for i in range(n + 1)]
@@ -158,10 +187,15 @@ class PreferenceGenerator:
             bad[i] = (bad[i][0], self.wrong(bad[i][0], [k for c, k in CAPITALS if c != bad[i][0]]))
             return demo.list_answer(bad)
 
-        return question, chosen, {
-            "wrong_capital": (hard * 0.7, wrong_row),
-            "wrong_count": (hard * 0.3, lambda: demo.list_answer(rows[: n + rng.choice([-1, 1])])),
-            **self.generic(chosen, (1 - hard) / 3)}
+        return (
+            question,
+            chosen,
+            {
+                "wrong_capital": (hard * 0.7, wrong_row),
+                "wrong_count": (hard * 0.3, lambda: demo.list_answer(rows[: n + rng.choice([-1, 1])])),
+                **self.generic(chosen, (1 - hard) / 3),
+            },
+        )
 
     def math_question(self, hard: float) -> tuple[str, str, dict]:
         """(question, chosen, rejections) for a sum or difference of 0..MAX_OPERAND."""
@@ -170,10 +204,19 @@ class PreferenceGenerator:
         result = a + b if op == "+" else a - b
         wrong_results = [str(x) for x in range(2 * MAX_OPERAND + 1) if x != result]
         question = self.phrasing(demo.SUM_QUESTIONS, EVAL_SUM_QUESTIONS).format(
-            a=a, b=b, op=op, word="plus" if op == "+" else "minus")
-        return question, chosen, {
-            "wrong_result": (hard, lambda: f"{a} {op} {b} = {self.wrong(f'{a} {op} {b}', wrong_results)}."),
-            **self.generic(chosen, (1 - hard) / 3)}
+            a=a, b=b, op=op, word="plus" if op == "+" else "minus"
+        )
+        return (
+            question,
+            chosen,
+            {
+                "wrong_result": (
+                    hard,
+                    lambda: f"{a} {op} {b} = {self.wrong(f'{a} {op} {b}', wrong_results)}.",
+                ),
+                **self.generic(chosen, (1 - hard) / 3),
+            },
+        )
 
     def talk_question(self, hard: float) -> tuple[str, str, dict]:
         """(question, chosen, rejections) for small talk and out-of-scope requests (``hard`` is not used)."""
@@ -181,8 +224,11 @@ class PreferenceGenerator:
         groups = list(demo.SMALL_TALK.items())
         questions, chosen = rng.choice(groups)
         others = [a for _, a in groups if a != chosen]
-        return rng.choice(questions), chosen, {"other_question": (0.4, lambda: rng.choice(others)),
-                                               **self.generic(chosen, 0.2, facts=True)}
+        return (
+            rng.choice(questions),
+            chosen,
+            {"other_question": (0.4, lambda: rng.choice(others)), **self.generic(chosen, 0.2, facts=True)},
+        )
 
     def example(self, hard: float = 0.9) -> Example:
         """One question (maybe after a system prompt) with its chosen and ``num_rejected`` distinct rejected replies;
@@ -217,7 +263,9 @@ def encode_examples(examples: list[Example], tok, rng: random.Random | None = No
     out = []
     for ex in examples:
         server_form = rng is None or rng.random() < 0.5
-        out.append([conversation_ids(tok, ex.messages, reply, server_form) for reply in [ex.chosen, *ex.rejected]])
+        out.append(
+            [conversation_ids(tok, ex.messages, reply, server_form) for reply in [ex.chosen, *ex.rejected]]
+        )
     return out
 
 
@@ -245,7 +293,7 @@ def rewards(model, sequences: list[list[int]], pad_id: int, batch_size: int = 64
 
     out = []
     for s in range(0, len(sequences), batch_size):
-        rows = sequences[s: s + batch_size]
+        rows = sequences[s : s + batch_size]
         width = max(map(len, rows))
         ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows])
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
@@ -271,21 +319,33 @@ def train(model, encoded, pad_id: int, args) -> list[tuple[int, float, float]]:
     their (random) generation order. Returns the (step, mean BT loss, mean pairwise accuracy) log."""
     import torch
 
-    batches = [range(s, min(s + args.batch_size, len(encoded))) for s in range(0, len(encoded), args.batch_size)]
+    batches = [
+        range(s, min(s + args.batch_size, len(encoded))) for s in range(0, len(encoded), args.batch_size)
+    ]
     total = len(batches)
     warmup = max(1, int(0.05 * total))
     head = [p for n, p in model.named_parameters() if n.startswith("score.")]
     body = [p for n, p in model.named_parameters() if not n.startswith("score.")]
-    opt = torch.optim.AdamW([{"params": body, "lr": args.lr}, {"params": head, "lr": args.head_lr}],
-                            betas=(0.9, 0.98), weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.1 + 0.45 * (
-        1 + math.cos(math.pi * min(1.0, max(0, s - warmup) / max(1, total - warmup))))))
+    opt = torch.optim.AdamW(
+        [{"params": body, "lr": args.lr}, {"params": head, "lr": args.head_lr}],
+        betas=(0.9, 0.98),
+        weight_decay=0.0,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min(
+            (s + 1) / warmup,
+            0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, max(0, s - warmup) / max(1, total - warmup)))),
+        ),
+    )
     model.train()
     log, running, t0 = [], [], time.time()
     for step, batch in enumerate(batches, 1):
         group = len(encoded[batch[0]])
         seqs = [ids for i in batch for ids in encoded[i]]
-        loss, bt, acc = pairwise_loss(rewards(model, seqs, pad_id, batch_size=len(seqs)).view(-1, group), args)
+        loss, bt, acc = pairwise_loss(
+            rewards(model, seqs, pad_id, batch_size=len(seqs)).view(-1, group), args
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -293,9 +353,14 @@ def train(model, encoded, pad_id: int, args) -> list[tuple[int, float, float]]:
         opt.zero_grad(set_to_none=True)
         running.append((bt.item(), acc.item()))
         if step % args.log_every == 0 or step == total:
-            log.append((step, sum(x for x, _ in running) / len(running), sum(y for _, y in running) / len(running)))
-            print(f"step {step}/{total}  bt_loss {log[-1][1]:.4f}  acc {log[-1][2]:.3f}  "
-                  f"lr {sched.get_last_lr()[0]:.2e}  {time.time() - t0:.0f}s", flush=True)
+            log.append(
+                (step, sum(x for x, _ in running) / len(running), sum(y for _, y in running) / len(running))
+            )
+            print(
+                f"step {step}/{total}  bt_loss {log[-1][1]:.4f}  acc {log[-1][2]:.3f}  "
+                f"lr {sched.get_last_lr()[0]:.2e}  {time.time() - t0:.0f}s",
+                flush=True,
+            )
             running = []
     model.eval()
     return log
@@ -315,7 +380,9 @@ def save(model, out: Path, demo_dir: Path) -> None:
         shutil.copyfile(demo_dir / name, out / name)
     for f in out.iterdir():
         f.chmod(0o644)  # package data: readable by everyone (safetensors files are written 0600)
-    model.to(torch.float32)  # evaluate the saved (bfloat16-rounded) weights in float32, as sglkit runs them on CPU
+    model.to(
+        torch.float32
+    )  # evaluate the saved (bfloat16-rounded) weights in float32, as sglkit runs them on CPU
 
 
 def capital_matrix(model, tok) -> dict:
@@ -335,10 +402,12 @@ def capital_matrix(model, tok) -> dict:
         r_right, r_wrong = rewards(model, right, tok.pad_token_id), rewards(model, wrong, tok.pad_token_id)
     wins = r_right[torch.tensor(owners)] > r_wrong
     per_country = torch.zeros(len(CAPITALS)).index_add_(0, torch.tensor(owners), (~wins).float())
-    return {"capital_matrix_accuracy": f"{int(wins.sum())}/{len(wins)}",
-            "countries_with_a_loss": [c for (c, _), n in zip(CAPITALS, per_country.tolist()) if n > 0],
-            "right_capital_reward_range": [round(r_right.min().item(), 2), round(r_right.max().item(), 2)],
-            "wrong_capital_reward_range": [round(r_wrong.min().item(), 2), round(r_wrong.max().item(), 2)]}
+    return {
+        "capital_matrix_accuracy": f"{int(wins.sum())}/{len(wins)}",
+        "countries_with_a_loss": [c for (c, _), n in zip(CAPITALS, per_country.tolist()) if n > 0],
+        "right_capital_reward_range": [round(r_right.min().item(), 2), round(r_right.max().item(), 2)],
+        "wrong_capital_reward_range": [round(r_wrong.min().item(), 2), round(r_wrong.max().item(), 2)],
+    }
 
 
 def evaluate(model, tok, examples: list[Example]) -> dict:
@@ -352,23 +421,35 @@ def evaluate(model, tok, examples: list[Example]) -> dict:
         r = rewards(model, seqs, tok.pad_token_id).view(-1, group)
     chosen, rejected = r[:, 0], r[:, 1:]
     wins = (chosen[:, None] > rejected).tolist()
-    rows = [(ex.kind, how, won) for ex, won_row in zip(examples, wins) for how, won in zip(ex.rejected_kinds, won_row)]
+    rows = [
+        (ex.kind, how, won)
+        for ex, won_row in zip(examples, wins)
+        for how, won in zip(ex.rejected_kinds, won_row)
+    ]
 
     def accuracy(keep) -> str:
         picked = [won for kind, how, won in rows if keep(kind, how)]
         return f"{sum(picked)}/{len(picked)}"
 
     question = [{"role": "user", "content": "What is the capital of France?"}]
-    samples = ["The capital of France is Paris.", "The capital of France is Berlin.",
-               "The capital of Germany is Berlin.", "The capital of France", "I don't care."]
+    samples = [
+        "The capital of France is Paris.",
+        "The capital of France is Berlin.",
+        "The capital of Germany is Berlin.",
+        "The capital of France",
+        "I don't care.",
+    ]
     with torch.no_grad():
-        sample_rewards = rewards(model, [conversation_ids(tok, question, s) for s in samples], tok.pad_token_id)
+        sample_rewards = rewards(
+            model, [conversation_ids(tok, question, s) for s in samples], tok.pad_token_id
+        )
     num_won = sum(won for _, _, won in rows)
     return {
         "eval_pairwise_accuracy": f"{num_won}/{len(rows)} = {num_won / len(rows):.4f}",
         "eval_accuracy_by_kind": {k: accuracy(lambda kind, how, k=k: kind == k) for k in KIND_WEIGHTS},
-        "eval_accuracy_by_rejected_kind": {h: accuracy(lambda kind, how, h=h: how == h)
-                                           for h in sorted({how for _, how, _ in rows})},
+        "eval_accuracy_by_rejected_kind": {
+            h: accuracy(lambda kind, how, h=h: how == h) for h in sorted({how for _, how, _ in rows})
+        },
         "eval_mean_chosen_reward": round(chosen.mean().item(), 3),
         "eval_mean_rejected_reward": round(rejected.mean().item(), 3),
         "eval_chosen_reward_above_0": f"{int((chosen > 0).sum())}/{chosen.numel()}",
@@ -385,16 +466,28 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--demo-model", type=Path, default=DEMO_DIR, help="the chat model to start from")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-examples", type=int, default=24000, help="training questions")
-    p.add_argument("--num-rejected", type=int, default=1, help="rejected replies per question (one pair each)")
+    p.add_argument(
+        "--num-rejected", type=int, default=1, help="rejected replies per question (one pair each)"
+    )
     p.add_argument("--num-eval-examples", type=int, default=2000)
-    p.add_argument("--hard", type=float, default=0.9,
-                   help="share of wrong facts (wrong capital, list or sum) among the rejected replies")
+    p.add_argument(
+        "--hard",
+        type=float,
+        default=0.9,
+        help="share of wrong facts (wrong capital, list or sum) among the rejected replies",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="questions per step")
     p.add_argument("--lr", type=float, default=3e-4, help="learning rate of the decoder")
     p.add_argument("--head-lr", type=float, default=3e-3, help="learning rate of the score head")
-    p.add_argument("--sign-coef", type=float, default=0.5,
-                   help="weight of the logistic loss on the rewards' signs (chosen above 0, rejected below)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (part of what makes a run reproducible)")
+    p.add_argument(
+        "--sign-coef",
+        type=float,
+        default=0.5,
+        help="weight of the logistic loss on the rewards' signs (chosen above 0, rejected below)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (part of what makes a run reproducible)"
+    )
     p.add_argument("--log-every", type=int, default=25)
     return p.parse_args(argv)
 
@@ -416,19 +509,29 @@ def main(argv: list[str] | None = None) -> None:
     eval_examples = [eval_gen.example(args.hard) for _ in range(args.num_eval_examples)]
     encoded = encode_examples(train_examples, tok, random.Random(args.seed))
     num_pairs = len(train_examples) * args.num_rejected
-    print(f"corpus: {num_pairs} training pairs ({sum(len(ids) for ex in encoded for ids in ex)} tokens), "
-          f"{len(eval_examples) * args.num_rejected} eval pairs, {time.time() - t0:.0f}s", flush=True)
+    print(
+        f"corpus: {num_pairs} training pairs ({sum(len(ids) for ex in encoded for ids in ex)} tokens), "
+        f"{len(eval_examples) * args.num_rejected} eval pairs, {time.time() - t0:.0f}s",
+        flush=True,
+    )
     model = load_model(args.seed, args.demo_model)
     print(f"model: {sum(p.numel() for p in model.parameters())} parameters", flush=True)
     log = train(model, encoded, tok.pad_token_id, args)
     train_s = time.time() - t0
     save(model, args.out, args.demo_model)
-    summary = {"seed": args.seed, "parameters": sum(p.numel() for p in model.parameters()),
-               "train_pairs": num_pairs, "eval_pairs": len(eval_examples) * args.num_rejected,
-               "steps": log[-1][0], "corpus_and_training_seconds": round(train_s),
-               "final_train_bt_loss": round(log[-1][1], 4), "final_train_accuracy": round(log[-1][2], 4),
-               "loss_curve": " ".join(f"{s}:{v:.3f}" for s, v, _ in log), **evaluate(model, tok, eval_examples),
-               "total_seconds": round(time.time() - t0)}
+    summary = {
+        "seed": args.seed,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_pairs": num_pairs,
+        "eval_pairs": len(eval_examples) * args.num_rejected,
+        "steps": log[-1][0],
+        "corpus_and_training_seconds": round(train_s),
+        "final_train_bt_loss": round(log[-1][1], 4),
+        "final_train_accuracy": round(log[-1][2], 4),
+        "loss_curve": " ".join(f"{s}:{v:.3f}" for s, v, _ in log),
+        **evaluate(model, tok, eval_examples),
+        "total_seconds": round(time.time() - t0),
+    }
     print(json.dumps(summary, indent=1, ensure_ascii=False))
 
 

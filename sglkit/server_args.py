@@ -26,40 +26,70 @@ class ServerArgs:
     """All arguments of the sglkit runtime and server (SGLang's names and meanings)."""
 
     # Model and tokenizer.
-    model_path: str | None = _arg(None, "Folder of an HF-format model (config.json, *.safetensors, tokenizer). "
-                                  "Defaults to the built-in demo model shipped with sglkit.")
+    model_path: str | None = _arg(
+        None,
+        "Folder of an HF-format model (config.json, *.safetensors, tokenizer). "
+        "Defaults to the built-in demo model shipped with sglkit.",
+    )
     tokenizer_path: str | None = _arg(None, "Folder of the tokenizer; defaults to --model-path.")
-    served_model_name: str | None = _arg(None, "Model name reported by the API (/v1/models); defaults to --model-path "
-                                         "('sglkit-demo' for the built-in demo model).")
-    chat_template: str | None = _arg(None, "A Jinja chat template (file path or inline string) overriding the tokenizer's.")
-    dtype: str = _arg("auto", "Weight and activation dtype. 'auto': the checkpoint's dtype on CUDA, float32 on CPU.",
-                      choices=DTYPES)
-    context_length: int | None = _arg(None, "Maximum tokens per request (prompt + output); defaults to the model's "
-                                      "max_position_embeddings.")
-    is_embedding: bool = _arg(False, "Serve the model as an embedding / reward model (/encode, /classify, /v1/embeddings).")
+    served_model_name: str | None = _arg(
+        None,
+        "Model name reported by the API (/v1/models); defaults to --model-path "
+        "('sglkit-demo' for the built-in demo model).",
+    )
+    chat_template: str | None = _arg(
+        None, "A Jinja chat template (file path or inline string) overriding the tokenizer's."
+    )
+    dtype: str = _arg(
+        "auto",
+        "Weight and activation dtype. 'auto': the checkpoint's dtype on CUDA, float32 on CPU.",
+        choices=DTYPES,
+    )
+    context_length: int | None = _arg(
+        None, "Maximum tokens per request (prompt + output); defaults to the model's max_position_embeddings."
+    )
+    is_embedding: bool = _arg(
+        False, "Serve the model as an embedding / reward model (/encode, /classify, /v1/embeddings)."
+    )
     device: str | None = _arg(None, "'cuda' or 'cpu'; defaults to cuda when available, else cpu.")
     random_seed: int | None = _arg(None, "Seed of the default sampling generator (random when unset).")
 
     # Memory and scheduling.
-    mem_fraction_static: float | None = _arg(None, "Share of free device memory (CPU: of available RAM) given to weights "
-                                             "and the KV pool; ignored when --max-total-tokens is set.")
-    max_total_tokens: int | None = _arg(None, "Size of the KV pool in tokens (overrides --mem-fraction-static).")
+    mem_fraction_static: float | None = _arg(
+        None,
+        "Share of free device memory (CPU: of available RAM) given to weights "
+        "and the KV pool; ignored when --max-total-tokens is set.",
+    )
+    max_total_tokens: int | None = _arg(
+        None, "Size of the KV pool in tokens (overrides --mem-fraction-static)."
+    )
     max_running_requests: int | None = _arg(None, "Most requests decoding at once.")
     max_prefill_tokens: int = _arg(16384, "Most new tokens in one prefill batch.")
-    chunked_prefill_size: int | None = _arg(None, "Split prompts longer than this into chunks (-1 disables chunking). "
-                                            "Default 8192 on CUDA, 2048 on CPU.")
-    schedule_policy: str = _arg("lpm", "Waiting-queue order: 'lpm' (longest prefix match first) or 'fcfs'.",
-                                choices=SCHEDULE_POLICIES)
+    chunked_prefill_size: int | None = _arg(
+        None,
+        "Split prompts longer than this into chunks (-1 disables chunking). "
+        "Default 8192 on CUDA, 2048 on CPU.",
+    )
+    schedule_policy: str = _arg(
+        "lpm", "Waiting-queue order: 'lpm' (longest prefix match first) or 'fcfs'.", choices=SCHEDULE_POLICIES
+    )
     disable_radix_cache: bool = _arg(False, "Turn the radix prefix cache off.")
-    attention_backend: str | None = _arg(None, "Attention kernels: torch_native (default), triton or flashinfer (CUDA).")
+    attention_backend: str | None = _arg(
+        None, "Attention kernels: torch_native (default), triton or flashinfer (CUDA)."
+    )
 
     # HTTP server.
     host: str = _arg("127.0.0.1", "Address to bind; the default keeps the server on this machine.")
     port: int = _arg(30000, "Port to listen on.")
-    api_key: str | None = _arg(None, "Require 'Authorization: Bearer <key>' on every route except /health and "
-                               "/health_generate.")
-    skip_server_warmup: bool = _arg(False, "Skip the warmup request (the server reports ready right after start-up).")
-    watchdog_timeout: float = _arg(300.0, "Kill the server if a batch makes no progress for this many seconds.")
+    api_key: str | None = _arg(
+        None, "Require 'Authorization: Bearer <key>' on every route except /health and /health_generate."
+    )
+    skip_server_warmup: bool = _arg(
+        False, "Skip the warmup request (the server reports ready right after start-up)."
+    )
+    watchdog_timeout: float = _arg(
+        300.0, "Kill the server if a batch makes no progress for this many seconds."
+    )
     stream_interval: int = _arg(1, "Send a streaming chunk every this many generated tokens.")
 
     # Logging and metrics.
@@ -96,12 +126,20 @@ class ServerArgs:
         for name, value in positive.items():
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if self.chunked_prefill_size is not None and self.chunked_prefill_size != -1 and self.chunked_prefill_size < 1:
-            raise ValueError(f"chunked_prefill_size must be positive or -1, got {self.chunked_prefill_size!r}.")
+        if (
+            self.chunked_prefill_size is not None
+            and self.chunked_prefill_size != -1
+            and self.chunked_prefill_size < 1
+        ):
+            raise ValueError(
+                f"chunked_prefill_size must be positive or -1, got {self.chunked_prefill_size!r}."
+            )
         if self.mem_fraction_static is not None and not 0.0 < self.mem_fraction_static < 1.0:
             raise ValueError(f"mem_fraction_static must be in (0, 1), got {self.mem_fraction_static!r}.")
         if self.schedule_policy not in SCHEDULE_POLICIES:
-            raise ValueError(f"schedule_policy must be one of {SCHEDULE_POLICIES}, got {self.schedule_policy!r}.")
+            raise ValueError(
+                f"schedule_policy must be one of {SCHEDULE_POLICIES}, got {self.schedule_policy!r}."
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}.")
         if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):

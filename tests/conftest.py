@@ -33,7 +33,9 @@ def tiny_model_factory(tmp_path_factory):
         key = (architecture, tuple(sorted(kwargs.items())))
         if key not in cache:
             name = architecture + "-" + "-".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
-            cache[key] = str(make_tiny_model(tmp_path_factory.mktemp("models") / name, architecture, **kwargs))
+            cache[key] = str(
+                make_tiny_model(tmp_path_factory.mktemp("models") / name, architecture, **kwargs)
+            )
         return cache[key]
 
     return make

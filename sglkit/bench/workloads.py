@@ -6,7 +6,11 @@ import random
 
 
 def random_prompts(
-    num_prompts: int, input_len: int, vocab_size: int, seed: int = 0, range_ratio: float = 1.0,
+    num_prompts: int,
+    input_len: int,
+    vocab_size: int,
+    seed: int = 0,
+    range_ratio: float = 1.0,
     reserved_ids: set[int] | None = None,
 ) -> list[list[int]]:
     """``num_prompts`` prompts of token ids; lengths uniform in [range_ratio * input_len, input_len]."""
@@ -17,7 +21,11 @@ def random_prompts(
 
 
 def shared_prefix_prompts(
-    num_prompts: int, prefix_len: int, suffix_len: int, vocab_size: int, seed: int = 0,
+    num_prompts: int,
+    prefix_len: int,
+    suffix_len: int,
+    vocab_size: int,
+    seed: int = 0,
     reserved_ids: set[int] | None = None,
 ) -> list[list[int]]:
     """``num_prompts`` prompts sharing one ``prefix_len``-token prefix, each with its own suffix."""

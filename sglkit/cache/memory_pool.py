@@ -105,10 +105,12 @@ class MHATokenToKVPool:
         self.dtype = dtype
         self.device = device
         self.k_buffer = [
-            torch.zeros((size + 1, num_kv_heads, head_dim), dtype=dtype, device=device) for _ in range(num_layers)
+            torch.zeros((size + 1, num_kv_heads, head_dim), dtype=dtype, device=device)
+            for _ in range(num_layers)
         ]
         self.v_buffer = [
-            torch.zeros((size + 1, num_kv_heads, head_dim), dtype=dtype, device=device) for _ in range(num_layers)
+            torch.zeros((size + 1, num_kv_heads, head_dim), dtype=dtype, device=device)
+            for _ in range(num_layers)
         ]
 
     @staticmethod
@@ -118,7 +120,14 @@ class MHATokenToKVPool:
 
     def total_bytes(self) -> int:
         """Bytes held by all K and V buffers."""
-        return 2 * self.num_layers * (self.size + 1) * self.num_kv_heads * self.head_dim * self.k_buffer[0].element_size()
+        return (
+            2
+            * self.num_layers
+            * (self.size + 1)
+            * self.num_kv_heads
+            * self.head_dim
+            * self.k_buffer[0].element_size()
+        )
 
     def get_kv_buffer(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(k, v) buffers of one layer, each [size + 1, num_kv_heads, head_dim]."""

@@ -28,7 +28,11 @@ class Linear(nn.Linear):
         """(Re)build the prepacked weight from ``self.weight``; False (plain path) when not possible."""
         self.packed_weight = None
         weight = self.weight
-        if weight.device.type != "cpu" or weight.dtype not in PACKABLE_DTYPES or not torch.backends.mkldnn.is_available():
+        if (
+            weight.device.type != "cpu"
+            or weight.dtype not in PACKABLE_DTYPES
+            or not torch.backends.mkldnn.is_available()
+        ):
             return False
         try:
             packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)

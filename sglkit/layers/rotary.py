@@ -40,7 +40,9 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, params: dict[str, Any], max_positio
 class RotaryEmbedding(nn.Module):
     """Applies RoPE to packed q/k using a [max_position, D] cos|sin cache (float32, not saved in checkpoints)."""
 
-    def __init__(self, head_dim: int, max_position: int, rope_parameters: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, head_dim: int, max_position: int, rope_parameters: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
         self.head_dim = head_dim
         self.max_position = max_position
@@ -83,7 +85,9 @@ def _rope_type(params: dict[str, Any]) -> str:
     return params.get("rope_type", params.get("type", "default"))
 
 
-def compute_inv_freq(head_dim: int, max_position: int, rope_parameters: dict[str, Any] | None) -> torch.Tensor:
+def compute_inv_freq(
+    head_dim: int, max_position: int, rope_parameters: dict[str, Any] | None
+) -> torch.Tensor:
     """[D/2] float32 inverse frequencies for ``rope_parameters`` (HF ``config.rope_parameters`` layout)."""
     params = dict(rope_parameters or {})
     rope_type = _rope_type(params)

@@ -1,7 +1,7 @@
 """Models: sglkit's own Llama-family implementations, their registry and the safetensors loader.
 
-    from sglkit.models import load_model
-    model, config = load_model("/path/to/hf-folder", dtype="auto", device="cpu")
+from sglkit.models import load_model
+model, config = load_model("/path/to/hf-folder", dtype="auto", device="cpu")
 """
 
 from sglkit.models.loader import (

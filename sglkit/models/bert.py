@@ -45,7 +45,9 @@ class PackedLayout:
 
     batch_size: int
     max_len: int
-    pad_index: torch.Tensor | None  # [T] row of each packed token in the flat [B * L_max] grid; None if uniform
+    pad_index: (
+        torch.Tensor | None
+    )  # [T] row of each packed token in the flat [B * L_max] grid; None if uniform
     key_mask: torch.Tensor | None  # [B, 1, 1, L_max] bool, True on real tokens; None if uniform
     padding_index: torch.Tensor | None = None  # [B * L_max - T] rows of the grid that are padding
 
@@ -96,8 +98,9 @@ class EncoderLinear(Linear):
             return super().forward(x)
         if self._packed(x):
             attr, algorithm = self.post_op
-            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed_weight, self.bias.detach(), attr, [],
-                                                      algorithm)
+            return torch.ops.mkldnn._linear_pointwise(
+                x.contiguous(), self.packed_weight, self.bias.detach(), attr, [], algorithm
+            )
         return self.act_fn(super().forward(x))
 
     def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -122,7 +125,11 @@ class BertEmbeddings(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """input_ids, positions: [T] -> [T, H]."""
-        x = self.word_embeddings(input_ids) + self.token_type_embeddings.weight[0] + self.position_embeddings(positions)
+        x = (
+            self.word_embeddings(input_ids)
+            + self.token_type_embeddings.weight[0]
+            + self.position_embeddings(positions)
+        )
         return self.LayerNorm(x)
 
 
@@ -139,8 +146,12 @@ class BertSelfAttention(nn.Module):
         """hidden: [T, H] -> attention output before the output projection [T, H]."""
         qkv = layout.to_padded(self.qkv_proj(hidden))  # [B, L, 3H]
         batch, length = qkv.shape[:2]
-        qkv = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, h, L, d]
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=layout.key_mask)  # [B, h, L, d]
+        qkv = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(
+            2, 0, 3, 1, 4
+        )  # [3, B, h, L, d]
+        out = F.scaled_dot_product_attention(
+            qkv[0], qkv[1], qkv[2], attn_mask=layout.key_mask
+        )  # [B, h, L, d]
         return layout.to_packed(out.transpose(1, 2))
 
 
@@ -177,7 +188,9 @@ class BertIntermediate(nn.Module):
         super().__init__()
         act = getattr(config, "hidden_act", "gelu")
         if act not in _ACTIVATIONS:
-            raise ValueError(f"Unsupported hidden_act {act!r} for BertModel; supported: {sorted(_ACTIVATIONS)}.")
+            raise ValueError(
+                f"Unsupported hidden_act {act!r} for BertModel; supported: {sorted(_ACTIVATIONS)}."
+            )
         self.dense = EncoderLinear(config.hidden_size, config.intermediate_size, dtype, hidden_act=act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -224,7 +237,9 @@ class BertModel(nn.Module):
         dtype = dtype or torch.get_default_dtype()
         kind = getattr(config, "position_embedding_type", "absolute") or "absolute"
         if kind != "absolute":
-            raise ValueError(f"BertModel with position_embedding_type={kind!r} is not supported (only 'absolute').")
+            raise ValueError(
+                f"BertModel with position_embedding_type={kind!r} is not supported (only 'absolute')."
+            )
         self.config = config
         self.dtype = dtype
         self.embeddings = BertEmbeddings(config, dtype)
@@ -232,7 +247,9 @@ class BertModel(nn.Module):
         # Not HF's tanh pooler (whose weights are skipped): the embedding pooling, replaceable by the runner.
         self.pooler = Pooler(PoolingType.CLS, normalize=True)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: ForwardBatch) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: ForwardBatch
+    ) -> torch.Tensor:
         """input_ids, positions: [T] (packed) -> last hidden states [T, H]."""
         layout = PackedLayout.from_seq_lens(forward_batch.extend_seq_lens_cpu, input_ids.device)
         return self.encoder(self.embeddings(input_ids, positions), layout)
@@ -261,7 +278,9 @@ class BertModel(nn.Module):
                 raise ValueError(f"Unexpected weight {name!r} in checkpoint for BertModel.")
             dst = param.data if rows is None else param.data[rows]
             if dst.shape != tensor.shape:
-                raise RuntimeError(f"Size mismatch for {name}: checkpoint {tuple(tensor.shape)} vs {tuple(dst.shape)}.")
+                raise RuntimeError(
+                    f"Size mismatch for {name}: checkpoint {tuple(tensor.shape)} vs {tuple(dst.shape)}."
+                )
             dst.copy_(tensor)
             loaded.add(name if rows is None else f"{target}[{rows.start // hidden}]")
         expected = {n for n in params if ".qkv_proj." not in n}

@@ -85,7 +85,9 @@ class LlamaMLP(nn.Module):
 class LlamaAttention(nn.Module):
     """Self-attention: fused qkv projection, optional q/k norm, rotary, paged attention, output projection."""
 
-    def __init__(self, config, layer_id: int, rotary_emb: RotaryEmbedding, options: AttentionOptions, dtype) -> None:
+    def __init__(
+        self, config, layer_id: int, rotary_emb: RotaryEmbedding, options: AttentionOptions, dtype
+    ) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = _num_kv_heads(config)
@@ -100,9 +102,13 @@ class LlamaAttention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype=dtype)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype=dtype)
         self.rotary_emb = rotary_emb  # shared by all layers
-        self.attn = RadixAttention(layer_id, self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5)
+        self.attn = RadixAttention(
+            layer_id, self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5
+        )
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, forward_batch: ForwardBatch) -> torch.Tensor:
+    def forward(
+        self, positions: torch.Tensor, hidden: torch.Tensor, forward_batch: ForwardBatch
+    ) -> torch.Tensor:
         """positions: [T], hidden: [T, H] -> [T, H]."""
         num_tokens = hidden.shape[0]
         q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
@@ -118,7 +124,9 @@ class LlamaAttention(nn.Module):
 class LlamaDecoderLayer(nn.Module):
     """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.)), with the residual add fused into the norms."""
 
-    def __init__(self, config, layer_id: int, rotary_emb: RotaryEmbedding, options: AttentionOptions, dtype) -> None:
+    def __init__(
+        self, config, layer_id: int, rotary_emb: RotaryEmbedding, options: AttentionOptions, dtype
+    ) -> None:
         super().__init__()
         eps = config.rms_norm_eps
         self.input_layernorm = RMSNorm(config.hidden_size, eps, dtype=dtype)
@@ -156,13 +164,18 @@ class LlamaModel(nn.Module):
     def __init__(self, config, options: AttentionOptions, dtype) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
-        self.rotary_emb = get_rope(_head_dim(config), config.max_position_embeddings, _rope_parameters(config))
+        self.rotary_emb = get_rope(
+            _head_dim(config), config.max_position_embeddings, _rope_parameters(config)
+        )
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, i, self.rotary_emb, options, dtype) for i in range(config.num_hidden_layers)
+            LlamaDecoderLayer(config, i, self.rotary_emb, options, dtype)
+            for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: ForwardBatch) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: ForwardBatch
+    ) -> torch.Tensor:
         """input_ids, positions: [T] -> final hidden states [T, H]."""
         hidden = self.embed_tokens(input_ids)
         residual = None
@@ -193,7 +206,9 @@ class LlamaForCausalLM(nn.Module):
         bias = bool(getattr(config, "attention_bias", False))
         return AttentionOptions(qkv_bias=bias, o_bias=bias, qk_norm=False)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: ForwardBatch) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: ForwardBatch
+    ) -> torch.Tensor:
         """input_ids, positions: [T] (packed) -> hidden states [T, H]."""
         return self.model(input_ids, positions, forward_batch)
 
@@ -262,7 +277,9 @@ class LlamaForCausalLM(nn.Module):
         missing = sorted(f"{n}[{s}]" if s else n for n, s in self.expected_weight_shards() - loaded)
         if missing:
             shown = ", ".join(missing[:8]) + (f", ... ({len(missing)} in all)" if len(missing) > 8 else "")
-            raise ValueError(f"Checkpoint did not provide these parameters of {type(self).__name__}: {shown}.")
+            raise ValueError(
+                f"Checkpoint did not provide these parameters of {type(self).__name__}: {shown}."
+            )
 
 
 def _copy_weight(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:

@@ -18,7 +18,9 @@ from sglkit.models.registry import get_model_class
 __all__ = ["load_config", "find_safetensors_files", "iterate_weights", "resolve_dtype", "load_model"]
 
 PROGRESS_DESC = "Loading safetensors checkpoint shards"
-PROGRESS_BAR_FORMAT = "{desc}: {percentage:3.0f}% Completed | {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+PROGRESS_BAR_FORMAT = (
+    "{desc}: {percentage:3.0f}% Completed | {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+)
 
 _DTYPES = {
     "float32": torch.float32,
@@ -65,7 +67,9 @@ def find_safetensors_files(model_path: str | os.PathLike) -> list[Path]:
             if not file.is_relative_to(root):
                 raise ValueError(f"{index_file.name} points outside the model folder: {name!r}.")
             if not file.is_file():
-                raise FileNotFoundError(f"Shard {name!r} listed in {index_file.name} is missing from {str(path)!r}.")
+                raise FileNotFoundError(
+                    f"Shard {name!r} listed in {index_file.name} is missing from {str(path)!r}."
+                )
             files.append(file)
         if not files:
             raise ValueError(f"{index_file} has an empty weight_map.")
@@ -84,7 +88,9 @@ def find_safetensors_files(model_path: str | os.PathLike) -> list[Path]:
     raise FileNotFoundError(f"No *.safetensors weights in model folder {str(path)!r}.")
 
 
-def iterate_weights(model_path: str | os.PathLike, show_progress: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_weights(
+    model_path: str | os.PathLike, show_progress: bool = True
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (HF name, CPU tensor) for every tensor of the folder's safetensors files, one shard at a time."""
     from safetensors import safe_open
     from tqdm import tqdm

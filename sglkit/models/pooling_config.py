@@ -58,7 +58,9 @@ def read_pooling_config(model_path: str | os.PathLike) -> PoolingConfig | None:
         elif kind == "Normalize":
             normalize = True
         else:
-            raise ValueError(f"sentence-transformers module {entry.get('type')!r} in {modules_file} is not supported.")
+            raise ValueError(
+                f"sentence-transformers module {entry.get('type')!r} in {modules_file} is not supported."
+            )
     if pooling is None:
         raise ValueError(f"{modules_file} has no Pooling module.")
     return PoolingConfig(pooling, normalize)

@@ -38,7 +38,9 @@ def _items(inp: EmbeddingInput, text_param: str, ids_param: str) -> tuple[bool, 
     if inp.input_ids is None:
         raise InvalidRequestError(f"Either {text_param} or {ids_param} should be provided.", text_param)
     if not isinstance(inp.input_ids, list):
-        raise InvalidRequestError(f"{ids_param} must be a list of token ids or a list of such lists.", ids_param)
+        raise InvalidRequestError(
+            f"{ids_param} must be a list of token ids or a list of such lists.", ids_param
+        )
     if inp.input_ids and isinstance(inp.input_ids[0], list):
         return True, inp.input_ids, ids_param
     return False, [inp.input_ids], ids_param
@@ -73,7 +75,9 @@ def build_embedding_requests(
             if not isinstance(text, str):
                 raise InvalidRequestError(f"{where} must be a string.", param)
             if not text:
-                raise InvalidRequestError(f"{where} is empty." if is_batch else "The input text is empty.", param)
+                raise InvalidRequestError(
+                    f"{where} is empty." if is_batch else "The input text is empty.", param
+                )
         token_lists = tokenizer(list(items), add_special_tokens=True, verbose=False)["input_ids"]
         texts: list[str | None] = list(items)
     else:
@@ -82,8 +86,9 @@ def build_embedding_requests(
     reqs = []
     for i, ids in enumerate(token_lists):
         if not ids:
-            raise InvalidRequestError(f"The input {param}[{i}] has no tokens." if is_batch else
-                                      "The input has no tokens.", param)
+            raise InvalidRequestError(
+                f"The input {param}[{i}] has no tokens." if is_batch else "The input has no tokens.", param
+            )
         if len(ids) > context_len:
             where = f" {param}[{i}]" if is_batch else ""
             raise InvalidRequestError(

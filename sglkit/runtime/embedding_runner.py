@@ -57,7 +57,9 @@ class EmbeddingModelRunner(ModelRunner):
         self.context_len = self._resolve_context_len()
         max_seq_length = read_max_seq_length(self.model_path)
         if max_seq_length and max_seq_length < self.context_len:
-            logger.info(f"Context length capped to the sentence-transformers max_seq_length ({max_seq_length}).")
+            logger.info(
+                f"Context length capped to the sentence-transformers max_seq_length ({max_seq_length})."
+            )
             self.context_len = max_seq_length
         self.max_running_requests = server_args.max_running_requests or DEFAULT_MAX_BATCH_SIZE
         if self.uses_kv_cache:
@@ -66,10 +68,17 @@ class EmbeddingModelRunner(ModelRunner):
             )
             num_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
             head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-            self.req_to_token_pool = ReqToTokenPool(self.max_running_requests, self.context_len + 1, self.device)
+            self.req_to_token_pool = ReqToTokenPool(
+                self.max_running_requests, self.context_len + 1, self.device
+            )
             self.token_to_kv_pool_allocator = TokenToKVPoolAllocator(self.max_total_num_tokens, self.device)
             self.token_to_kv_pool = MHATokenToKVPool(
-                self.max_total_num_tokens, cfg.num_hidden_layers, num_kv_heads, head_dim, self.dtype, self.device
+                self.max_total_num_tokens,
+                cfg.num_hidden_layers,
+                num_kv_heads,
+                head_dim,
+                self.dtype,
+                self.device,
             )
             size_gb = self.token_to_kv_pool.total_bytes() / 2 / GB
             logger.info(f"KV Cache is allocated. K size: {size_gb:.2f} GB, V size: {size_gb:.2f} GB.")
@@ -152,10 +161,14 @@ class EmbeddingModelRunner(ModelRunner):
     def _take_slots(self, seq_lens: list[int], starts: list[int], slots: list[int]) -> torch.Tensor:
         """Take one request slot per input (appended to ``slots``) and KV slots for every token."""
         if len(seq_lens) > self.req_to_token_pool.available_size():
-            raise RuntimeError(f"A batch of {len(seq_lens)} inputs exceeds {self.req_to_token_pool.size} slots.")
+            raise RuntimeError(
+                f"A batch of {len(seq_lens)} inputs exceeds {self.req_to_token_pool.size} slots."
+            )
         out_cache_loc = self.token_to_kv_pool_allocator.alloc(sum(seq_lens))
         if out_cache_loc is None:
-            raise RuntimeError(f"A batch of {sum(seq_lens)} tokens exceeds the KV pool ({self.max_total_num_tokens}).")
+            raise RuntimeError(
+                f"A batch of {sum(seq_lens)} tokens exceeds the KV pool ({self.max_total_num_tokens})."
+            )
         for n, start in zip(seq_lens, starts):
             slot = self.req_to_token_pool.alloc()
             slots.append(slot)

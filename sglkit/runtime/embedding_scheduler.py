@@ -60,15 +60,23 @@ class EmbeddingScheduler:
     def add_request(self, recv: TokenizedEmbeddingReq) -> EmbeddingOutput | None:
         """Queue an input; returns a final error output instead when it can never run."""
         if not isinstance(recv, TokenizedEmbeddingReq):
-            return EmbeddingOutput(recv.rid, [], self._meta(recv.rid, 0), error=(
-                "This model is an embedding model; it serves /encode, /classify and /v1/embeddings, not generation."))
+            return EmbeddingOutput(
+                recv.rid,
+                [],
+                self._meta(recv.rid, 0),
+                error=(
+                    "This model is an embedding model; it serves /encode, /classify and /v1/embeddings, not generation."
+                ),
+            )
         num_input = len(recv.input_ids)
         error = None
         if num_input == 0:
             error = "The input is empty."
         elif num_input > self.context_len:
-            error = (f"The input ({num_input} tokens) is longer than the model's context length "
-                     f"({self.context_len} tokens).")
+            error = (
+                f"The input ({num_input} tokens) is longer than the model's context length "
+                f"({self.context_len} tokens)."
+            )
         if error:
             self.stats.num_aborted_reqs += 1
             return EmbeddingOutput(recv.rid, [], self._meta(recv.rid, num_input), error=error)
@@ -80,7 +88,10 @@ class EmbeddingScheduler:
         kept, outputs = deque(), []
         for item in self.waiting_queue:
             if abort_all or item.req.rid == rid:
-                meta = {**self._meta(item.req.rid, len(item.req.input_ids)), "finish_reason": {"type": "abort"}}
+                meta = {
+                    **self._meta(item.req.rid, len(item.req.input_ids)),
+                    "finish_reason": {"type": "abort"},
+                }
                 outputs.append(EmbeddingOutput(item.req.rid, [], meta, error="The request was aborted."))
                 self.stats.num_aborted_reqs += 1
             else:
@@ -106,8 +117,12 @@ class EmbeddingScheduler:
         except Exception as e:  # noqa: BLE001 - fail this batch's requests, keep serving
             logger.exception("Embedding pass failed.")
             return outputs + [
-                EmbeddingOutput(item.req.rid, [], self._meta(item.req.rid, len(item.req.input_ids)),
-                                error=f"The embedding pass failed: {type(e).__name__}: {e}")
+                EmbeddingOutput(
+                    item.req.rid,
+                    [],
+                    self._meta(item.req.rid, len(item.req.input_ids)),
+                    error=f"The embedding pass failed: {type(e).__name__}: {e}",
+                )
                 for item in batch
             ]
         now = time.perf_counter()
@@ -145,8 +160,12 @@ class EmbeddingScheduler:
 
     @staticmethod
     def _meta(rid: str, num_input: int) -> dict:
-        return {"id": rid, "finish_reason": dict(EMBEDDING_FINISH_REASON), "prompt_tokens": num_input,
-                "cached_tokens": 0}
+        return {
+            "id": rid,
+            "finish_reason": dict(EMBEDDING_FINISH_REASON),
+            "prompt_tokens": num_input,
+            "cached_tokens": 0,
+        }
 
     # ------------------------------------------------------------------ control
     def flush_cache(self) -> ControlResult:

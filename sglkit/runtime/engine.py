@@ -107,7 +107,9 @@ class Engine:
         """
         scheduler = self._require_scheduler()
         if self.server_args.is_embedding:
-            raise ValueError("This engine serves an embedding model (is_embedding=True); use encode(), not generate().")
+            raise ValueError(
+                "This engine serves an embedding model (is_embedding=True); use encode(), not generate()."
+            )
         inp = GenerateInput(
             text=prompt,
             input_ids=input_ids,
@@ -149,7 +151,9 @@ class Engine:
             raise ValueError("encode() needs an embedding model: create the Engine with is_embedding=True.")
         is_batch, reqs = build_embedding_requests(
             EmbeddingInput(text=prompt, input_ids=input_ids, rid=rid),
-            self.tokenizer, scheduler.model_runner.vocab_size, scheduler.context_len,
+            self.tokenizer,
+            scheduler.model_runner.vocab_size,
+            scheduler.context_len,
         )
         finals = {out.rid: out for out in self._run(reqs)}
         results = []
@@ -163,7 +167,11 @@ class Engine:
     def _stream(self, reqs, owners, is_batch) -> Iterator[dict]:
         index_of = {r.rid: i for i, r in enumerate(reqs)}
         for out in self._run(reqs):
-            chunk = {"text": out.text_delta, "output_ids": out.output_ids_delta, "meta_info": dict(out.meta_info)}
+            chunk = {
+                "text": out.text_delta,
+                "output_ids": out.output_ids_delta,
+                "meta_info": dict(out.meta_info),
+            }
             if is_batch or len(reqs) > 1:
                 chunk["index"] = index_of[out.rid]
             yield chunk

@@ -48,7 +48,9 @@ def _is_batch(inp: GenerateInput) -> bool:
     if inp.input_ids is None:
         raise InvalidRequestError("Either text or input_ids should be provided.", "text")
     if not isinstance(inp.input_ids, list):
-        raise InvalidRequestError("input_ids must be a list of token ids or a list of such lists.", "input_ids")
+        raise InvalidRequestError(
+            "input_ids must be a list of token ids or a list of such lists.", "input_ids"
+        )
     return len(inp.input_ids) > 0 and isinstance(inp.input_ids[0], list)
 
 
@@ -68,12 +70,18 @@ def validate_input_ids(input_ids: Any, vocab_size: int, param: str = "input_ids"
         if not isinstance(token, int) or isinstance(token, bool):
             raise InvalidRequestError(f"{param} must contain integers, got {token!r}.", param)
         if not 0 <= token < vocab_size:
-            raise InvalidRequestError(f"Token id {token} in {param} is out of vocabulary [0, {vocab_size}).", param)
+            raise InvalidRequestError(
+                f"Token id {token} in {param} is out of vocabulary [0, {vocab_size}).", param
+            )
     return input_ids
 
 
 def check_context_length(
-    num_input: int, max_new_tokens: int, context_len: int, param: str = "max_new_tokens", input_param: str = "input_ids"
+    num_input: int,
+    max_new_tokens: int,
+    context_len: int,
+    param: str = "max_new_tokens",
+    input_param: str = "input_ids",
 ) -> None:
     """SGLang's two context-length errors: the input alone (``input_param``), or input + output (``param``)."""
     if num_input >= context_len:
@@ -99,7 +107,9 @@ def build_requests(
     if is_batch:
         items = inp.text if inp.text is not None else inp.input_ids
         if not items:
-            raise InvalidRequestError("The batch of inputs is empty.", "text" if inp.text is not None else "input_ids")
+            raise InvalidRequestError(
+                "The batch of inputs is empty.", "text" if inp.text is not None else "input_ids"
+            )
     else:
         items = [inp.text if inp.text is not None else inp.input_ids]
     num = len(items)
@@ -125,16 +135,24 @@ def build_requests(
         else:
             input_ids = validate_input_ids(item, vocab_size)
             text = None
-        check_context_length(len(input_ids), params.max_new_tokens, context_len,
-                             input_param="text" if inp.text is not None else "input_ids")
+        check_context_length(
+            len(input_ids),
+            params.max_new_tokens,
+            context_len,
+            input_param="text" if inp.text is not None else "input_ids",
+        )
         return_logprob = bool(_pick(inp.return_logprob, i, num, "return_logprob"))
         start = _pick(inp.logprob_start_len, i, num, "logprob_start_len")
         start = -1 if start is None else start
         if not isinstance(start, int) or start < -1 or start >= max(len(input_ids), 1):
-            raise InvalidRequestError(f"logprob_start_len must be -1 or in [0, {len(input_ids)}).", "logprob_start_len")
+            raise InvalidRequestError(
+                f"logprob_start_len must be -1 or in [0, {len(input_ids)}).", "logprob_start_len"
+            )
         top_n = _pick(inp.top_logprobs_num, i, num, "top_logprobs_num") or 0
         if not isinstance(top_n, int) or not 0 <= top_n <= MAX_TOP_LOGPROBS:
-            raise InvalidRequestError(f"top_logprobs_num must be in [0, {MAX_TOP_LOGPROBS}].", "top_logprobs_num")
+            raise InvalidRequestError(
+                f"top_logprobs_num must be in [0, {MAX_TOP_LOGPROBS}].", "top_logprobs_num"
+            )
         base_rid = _pick(inp.rid, i, num, "rid") or uuid.uuid4().hex
         for j in range(params.n):
             rid = base_rid if params.n == 1 else f"{base_rid}-{j}"
@@ -144,7 +162,9 @@ def build_requests(
                 TokenizedGenerateReq(
                     rid=rid,
                     input_ids=list(input_ids),
-                    sampling_params=replace(params, sampling_seed=params.sampling_seed + j) if seeded else params,
+                    sampling_params=replace(params, sampling_seed=params.sampling_seed + j)
+                    if seeded
+                    else params,
                     input_text=text,
                     return_logprob=return_logprob,
                     logprob_start_len=start,

@@ -45,7 +45,9 @@ class ModelRunner:
         torch.manual_seed(server_args.random_seed)
 
         logger.info(f"Load weight begin. avail mem={available_memory_gb(self.device):.2f} GB")
-        self.model, self.model_config = load_model(self.model_path, dtype=server_args.dtype, device=self.device)
+        self.model, self.model_config = load_model(
+            self.model_path, dtype=server_args.dtype, device=self.device
+        )
         self.dtype = next(self.model.parameters()).dtype
         pack_linear_weights(self.model)
         logger.info(
@@ -63,7 +65,12 @@ class ModelRunner:
         self.req_to_token_pool = ReqToTokenPool(self.max_running_requests, self.context_len + 1, self.device)
         self.token_to_kv_pool_allocator = TokenToKVPoolAllocator(self.max_total_num_tokens, self.device)
         self.token_to_kv_pool = MHATokenToKVPool(
-            self.max_total_num_tokens, self.num_layers, self.num_kv_heads, self.head_dim, self.dtype, self.device
+            self.max_total_num_tokens,
+            self.num_layers,
+            self.num_kv_heads,
+            self.head_dim,
+            self.dtype,
+            self.device,
         )
         size_gb = self.token_to_kv_pool.total_bytes() / 2 / GB
         logger.info(f"KV Cache is allocated. K size: {size_gb:.2f} GB, V size: {size_gb:.2f} GB.")
@@ -91,7 +98,9 @@ class ModelRunner:
         args = self.server_args
         if args.max_total_tokens:
             return args.max_total_tokens
-        per_token = MHATokenToKVPool.bytes_per_token(self.num_layers, self.num_kv_heads, self.head_dim, self.dtype)
+        per_token = MHATokenToKVPool.bytes_per_token(
+            self.num_layers, self.num_kv_heads, self.head_dim, self.dtype
+        )
         if self.device.startswith("cuda"):
             free, total = torch.cuda.mem_get_info()
             fraction = args.mem_fraction_static or 0.88
@@ -99,7 +108,9 @@ class ModelRunner:
             num_tokens = int(budget // per_token)
         else:
             fraction = args.mem_fraction_static or CPU_DEFAULT_MEM_FRACTION
-            num_tokens = min(int(psutil.virtual_memory().available * fraction // per_token), CPU_MAX_AUTO_TOKENS)
+            num_tokens = min(
+                int(psutil.virtual_memory().available * fraction // per_token), CPU_MAX_AUTO_TOKENS
+            )
         if num_tokens < self.context_len // 4:
             raise RuntimeError(
                 f"Not enough memory for the KV cache: room for {num_tokens} tokens. "

@@ -21,7 +21,9 @@ class LogitRows:
     """Where each request's logit rows sit in the logits the runner returns."""
 
     sample_row: dict[int, int] = field(default_factory=dict)  # batch index -> row used to sample
-    input_rows: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # idx -> (first row, count, first pos)
+    input_rows: dict[int, tuple[int, int, int]] = field(
+        default_factory=dict
+    )  # idx -> (first row, count, first pos)
 
 
 @dataclass
@@ -102,7 +104,9 @@ def build_decode_batch(
         positions.append(req.kv_len)
         batch.rows.sample_row[i] = i
     slots = torch.tensor([r.req_pool_idx for r in batch.reqs], dtype=torch.int64)
-    req_to_token_pool.req_to_token[slots, torch.tensor(positions)] = out_cache_loc.to(req_to_token_pool.device)
+    req_to_token_pool.req_to_token[slots, torch.tensor(positions)] = out_cache_loc.to(
+        req_to_token_pool.device
+    )
     return dict(
         input_ids=input_ids,
         positions=positions,
@@ -140,9 +144,7 @@ def to_forward_batch(batch: ScheduleBatch, fields: dict, out_cache_loc: torch.Te
     )
 
 
-def alloc_token_slots(
-    allocator: TokenToKVPoolAllocator, tree_cache, num_tokens: int
-) -> torch.Tensor | None:
+def alloc_token_slots(allocator: TokenToKVPoolAllocator, tree_cache, num_tokens: int) -> torch.Tensor | None:
     """Allocate ``num_tokens`` KV slots, evicting unlocked radix-cache leaves when short; None if impossible."""
     shortfall = num_tokens - allocator.available_size()
     if shortfall > 0:

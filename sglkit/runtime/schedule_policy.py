@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from sglkit.runtime.req import Req
 
 CLIP_MAX_NEW_TOKENS = 4096  # cap of one request's decode reserve, as in SGLang
-IN_BATCH_PREFIX_THRESHOLD = 32  # defer a request sharing this many uncached tokens with one admitted this round
+IN_BATCH_PREFIX_THRESHOLD = (
+    32  # defer a request sharing this many uncached tokens with one admitted this round
+)
 
 
 def decode_reserve(req: Req, new_token_ratio: float) -> int:

@@ -70,7 +70,9 @@ class Scheduler:
         self.chunked_prefill_size = None if chunk == -1 else chunk
         self.req_to_token_pool = runner.req_to_token_pool
         self.allocator = runner.token_to_kv_pool_allocator
-        self.tree_cache = RadixCache(self.req_to_token_pool, self.allocator, disable=server_args.disable_radix_cache)
+        self.tree_cache = RadixCache(
+            self.req_to_token_pool, self.allocator, disable=server_args.disable_radix_cache
+        )
         self.eos_token_ids = get_eos_token_ids(runner.model_config, self.tokenizer, server_args.model_path)
         self.sampler = Sampler()
         self.generator = torch.Generator(device=self.device).manual_seed(server_args.random_seed)
@@ -269,7 +271,9 @@ class Scheduler:
         while self.allocator.available_size() + self.tree_cache.evictable_size() < num_needed:
             if len(self.running_reqs) == 1:
                 req = self.running_reqs[0]
-                req.finished_reason = FinishReason("abort", message="The request does not fit in the KV cache.")
+                req.finished_reason = FinishReason(
+                    "abort", message="The request does not fit in the KV cache."
+                )
                 self._release(req)
                 self._pending_outputs.append(make_output(req))
                 return None

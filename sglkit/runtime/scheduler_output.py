@@ -114,7 +114,9 @@ def record_output_logprobs(req: Req, logprobs: torch.Tensor, token_id: int) -> N
         req.output_top_logprobs.append(list(zip(values[0].tolist(), ids[0].tolist())))
 
 
-def collect_input_logprobs(req: Req, logits: torch.Tensor, first_row: int, count: int, first_pos: int) -> None:
+def collect_input_logprobs(
+    req: Req, logits: torch.Tensor, first_row: int, count: int, first_pos: int
+) -> None:
     """Score prompt tokens first_pos+1 .. first_pos+count with logits rows first_row .. first_row+count."""
     lp = compute_logprobs(logits[first_row : first_row + count])  # [count, V]
     targets = torch.tensor(req.origin_input_ids[first_pos + 1 : first_pos + 1 + count], device=lp.device)

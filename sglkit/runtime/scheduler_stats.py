@@ -91,7 +91,9 @@ class SchedulerStats:
         self.total_prompt_tokens += len(req.origin_input_ids)
         self.total_completion_tokens += len(req.output_ids)
 
-    def snapshot(self, num_running: int, num_queued: int, num_used_tokens: int, num_cached_tokens: int, extra: dict) -> dict:
+    def snapshot(
+        self, num_running: int, num_queued: int, num_used_tokens: int, num_cached_tokens: int, extra: dict
+    ) -> dict:
         """A JSON-friendly dict of the live state."""
         return {
             "num_running_reqs": num_running,

@@ -26,19 +26,27 @@ class ClientDisconnected(Exception):
     """The HTTP client went away before the embeddings were ready (its inputs were aborted)."""
 
 
-async def tokenize_embedding_input(tm, inp: EmbeddingInput, text_param: str = "text",
-                                   ids_param: str = "input_ids") -> tuple[bool, list[TokenizedEmbeddingReq]]:
+async def tokenize_embedding_input(
+    tm, inp: EmbeddingInput, text_param: str = "text", ids_param: str = "input_ids"
+) -> tuple[bool, list[TokenizedEmbeddingReq]]:
     """Validate and tokenize off the event loop; InvalidRequestError (400) names the offending field."""
     if not tm.alive:
         raise ServerUnavailableError("The server is unhealthy: the scheduler process died.")
     vocab_size = getattr(tm, "vocab_size", None) or len(tm.tokenizer)
     return await asyncio.to_thread(
-        build_embedding_requests, inp, tm.tokenizer, vocab_size, tm.context_len,
-        text_param=text_param, ids_param=ids_param,
+        build_embedding_requests,
+        inp,
+        tm.tokenizer,
+        vocab_size,
+        tm.context_len,
+        text_param=text_param,
+        ids_param=ids_param,
     )
 
 
-async def run_embedding_requests(tm, reqs: list[TokenizedEmbeddingReq], request=None) -> list[EmbeddingOutput]:
+async def run_embedding_requests(
+    tm, reqs: list[TokenizedEmbeddingReq], request=None
+) -> list[EmbeddingOutput]:
     """Send ``reqs`` to the scheduler and return their outputs in order.
 
     Raises InvalidRequestError when the scheduler refused an input, ServerUnavailableError when the scheduler
@@ -62,7 +70,9 @@ async def run_embedding_requests(tm, reqs: list[TokenizedEmbeddingReq], request=
                 out = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL_S)
             except asyncio.TimeoutError:
                 if request is not None and await request.is_disconnected():
-                    logger.info(f"Client disconnected; aborting {len(reqs) - len(finals)} embedding input(s).")
+                    logger.info(
+                        f"Client disconnected; aborting {len(reqs) - len(finals)} embedding input(s)."
+                    )
                     raise ClientDisconnected() from None
                 continue
             finals[out.rid] = out
@@ -79,8 +89,9 @@ async def run_embedding_requests(tm, reqs: list[TokenizedEmbeddingReq], request=
     return [finals[r.rid] for r in reqs]
 
 
-async def encode(tm, inp: EmbeddingInput, request=None, text_param: str = "text",
-                 ids_param: str = "input_ids") -> tuple[bool, list[EmbeddingOutput]]:
+async def encode(
+    tm, inp: EmbeddingInput, request=None, text_param: str = "text", ids_param: str = "input_ids"
+) -> tuple[bool, list[EmbeddingOutput]]:
     """Tokenize and run ``inp``; (is_batch, one output per input, in order)."""
     is_batch, reqs = await tokenize_embedding_input(tm, inp, text_param, ids_param)
     return is_batch, await run_embedding_requests(tm, reqs, request)

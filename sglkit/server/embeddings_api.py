@@ -105,7 +105,9 @@ def _openai_input(value: Any) -> EmbeddingInput:
         return EmbeddingInput(input_ids=list(value))
     if not value:
         raise InvalidRequestError("input must not be empty.", "input")
-    raise InvalidRequestError("input must be a string, a list of strings, token ids or lists of token ids.", "input")
+    raise InvalidRequestError(
+        "input must be a string, a list of strings, token ids or lists of token ids.", "input"
+    )
 
 
 def _encode_vector(vector: list[float], encoding_format: str | None) -> list[float] | str:
@@ -135,7 +137,8 @@ async def openai_embeddings(request: Request) -> Response:
     dimension = len(outputs[0].embedding)
     if req.dimensions is not None and req.dimensions != dimension:
         return error_response(
-            400, f"dimensions={req.dimensions} is not supported: this model's embeddings have {dimension} dimensions.",
+            400,
+            f"dimensions={req.dimensions} is not supported: this model's embeddings have {dimension} dimensions.",
             "dimensions",
         )
     num_tokens = sum(out.meta_info.get("prompt_tokens", 0) for out in outputs)
@@ -143,9 +146,11 @@ async def openai_embeddings(request: Request) -> Response:
         {"object": "embedding", "index": i, "embedding": _encode_vector(out.embedding, req.encoding_format)}
         for i, out in enumerate(outputs)
     ]
-    return JSONResponse({
-        "object": "list",
-        "data": data,
-        "model": args.served_model_name,
-        "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens},
-    })
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "model": args.served_model_name,
+            "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens},
+        }
+    )

@@ -44,8 +44,13 @@ GRACEFUL_SHUTDOWN_S = 1.0  # then in-flight requests are cancelled (and aborted)
 async def send_error(send, status: int, message: str, code: int | str) -> None:
     """Answer from ASGI middleware with the project's OpenAI-style error body (``errors.error_body``)."""
     body = json.dumps(error_body(message, "invalid_request_error", code=code)).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -125,13 +130,25 @@ def uvicorn_log_config(level: str) -> dict:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {
-            "default": {"()": "uvicorn.logging.DefaultFormatter", "fmt": "[%(asctime)s] %(levelprefix)s %(message)s",
-                        "datefmt": datefmt, "use_colors": False},
-            "access": {"()": "uvicorn.logging.AccessFormatter", "datefmt": datefmt, "use_colors": False,
-                       "fmt": '[%(asctime)s] %(levelprefix)s %(client_addr)s - "%(request_line)s" %(status_code)s'},
+            "default": {
+                "()": "uvicorn.logging.DefaultFormatter",
+                "fmt": "[%(asctime)s] %(levelprefix)s %(message)s",
+                "datefmt": datefmt,
+                "use_colors": False,
+            },
+            "access": {
+                "()": "uvicorn.logging.AccessFormatter",
+                "datefmt": datefmt,
+                "use_colors": False,
+                "fmt": '[%(asctime)s] %(levelprefix)s %(client_addr)s - "%(request_line)s" %(status_code)s',
+            },
         },
         "handlers": {
-            "default": {"formatter": "default", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"},
+            "default": {
+                "formatter": "default",
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+            },
             "access": {"formatter": "access", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"},
         },
         "loggers": {
@@ -150,7 +167,9 @@ def check_port_free(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError as e:
-            raise RuntimeError(f"Port {port} on {host} is already in use ({e.strerror}). Pick another --port.") from e
+            raise RuntimeError(
+                f"Port {port} on {host} is already in use ({e.strerror}). Pick another --port."
+            ) from e
 
 
 def local_base_url(host: str, port: int) -> str:
@@ -180,8 +199,12 @@ def warmup(app: FastAPI, server_args: ServerArgs) -> None:
         if server_args.is_embedding:
             resp = session.post(f"{url}/encode", json={"text": WARMUP_PROMPT}, headers=headers, timeout=600)
         else:
-            resp = session.post(f"{url}/generate", headers=headers, timeout=600, json={
-                "text": WARMUP_PROMPT, "sampling_params": {"temperature": 0, "max_new_tokens": 8}})
+            resp = session.post(
+                f"{url}/generate",
+                headers=headers,
+                timeout=600,
+                json={"text": WARMUP_PROMPT, "sampling_params": {"temperature": 0, "max_new_tokens": 8}},
+            )
         resp.raise_for_status()
     except Exception as e:  # noqa: BLE001 - any failure ends the server
         logger.error(f"Initialization failed. warmup error: {e}")
@@ -197,8 +220,12 @@ def start_scheduler(server_args: ServerArgs, ipc_dir: str) -> tuple[mp.Process, 
     port_args = PortArgs(f"ipc://{ipc_dir}/scheduler_input", f"ipc://{ipc_dir}/scheduler_output")
     ctx = mp.get_context("spawn")
     reader, writer = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=run_scheduler_process, args=(server_args, port_args, writer, os.getpid()),
-                          name="sglkit-scheduler", daemon=True)
+    process = ctx.Process(
+        target=run_scheduler_process,
+        args=(server_args, port_args, writer, os.getpid()),
+        name="sglkit-scheduler",
+        daemon=True,
+    )
     process.start()
     writer.close()
     while True:
@@ -206,10 +233,14 @@ def start_scheduler(server_args: ServerArgs, ipc_dir: str) -> tuple[mp.Process, 
             info = reader.recv()
             break
         if not process.is_alive():
-            raise RuntimeError(f"The scheduler process exited during start-up (exit code {process.exitcode}).")
+            raise RuntimeError(
+                f"The scheduler process exited during start-up (exit code {process.exitcode})."
+            )
     if info["status"] != "ready":
         process.join(timeout=5)
-        raise RuntimeError(f"The scheduler process failed to start: {info['message']}\n{info.get('traceback', '')}")
+        raise RuntimeError(
+            f"The scheduler process failed to start: {info['message']}\n{info.get('traceback', '')}"
+        )
     return process, port_args, info
 
 
@@ -239,10 +270,19 @@ def launch_server(server_args: ServerArgs) -> None:
         tokenizer_manager = TokenizerManager(server_args, port_args, info)
         app = create_app(server_args, tokenizer_manager, process)
         if not server_args.skip_server_warmup:
-            threading.Thread(target=warmup, args=(app, server_args), daemon=True, name="sglkit-warmup").start()
-        uvicorn.run(app, host=server_args.host, port=server_args.port, log_config=uvicorn_log_config(
-            server_args.log_level), timeout_keep_alive=5, loop="asyncio", h11_max_incomplete_event_size=1 << 20,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+            threading.Thread(
+                target=warmup, args=(app, server_args), daemon=True, name="sglkit-warmup"
+            ).start()
+        uvicorn.run(
+            app,
+            host=server_args.host,
+            port=server_args.port,
+            log_config=uvicorn_log_config(server_args.log_level),
+            timeout_keep_alive=5,
+            loop="asyncio",
+            h11_max_incomplete_event_size=1 << 20,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        )
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
         if process.is_alive():

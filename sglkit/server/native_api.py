@@ -85,12 +85,15 @@ async def generate(request: Request) -> Response:
     """Native generation: text or input_ids, single or batch, optional SSE streaming of cumulative text."""
     obj = await _parse(request, GenerateReqInput)
     if request.app.state.server_args.is_embedding:
-        return error_response(400, "This model is an embedding model; use /encode or /v1/embeddings.", "model")
+        return error_response(
+            400, "This model is an embedding model; use /encode or /v1/embeddings.", "model"
+        )
     tm = _tm(request)
     inp = GenerateInput(**obj.model_dump())
     is_batch, reqs, _ = await tm.tokenize(inp)
     with_index = is_batch or len(reqs) > 1
     if obj.stream:
+
         async def stream() -> AsyncIterator[bytes]:
             try:
                 async for chunk in tm.run(reqs, request=request):
@@ -142,7 +145,10 @@ async def health_generate(request: Request) -> Response:
 @router.get("/model_info")
 async def get_model_info(request: Request) -> dict[str, Any]:
     """Exactly ``model_path`` and ``is_generation``."""
-    return {"model_path": _tm(request).model_path, "is_generation": not request.app.state.server_args.is_embedding}
+    return {
+        "model_path": _tm(request).model_path,
+        "is_generation": not request.app.state.server_args.is_embedding,
+    }
 
 
 @router.get("/get_server_args")
@@ -204,9 +210,19 @@ METRICS = (
     ("cache_hit_rate", "cache_hit_rate", "gauge", "Prefix cache hit rate."),
     ("gen_throughput", "gen_throughput", "gauge", "Generation throughput (token/s)."),
     ("prompt_tokens_total", "total_prompt_tokens", "counter", "Prompt tokens of finished requests."),
-    ("generation_tokens_total", "total_completion_tokens", "counter", "Generated tokens of finished requests."),
+    (
+        "generation_tokens_total",
+        "total_completion_tokens",
+        "counter",
+        "Generated tokens of finished requests.",
+    ),
     ("num_requests_total", "num_finished_reqs", "counter", "Finished requests."),
-    ("num_retracted_reqs_total", "num_retracted_reqs", "counter", "Requests retracted for lack of KV memory."),
+    (
+        "num_retracted_reqs_total",
+        "num_retracted_reqs",
+        "counter",
+        "Requests retracted for lack of KV memory.",
+    ),
 )
 
 
@@ -214,13 +230,18 @@ METRICS = (
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of the runtime statistics (with --enable-metrics)."""
     if not request.app.state.server_args.enable_metrics:
-        return error_response(404, "Metrics are disabled; start the server with --enable-metrics.", code="not_found")
+        return error_response(
+            404, "Metrics are disabled; start the server with --enable-metrics.", code="not_found"
+        )
     stats = await _tm(request).get_stats()
     name = str(request.app.state.server_args.served_model_name)
     name = name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")  # label-value escaping
     lines = []
     for metric_name, key, kind, help_text in METRICS:
         metric = f"sglkit:{metric_name}"
-        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}",
-                  f'{metric}{{model_name="{name}"}} {float(stats.get(key, 0.0))}']
+        lines += [
+            f"# HELP {metric} {help_text}",
+            f"# TYPE {metric} {kind}",
+            f'{metric}{{model_name="{name}"}} {float(stats.get(key, 0.0))}',
+        ]
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

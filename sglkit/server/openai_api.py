@@ -46,8 +46,9 @@ def _sse(obj: Any) -> str:
 
 def _model_card(request: Request) -> ModelCard:
     tm, args = request.app.state.tokenizer_manager, request.app.state.server_args
-    return ModelCard(id=args.served_model_name, created=int(time.time()), root=tm.model_path,
-                     max_model_len=tm.context_len)
+    return ModelCard(
+        id=args.served_model_name, created=int(time.time()), root=tm.model_path, max_model_len=tm.context_len
+    )
 
 
 def _response_id(req: SamplingRequest, reqs: list[TokenizedGenerateReq]) -> str:
@@ -58,7 +59,11 @@ def _response_id(req: SamplingRequest, reqs: list[TokenizedGenerateReq]) -> str:
 
 
 def _model_paths(request: Request) -> list[str]:
-    return [p for p in (request.app.state.server_args.model_path, request.app.state.tokenizer_manager.model_path) if p]
+    return [
+        p
+        for p in (request.app.state.server_args.model_path, request.app.state.tokenizer_manager.model_path)
+        if p
+    ]
 
 
 async def _parse(request: Request, model: type[SamplingRequest]) -> SamplingRequest:
@@ -75,8 +80,9 @@ async def _parse(request: Request, model: type[SamplingRequest]) -> SamplingRequ
     return req
 
 
-async def _tokenize(tm, inp: GenerateInput, names: dict[str, str], prompt_param: str
-                    ) -> tuple[list[TokenizedGenerateReq], list[int]]:
+async def _tokenize(
+    tm, inp: GenerateInput, names: dict[str, str], prompt_param: str
+) -> tuple[list[TokenizedGenerateReq], list[int]]:
     """GenerateInput -> requests; every refusal is a 400 in OpenAI names (context length: its OpenAI code)."""
     try:
         _, reqs, owners = await tm.tokenize(inp)
@@ -87,8 +93,12 @@ async def _tokenize(tm, inp: GenerateInput, names: dict[str, str], prompt_param:
     seen: set[str] = set()
     for r in reqs:
         if len(r.input_ids) + 1 > tm.max_total_num_tokens:
-            raise OpenAIError(400, f"The input ({len(r.input_ids)} tokens) does not fit in the KV cache "
-                                   f"({tm.max_total_num_tokens} tokens).", prompt_param)
+            raise OpenAIError(
+                400,
+                f"The input ({len(r.input_ids)} tokens) does not fit in the KV cache "
+                f"({tm.max_total_num_tokens} tokens).",
+                prompt_param,
+            )
         if r.rid in tm.rid_to_queue or r.rid in seen:
             raise OpenAIError(400, f"Duplicate request id {r.rid!r}.", "rid")
         seen.add(r.rid)
@@ -108,9 +118,13 @@ async def _collect(tm, reqs: list[TokenizedGenerateReq], request: Request) -> li
     return finals  # type: ignore[return-value]
 
 
-async def _stream(tm, reqs: list[TokenizedGenerateReq], request: Request,
-                  on_chunk: Callable[[dict], list[dict]], usage_event: Callable[[], dict] | None
-                  ) -> AsyncIterator[str]:
+async def _stream(
+    tm,
+    reqs: list[TokenizedGenerateReq],
+    request: Request,
+    on_chunk: Callable[[dict], list[dict]],
+    usage_event: Callable[[], dict] | None,
+) -> AsyncIterator[str]:
     """SSE events of a generation; an error after the 200 is one in-band error event; always ends in [DONE]."""
     try:
         async with aclosing(tm.run(reqs, request=request)) as chunks:
@@ -132,8 +146,11 @@ async def _stream(tm, reqs: list[TokenizedGenerateReq], request: Request,
 
 
 def _sse_response(events: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 # ----------------------------------------------------------------------------- routes
@@ -149,8 +166,12 @@ async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
     """One model card; 404 ``model_not_found`` for a name this server does not serve."""
     served = request.app.state.server_args.served_model_name
     if fmt.model_error(model_id, served, _model_paths(request)):
-        raise OpenAIError(404, f"The model {model_id!r} does not exist. This server serves {served!r}.", "model",
-                          code="model_not_found")
+        raise OpenAIError(
+            404,
+            f"The model {model_id!r} does not exist. This server serves {served!r}.",
+            "model",
+            code="model_not_found",
+        )
     return _model_card(request).model_dump()
 
 
@@ -161,18 +182,25 @@ async def chat_completions(request: Request) -> Response:
     tm = request.app.state.tokenizer_manager
     if not tm.alive:
         raise ServerUnavailableError("The server is unhealthy: the scheduler process died.")
-    input_ids = await asyncio.to_thread(fmt.apply_chat_template, tm.tokenizer, fmt.template_messages(req),
-                                        req.tools, req.chat_template_kwargs)
+    input_ids = await asyncio.to_thread(
+        fmt.apply_chat_template, tm.tokenizer, fmt.template_messages(req), req.tools, req.chat_template_kwargs
+    )
     inp = fmt.chat_to_generate_input(req, input_ids, min(tm.context_len, tm.max_total_num_tokens))
     reqs, owners = await _tokenize(tm, inp, fmt.param_names(req), "messages")
-    rid, created, model = _response_id(req, reqs), int(time.time()), request.app.state.server_args.served_model_name
+    rid, created, model = (
+        _response_id(req, reqs),
+        int(time.time()),
+        request.app.state.server_args.served_model_name,
+    )
     decode = fmt.TokenText(tm.tokenizer) if req.logprobs else None
     if req.stream:
         formatter = fmt.ChatStreamFormatter(rid, created, model, owners, decode, bool(req.logprobs))
         usage = formatter.usage_event if req.include_usage else None
         return _sse_response(_stream(tm, reqs, request, formatter.on_chunk, usage))
     finals = await _collect(tm, reqs, request)
-    return JSONResponse(fmt.build_chat_response(rid, created, model, finals, owners, decode, bool(req.logprobs)))
+    return JSONResponse(
+        fmt.build_chat_response(rid, created, model, finals, owners, decode, bool(req.logprobs))
+    )
 
 
 @router.post("/v1/completions")
@@ -185,13 +213,21 @@ async def completions(request: Request) -> Response:
     echo_texts = None
     if req.echo:
         echo_texts = await asyncio.to_thread(
-            fmt.prompt_texts, req, lambda ids: tm.tokenizer.decode(ids, skip_special_tokens=False))
-    rid, created, model = _response_id(req, reqs), int(time.time()), request.app.state.server_args.served_model_name
+            fmt.prompt_texts, req, lambda ids: tm.tokenizer.decode(ids, skip_special_tokens=False)
+        )
+    rid, created, model = (
+        _response_id(req, reqs),
+        int(time.time()),
+        request.app.state.server_args.served_model_name,
+    )
     decode = fmt.TokenText(tm.tokenizer) if req.logprobs is not None else None
     if req.stream:
-        formatter = fmt.CompletionStreamFormatter(rid, created, model, owners, echo_texts, decode, req.logprobs)
+        formatter = fmt.CompletionStreamFormatter(
+            rid, created, model, owners, echo_texts, decode, req.logprobs
+        )
         usage = formatter.usage_event if req.include_usage else None
         return _sse_response(_stream(tm, reqs, request, formatter.on_chunk, usage))
     finals = await _collect(tm, reqs, request)
-    return JSONResponse(fmt.build_completion_response(rid, created, model, finals, owners, echo_texts, decode,
-                                                      req.logprobs))
+    return JSONResponse(
+        fmt.build_completion_response(rid, created, model, finals, owners, echo_texts, decode, req.logprobs)
+    )

@@ -34,7 +34,9 @@ MIN_LOGPROB = -9999.0  # OpenAI's floor; also keeps -inf out of JSON
 _RESERVED_TEMPLATE_KWARGS = frozenset(
     {"conversation", "tools", "tokenize", "add_generation_prompt", "return_dict", "chat_template"}
 )
-_INTERNAL_NAME = re.compile(r"\b(max_new_tokens|min_new_tokens|sampling_seed|top_logprobs_num|logprob_start_len|input_ids)\b")
+_INTERNAL_NAME = re.compile(
+    r"\b(max_new_tokens|min_new_tokens|sampling_seed|top_logprobs_num|logprob_start_len|input_ids)\b"
+)
 
 TokenDecoder = Callable[[int], str]
 Chunk = dict[str, Any]
@@ -111,21 +113,31 @@ def template_messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
     return out
 
 
-def apply_chat_template(tokenizer, messages: list[dict[str, Any]], tools: list | None = None,
-                        template_kwargs: Mapping[str, Any] | None = None) -> list[int]:
+def apply_chat_template(
+    tokenizer,
+    messages: list[dict[str, Any]],
+    tools: list | None = None,
+    template_kwargs: Mapping[str, Any] | None = None,
+) -> list[int]:
     """Messages -> prompt token ids (with the generation prompt); a template failure is a 400 on ``messages``."""
     kwargs = {k: v for k, v in (template_kwargs or {}).items() if k not in _RESERVED_TEMPLATE_KWARGS}
     try:
-        out = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True, **kwargs)
+        out = tokenizer.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=True, tokenize=True, **kwargs
+        )
     except Exception as e:  # noqa: BLE001 - jinja errors, raise_exception(), missing template: all the user's input
-        raise InvalidRequestError(f"The chat template could not be applied to messages: {e}", "messages") from None
+        raise InvalidRequestError(
+            f"The chat template could not be applied to messages: {e}", "messages"
+        ) from None
     ids = out["input_ids"] if isinstance(out, Mapping) else out
     if ids and isinstance(ids[0], list):
         ids = ids[0]
     return [int(t) for t in ids]
 
 
-def chat_to_generate_input(req: ChatCompletionRequest, input_ids: list[int], max_context: int) -> GenerateInput:
+def chat_to_generate_input(
+    req: ChatCompletionRequest, input_ids: list[int], max_context: int
+) -> GenerateInput:
     """A templated chat request -> GenerateInput; no max tokens means all the room left in ``max_context``."""
     max_new = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if max_new is None:
@@ -163,12 +175,19 @@ def param_names(req: SamplingRequest) -> dict[str, str]:
     """Internal (GenerateInput / SamplingParams) name -> the name in this OpenAI request."""
     names = {"min_new_tokens": "min_tokens", "sampling_seed": "seed"}
     if isinstance(req, ChatCompletionRequest):
-        names["max_new_tokens"] = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        names["max_new_tokens"] = (
+            "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        )
         names.update(top_logprobs_num="top_logprobs", text="messages", input_ids="messages", input="messages")
     else:
         names["max_new_tokens"] = "max_tokens"
-        names.update(top_logprobs_num="logprobs", logprob_start_len="echo", text="prompt", input_ids="prompt",
-                     input="prompt")
+        names.update(
+            top_logprobs_num="logprobs",
+            logprob_start_len="echo",
+            text="prompt",
+            input_ids="prompt",
+            input="prompt",
+        )
     return names
 
 
@@ -235,8 +254,11 @@ def usage_from(chunks: Mapping[int, Chunk], owners: list[int]) -> UsageInfo:
             seen.add(owners[index])
             prompt_tokens += meta.get("prompt_tokens", 0)
         completion_tokens += meta.get("completion_tokens", 0)
-    return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                     total_tokens=prompt_tokens + completion_tokens)
+    return UsageInfo(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
 
 
 def _chat_token(decode: TokenDecoder, logprob: float | None, token_id: int) -> dict[str, Any]:
@@ -268,8 +290,9 @@ def logprob_entries(meta: Mapping[str, Any], kind: str, start: int = 0) -> list[
     return [(triples[j], tops[j] if j < len(tops) else []) for j in range(start, len(triples))]
 
 
-def completion_logprobs(entries: list[tuple[list, list | None]], decode: TokenDecoder,
-                        text_offset: int = 0) -> dict[str, list]:
+def completion_logprobs(
+    entries: list[tuple[list, list | None]], decode: TokenDecoder, text_offset: int = 0
+) -> dict[str, list]:
     """Entries -> ``{"tokens", "token_logprobs", "top_logprobs", "text_offset"}`` (legacy completions shape)."""
     out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
     for triple, top in entries:
@@ -294,32 +317,51 @@ def echo_logprobs(meta: Mapping[str, Any], decode: TokenDecoder, echo_len: int) 
     return lp
 
 
-def build_chat_response(rid: str, created: int, model: str, finals: list[Chunk], owners: list[int],
-                        decode: TokenDecoder | None = None, logprobs: bool = False) -> dict[str, Any]:
+def build_chat_response(
+    rid: str,
+    created: int,
+    model: str,
+    finals: list[Chunk],
+    owners: list[int],
+    decode: TokenDecoder | None = None,
+    logprobs: bool = False,
+) -> dict[str, Any]:
     """Final chunks (one per choice) -> a ``chat.completion`` dict."""
     choices = []
     for chunk in finals:
         finish, matched = finish_fields(chunk["meta_info"])
-        choices.append(ChatCompletionChoice(
-            index=chunk["index"],
-            message=ChatMessageOut(content=chunk["text"]),
-            logprobs=chat_logprobs(chunk["meta_info"], decode) if logprobs else None,
-            finish_reason=finish,
-            matched_stop=matched,
-        ))
+        choices.append(
+            ChatCompletionChoice(
+                index=chunk["index"],
+                message=ChatMessageOut(content=chunk["text"]),
+                logprobs=chat_logprobs(chunk["meta_info"], decode) if logprobs else None,
+                finish_reason=finish,
+                matched_stop=matched,
+            )
+        )
     usage = usage_from({c["index"]: c for c in finals}, owners)
-    return ChatCompletionResponse(id=rid, created=created, model=model, choices=choices, usage=usage).model_dump()
+    return ChatCompletionResponse(
+        id=rid, created=created, model=model, choices=choices, usage=usage
+    ).model_dump()
 
 
 def _completion_choice(chunk: Chunk, text: str, logprobs: dict | None) -> CompletionChoice:
     finish, matched = finish_fields(chunk["meta_info"]) if chunk["finished"] else (None, None)
-    return CompletionChoice(index=chunk["index"], text=text, logprobs=logprobs, finish_reason=finish,
-                            matched_stop=matched)
+    return CompletionChoice(
+        index=chunk["index"], text=text, logprobs=logprobs, finish_reason=finish, matched_stop=matched
+    )
 
 
-def build_completion_response(rid: str, created: int, model: str, finals: list[Chunk], owners: list[int],
-                              echo_texts: list[str] | None = None, decode: TokenDecoder | None = None,
-                              logprobs: int | None = None) -> dict[str, Any]:
+def build_completion_response(
+    rid: str,
+    created: int,
+    model: str,
+    finals: list[Chunk],
+    owners: list[int],
+    echo_texts: list[str] | None = None,
+    decode: TokenDecoder | None = None,
+    logprobs: int | None = None,
+) -> dict[str, Any]:
     """Final chunks -> a ``text_completion`` dict; ``echo_texts[owner]`` is prepended when echoing."""
     choices = []
     for chunk in finals:
@@ -340,19 +382,34 @@ class ChatStreamFormatter:
     """Turns streamed chunks into ``chat.completion.chunk`` events: a role chunk first, then content deltas, the
     last one per choice with ``finish_reason``; ``usage_event`` gives the final choice-less usage chunk."""
 
-    def __init__(self, rid: str, created: int, model: str, owners: list[int], decode: TokenDecoder | None = None,
-                 logprobs: bool = False) -> None:
+    def __init__(
+        self,
+        rid: str,
+        created: int,
+        model: str,
+        owners: list[int],
+        decode: TokenDecoder | None = None,
+        logprobs: bool = False,
+    ) -> None:
         self.rid, self.created, self.model, self.owners = rid, created, model, owners
         self.decode, self.logprobs = decode, logprobs
         self.num_logprobs_sent: dict[int, int] = {}
         self.finals: dict[int, Chunk] = {}
 
-    def _event(self, index: int, delta: dict[str, Any], logprobs: dict | None = None, finish: str | None = None,
-               matched: int | str | None = None) -> dict[str, Any]:
-        choice = ChatCompletionStreamChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish,
-                                            matched_stop=matched)
-        return ChatCompletionStreamResponse(id=self.rid, created=self.created, model=self.model,
-                                            choices=[choice]).model_dump()
+    def _event(
+        self,
+        index: int,
+        delta: dict[str, Any],
+        logprobs: dict | None = None,
+        finish: str | None = None,
+        matched: int | str | None = None,
+    ) -> dict[str, Any]:
+        choice = ChatCompletionStreamChoice(
+            index=index, delta=delta, logprobs=logprobs, finish_reason=finish, matched_stop=matched
+        )
+        return ChatCompletionStreamResponse(
+            id=self.rid, created=self.created, model=self.model, choices=[choice]
+        ).model_dump()
 
     def on_chunk(self, chunk: Chunk) -> list[dict[str, Any]]:
         """The events for one chunk (possibly none: a chunk with no new text, logprobs or finish)."""
@@ -376,15 +433,28 @@ class ChatStreamFormatter:
 
     def usage_event(self) -> dict[str, Any]:
         """The ``stream_options.include_usage`` chunk: no choices, the usage of every finished choice."""
-        return ChatCompletionStreamResponse(id=self.rid, created=self.created, model=self.model, choices=[],
-                                            usage=usage_from(self.finals, self.owners)).model_dump()
+        return ChatCompletionStreamResponse(
+            id=self.rid,
+            created=self.created,
+            model=self.model,
+            choices=[],
+            usage=usage_from(self.finals, self.owners),
+        ).model_dump()
 
 
 class CompletionStreamFormatter:
     """Turns streamed chunks into ``text_completion`` events; the first event of a choice carries the echo."""
 
-    def __init__(self, rid: str, created: int, model: str, owners: list[int], echo_texts: list[str] | None = None,
-                 decode: TokenDecoder | None = None, logprobs: int | None = None) -> None:
+    def __init__(
+        self,
+        rid: str,
+        created: int,
+        model: str,
+        owners: list[int],
+        echo_texts: list[str] | None = None,
+        decode: TokenDecoder | None = None,
+        logprobs: int | None = None,
+    ) -> None:
         self.rid, self.created, self.model, self.owners = rid, created, model, owners
         self.echo_texts, self.decode, self.logprobs = echo_texts, decode, logprobs
         self.num_logprobs_sent: dict[int, int] = {}
@@ -404,7 +474,9 @@ class CompletionStreamFormatter:
             self.next_text_offset[index] = len(text) - len(chunk["delta"])
         if self.logprobs is not None:
             sent = self.num_logprobs_sent[index]
-            lp = completion_logprobs(logprob_entries(meta, "output", sent), self.decode, self.next_text_offset[index])
+            lp = completion_logprobs(
+                logprob_entries(meta, "output", sent), self.decode, self.next_text_offset[index]
+            )
             self.num_logprobs_sent[index] = sent + len(lp["tokens"])
             if lp["tokens"]:
                 self.next_text_offset[index] = lp["text_offset"][-1] + len(lp["tokens"][-1])
@@ -417,9 +489,18 @@ class CompletionStreamFormatter:
         if not (text or lp or chunk["finished"]):
             return []
         choice = _completion_choice(chunk, text, lp)
-        return [CompletionResponse(id=self.rid, created=self.created, model=self.model, choices=[choice]).model_dump()]
+        return [
+            CompletionResponse(
+                id=self.rid, created=self.created, model=self.model, choices=[choice]
+            ).model_dump()
+        ]
 
     def usage_event(self) -> dict[str, Any]:
         """The ``stream_options.include_usage`` chunk: no choices, the usage of every finished choice."""
-        return CompletionResponse(id=self.rid, created=self.created, model=self.model, choices=[],
-                                  usage=usage_from(self.finals, self.owners)).model_dump()
+        return CompletionResponse(
+            id=self.rid,
+            created=self.created,
+            model=self.model,
+            choices=[],
+            usage=usage_from(self.finals, self.owners),
+        ).model_dump()

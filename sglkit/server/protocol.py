@@ -64,7 +64,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(text)
     except json.JSONDecodeError as e:
-        raise InvalidRequestError(f"The request body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno}).") from None
+        raise InvalidRequestError(
+            f"The request body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})."
+        ) from None
     except RecursionError:
         raise InvalidRequestError("The request body is nested too deeply.") from None
     if not isinstance(body, dict):

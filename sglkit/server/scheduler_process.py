@@ -66,7 +66,9 @@ def start_watchdog(get_progress, is_busy, timeout: float) -> None:
             if progress != last or not is_busy():
                 last, since = progress, time.monotonic()
             elif time.monotonic() - since > timeout:
-                logger.error(f"Watchdog timeout: no progress for {timeout:.0f} s. Killing the scheduler process.")
+                logger.error(
+                    f"Watchdog timeout: no progress for {timeout:.0f} s. Killing the scheduler process."
+                )
                 os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="sglkit-watchdog").start()
@@ -74,7 +76,9 @@ def start_watchdog(get_progress, is_busy, timeout: float) -> None:
 
 def _exit_on_sigterm(*_) -> None:
     """SIGTERM while the model loads: exit at once (nothing to finish yet), skipping interpreter shutdown's GC."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM (tree-wide terminate) must not interrupt exit
+    signal.signal(
+        signal.SIGTERM, signal.SIG_IGN
+    )  # a second SIGTERM (tree-wide terminate) must not interrupt exit
     gc.freeze()
     sys.exit(0)
 
@@ -127,7 +131,9 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_pi
 
         scheduler = EmbeddingScheduler(server_args) if server_args.is_embedding else Scheduler(server_args)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which exits with the message
-        ready_pipe.send({"status": "error", "message": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+        ready_pipe.send(
+            {"status": "error", "message": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        )
         return
     ctx = zmq.Context()
     recv_sock = ctx.socket(zmq.PULL)
@@ -137,7 +143,9 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_pi
     gc.collect()
     gc.freeze()  # the model and pools are long-lived: keep them out of every later collection (no pauses)
     ready_pipe.send({"status": "ready", **scheduler.get_stats()})
-    start_watchdog(lambda: scheduler.forward_ct, lambda: not scheduler.is_idle(), server_args.watchdog_timeout)
+    start_watchdog(
+        lambda: scheduler.forward_ct, lambda: not scheduler.is_idle(), server_args.watchdog_timeout
+    )
     shutdown = ShutdownSignal()
     poller = zmq.Poller()
     poller.register(recv_sock, zmq.POLLIN)

@@ -53,8 +53,15 @@ class _ChunkBuilder:
         self.return_logprob = return_logprob
         self.text = ""
         self.output_ids: list[int] = []
-        self.logprobs = {k: [] for k in ("input_token_logprobs", "input_top_logprobs",
-                                          "output_token_logprobs", "output_top_logprobs")}
+        self.logprobs = {
+            k: []
+            for k in (
+                "input_token_logprobs",
+                "input_top_logprobs",
+                "output_token_logprobs",
+                "output_top_logprobs",
+            )
+        }
 
     def add(self, out: GenerateOutput) -> dict[str, Any]:
         self.text += out.text_delta
@@ -133,8 +140,16 @@ class TokenizerManager:
         self.alive = False
         logger.error(f"The scheduler process died (exit code {process.exitcode}). The server is unhealthy.")
         for rid, queue in list(self.rid_to_queue.items()):
-            queue.put_nowait(GenerateOutput(rid, "", [], True, {"id": rid, "finish_reason": {"type": "abort"}},
-                                            error="The scheduler process died."))
+            queue.put_nowait(
+                GenerateOutput(
+                    rid,
+                    "",
+                    [],
+                    True,
+                    {"id": rid, "finish_reason": {"type": "abort"}},
+                    error="The scheduler process died.",
+                )
+            )
         if self.control_future is not None and not self.control_future.done():
             self.control_future.set_exception(ServerUnavailableError("The scheduler process died."))
 
@@ -145,8 +160,9 @@ class TokenizerManager:
             raise ServerUnavailableError("The server is unhealthy: the scheduler process died.")
         return await asyncio.to_thread(build_requests, inp, self.tokenizer, self.vocab_size, self.context_len)
 
-    async def run(self, reqs: list[TokenizedGenerateReq], owners: list[int] | None = None,
-                  request=None) -> AsyncIterator[dict[str, Any]]:
+    async def run(
+        self, reqs: list[TokenizedGenerateReq], owners: list[int] | None = None, request=None
+    ) -> AsyncIterator[dict[str, Any]]:
         """Send ``reqs`` and yield cumulative chunks (``index`` = position in ``reqs``) until all finish.
 
         Streaming requests yield every chunk; others yield only their final chunk. Leaving early (client gone,
@@ -245,7 +261,9 @@ class TokenizerManager:
                 deadline = time.monotonic() + drain_timeout
                 while self.num_in_flight > 0:
                     if time.monotonic() > deadline:
-                        return ControlResult(False, "Failed to update weights: in-flight requests did not finish.")
+                        return ControlResult(
+                            False, "Failed to update weights: in-flight requests did not finish."
+                        )
                     await asyncio.sleep(0.02)
                 result = await self.control(UpdateWeightsReq(model_path))
                 if result.success:

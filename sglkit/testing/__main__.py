@@ -1,6 +1,6 @@
 """CLI: write a tiny HF-format test model and print its folder.
 
-    python -m sglkit.testing --out /tmp/tiny-llama --arch LlamaForCausalLM --preset tiny
+python -m sglkit.testing --out /tmp/tiny-llama --arch LlamaForCausalLM --preset tiny
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from sglkit.testing.tiny_models import PRESETS, SUPPORTED_ARCHITECTURES, make_ti
 
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, write the model, print the output folder."""
-    parser = argparse.ArgumentParser(prog="python -m sglkit.testing", description="Write a tiny random HF-format model.")
+    parser = argparse.ArgumentParser(
+        prog="python -m sglkit.testing", description="Write a tiny random HF-format model."
+    )
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--arch", default="LlamaForCausalLM", choices=SUPPORTED_ARCHITECTURES)
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))

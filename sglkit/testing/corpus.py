@@ -34,12 +34,46 @@ _CAPITALS = [
     ("Portugal", "Lisbon"),
     ("Turkey", "Ankara"),
 ]
-_CITIES = ["Zürich", "São Paulo", "Kraków", "Reykjavík", "Montréal", "Málaga", "Genève", "東京", "日本", "北京"]
+_CITIES = [
+    "Zürich",
+    "São Paulo",
+    "Kraków",
+    "Reykjavík",
+    "Montréal",
+    "Málaga",
+    "Genève",
+    "東京",
+    "日本",
+    "北京",
+]
 _NAMES = ["Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi", "Ivan", "Judy", "Zoë", "José"]
-_ADJECTIVES = ["quick", "lazy", "bright", "quiet", "large", "small", "famous", "old", "new", "naïve", "happy", "busy"]
+_ADJECTIVES = [
+    "quick",
+    "lazy",
+    "bright",
+    "quiet",
+    "large",
+    "small",
+    "famous",
+    "old",
+    "new",
+    "naïve",
+    "happy",
+    "busy",
+]
 _NOUNS = ["river", "mountain", "city", "garden", "library", "market", "station", "bridge", "museum", "harbor"]
 _VERBS = ["visited", "painted", "described", "remembered", "counted", "watched", "built", "crossed", "found"]
-_GREETINGS = ["Hello", "Hi", "Good morning", "Good evening", "Welcome", "Hey there", "Greetings", "Bonjour", "Hola"]
+_GREETINGS = [
+    "Hello",
+    "Hi",
+    "Good morning",
+    "Good evening",
+    "Welcome",
+    "Hey there",
+    "Greetings",
+    "Bonjour",
+    "Hola",
+]
 _QUESTIONS = [
     "What is the capital of {country}?",
     "Can you list three facts about {country}?",
@@ -87,7 +121,7 @@ def _sentence(rng: random.Random) -> str:
     if kind == 7:
         return f"- {noun}: {n}\n- {adj}: {m}\n- total = {n + m}"
     if kind == 8:
-        return f"{name} said: \"I love {city} 🙂 and the {adj} café near the {noun}.\""
+        return f'{name} said: "I love {city} 🙂 and the {adj} café near the {noun}."'
     return f"Sure! The answer is {n * m}. Is there anything else I can help you with, {name}?"
 
 

@@ -11,7 +11,13 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODEL_NAME", "FALLBACK_MODEL_NAME", "cache_dir", "default_model_name", "default_model_path"]
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "FALLBACK_MODEL_NAME",
+    "cache_dir",
+    "default_model_name",
+    "default_model_path",
+]
 
 DEFAULT_MODEL_NAME = "sglkit-demo"  # the shipped demo model's name (e.g. as the served model name)
 FALLBACK_MODEL_NAME = "sglkit-tiny-llama"  # cache folder of the random fallback model

@@ -25,7 +25,12 @@ import torch
 from sglkit.testing.corpus import build_corpus
 from sglkit.testing.tiny_models import INIT_SCALE, PRESETS, make_tiny_model
 
-__all__ = ["EMBEDDING_ARCHITECTURES", "BERT_SPECIAL_TOKENS", "make_bert_tokenizer", "make_tiny_embedding_model"]
+__all__ = [
+    "EMBEDDING_ARCHITECTURES",
+    "BERT_SPECIAL_TOKENS",
+    "make_bert_tokenizer",
+    "make_tiny_embedding_model",
+]
 
 EMBEDDING_ARCHITECTURES = (
     "BertModel",
@@ -54,7 +59,9 @@ _BASE_CAUSAL_LM = {
 }
 
 
-def make_bert_tokenizer(path: str | os.PathLike | None = None, vocab_size: int = 512, model_max_length: int = 128):
+def make_bert_tokenizer(
+    path: str | os.PathLike | None = None, vocab_size: int = 512, model_max_length: int = 128
+):
     """A tiny uncased WordPiece tokenizer (BERT style) over the fixed corpus; saved to ``path`` if given.
 
     The vocabulary is built deterministically: the special tokens, every corpus character alone and as a
@@ -67,7 +74,9 @@ def make_bert_tokenizer(path: str | os.PathLike | None = None, vocab_size: int =
 
     normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
     words = Counter(
-        word for line in build_corpus() for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line))
+        word
+        for line in build_corpus()
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line))
     )
     chars = sorted({c for word in words for c in word})
     vocab_list = list(BERT_SPECIAL_TOKENS) + chars + ["##" + c for c in chars]
@@ -79,7 +88,9 @@ def make_bert_tokenizer(path: str | os.PathLike | None = None, vocab_size: int =
     tok.decoder = decoders.WordPiece()
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -96,7 +107,9 @@ def make_bert_tokenizer(path: str | os.PathLike | None = None, vocab_size: int =
     return hf_tok
 
 
-def _random_params(shapes: dict[str, tuple[int, ...]], seed: int, initializer_range: float) -> dict[str, torch.Tensor]:
+def _random_params(
+    shapes: dict[str, tuple[int, ...]], seed: int, initializer_range: float
+) -> dict[str, torch.Tensor]:
     """Seeded values for HF parameter names: norms near 1, biases small, weights N(0, initializer_range)."""
     gen = torch.Generator().manual_seed(seed)
     state = {}
@@ -111,8 +124,9 @@ def _random_params(shapes: dict[str, tuple[int, ...]], seed: int, initializer_ra
     return state
 
 
-def _write_sentence_transformers_layout(out: Path, hidden_size: int, pooling: str, normalize: bool,
-                                        max_seq_length: int) -> None:
+def _write_sentence_transformers_layout(
+    out: Path, hidden_size: int, pooling: str, normalize: bool, max_seq_length: int
+) -> None:
     """modules.json, 1_Pooling/config.json and sentence_bert_config.json."""
     if pooling not in POOLING_FLAGS:
         raise ValueError(f"Unknown pooling {pooling!r}; choose one of {sorted(POOLING_FLAGS)}.")
@@ -121,7 +135,9 @@ def _write_sentence_transformers_layout(out: Path, hidden_size: int, pooling: st
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
     ]
     if normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        modules.append(
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
     (out / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
     (out / "1_Pooling").mkdir(exist_ok=True)
     pooling_config: dict[str, Any] = {"word_embedding_dimension": hidden_size}
@@ -132,8 +148,15 @@ def _write_sentence_transformers_layout(out: Path, hidden_size: int, pooling: st
     )
 
 
-def _make_bert(out: Path, seed: int, sizes: dict[str, int], pooling: str, normalize: bool,
-               max_position_embeddings: int, hidden_act: str) -> None:
+def _make_bert(
+    out: Path,
+    seed: int,
+    sizes: dict[str, int],
+    pooling: str,
+    normalize: bool,
+    max_position_embeddings: int,
+    hidden_act: str,
+) -> None:
     from safetensors.torch import save_file
     from transformers import BertConfig, BertModel
 
@@ -157,7 +180,9 @@ def _make_bert(out: Path, seed: int, sizes: dict[str, int], pooling: str, normal
     init = round(INIT_SCALE / sizes["hidden_size"] ** 0.5, 6)
     save_file(_random_params(shapes, seed, init), str(out / "model.safetensors"), metadata={"format": "pt"})
     config.save_pretrained(str(out))
-    _write_sentence_transformers_layout(out, sizes["hidden_size"], pooling, normalize, max_position_embeddings)
+    _write_sentence_transformers_layout(
+        out, sizes["hidden_size"], pooling, normalize, max_position_embeddings
+    )
 
 
 def _make_decoder(out: Path, architecture: str, seed: int, num_labels: int, **kwargs: Any) -> None:
@@ -207,7 +232,9 @@ def make_tiny_embedding_model(
     go to ``make_tiny_model`` for the decoder architectures.
     """
     if architecture not in EMBEDDING_ARCHITECTURES:
-        raise ValueError(f"Unsupported architecture {architecture!r}; choose one of {EMBEDDING_ARCHITECTURES}.")
+        raise ValueError(
+            f"Unsupported architecture {architecture!r}; choose one of {EMBEDDING_ARCHITECTURES}."
+        )
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     sizes = {

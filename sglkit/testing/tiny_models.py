@@ -18,7 +18,14 @@ import torch
 
 from sglkit.testing.corpus import build_corpus
 
-__all__ = ["SUPPORTED_ARCHITECTURES", "PRESETS", "SPECIAL_TOKENS", "CHAT_TEMPLATE", "make_tokenizer", "make_tiny_model"]
+__all__ = [
+    "SUPPORTED_ARCHITECTURES",
+    "PRESETS",
+    "SPECIAL_TOKENS",
+    "CHAT_TEMPLATE",
+    "make_tokenizer",
+    "make_tiny_model",
+]
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 
@@ -41,10 +48,18 @@ CHAT_TEMPLATE = (
 # Defaults of ``make_tiny_model``; "small" (~21M parameters) is for benchmarks.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
     ),
     "small": dict(
-        hidden_size=512, intermediate_size=1152, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4
+        hidden_size=512,
+        intermediate_size=1152,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
     ),
 }
 
@@ -54,7 +69,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 INIT_SCALE = 1.6
 
 
-def make_tokenizer(path: str | os.PathLike | None = None, vocab_size: int = 512, model_max_length: int = 2048):
+def make_tokenizer(
+    path: str | os.PathLike | None = None, vocab_size: int = 512, model_max_length: int = 2048
+):
     """Train the tiny byte-level BPE tokenizer on the fixed corpus; save it to ``path`` if given.
 
     Returns a ``PreTrainedTokenizerFast`` (``TokenizersBackend`` in transformers 5) with bos ``<s>``
@@ -100,7 +117,9 @@ def _hf_config(architecture: str, params: dict[str, Any]):
     import transformers
 
     if architecture not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"Unsupported architecture {architecture!r}; choose one of {SUPPORTED_ARCHITECTURES}.")
+        raise ValueError(
+            f"Unsupported architecture {architecture!r}; choose one of {SUPPORTED_ARCHITECTURES}."
+        )
     config_cls = getattr(transformers, architecture.replace("ForCausalLM", "Config"))
     kwargs = dict(params)
     if architecture == "MistralForCausalLM":
@@ -110,12 +129,16 @@ def _hf_config(architecture: str, params: dict[str, Any]):
     return config_cls(architectures=[architecture], **kwargs)
 
 
-def _random_state_dict(config, architecture: str, seed: int, initializer_range: float) -> dict[str, torch.Tensor]:
+def _random_state_dict(
+    config, architecture: str, seed: int, initializer_range: float
+) -> dict[str, torch.Tensor]:
     """HF parameter names/shapes (from a meta-device model) filled from a seeded generator, in sorted order."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        meta_model = AutoModelForCausalLM.from_config(copy.deepcopy(config), dtype=torch.float32)  # sets .dtype
+        meta_model = AutoModelForCausalLM.from_config(
+            copy.deepcopy(config), dtype=torch.float32
+        )  # sets .dtype
     shapes = {name: tuple(p.shape) for name, p in meta_model.state_dict().items()}
     if config.tie_word_embeddings:
         shapes.pop("lm_head.weight", None)

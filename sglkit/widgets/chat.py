@@ -35,19 +35,30 @@ def transcript_html(messages: list[dict[str, str]], pending: str | None = None) 
         who, color = _ROLE_STYLE.get(message["role"], (message["role"], "#fff"))
         streaming = pending is not None and i == len(turns) - 1
         cursor = " &#9646;" if streaming else ""
-        parts.append(f"<div class='sglkit-chat-{message['role']}' style='background:{color};border-radius:6px;"
-                     f"padding:4px 8px;margin:3px 0;white-space:pre-wrap;font-size:13px'><b>{who}:</b> "
-                     f"{html.escape(message['content'])}{cursor}</div>")
+        parts.append(
+            f"<div class='sglkit-chat-{message['role']}' style='background:{color};border-radius:6px;"
+            f"padding:4px 8px;margin:3px 0;white-space:pre-wrap;font-size:13px'><b>{who}:</b> "
+            f"{html.escape(message['content'])}{cursor}</div>"
+        )
     return "".join(parts)
 
 
 class ChatPlayground(widgets.VBox):
     """A chat box on ``base_url``'s ``/v1/chat/completions`` with streaming, sampling controls and a reset."""
 
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
-                 client: ServerClient | None = None, timeout: float = 5.0, system_prompt: str = "",
-                 temperature: float = 0.7, top_p: float = 1.0, max_tokens: int = 64,
-                 read_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        client: ServerClient | None = None,
+        timeout: float = 5.0,
+        system_prompt: str = "",
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_tokens: int = 64,
+        read_timeout: float = 120.0,
+    ) -> None:
         if client is None:
             if base_url is None:
                 raise ValueError("Give base_url (e.g. 'http://127.0.0.1:30000') or client.")
@@ -59,17 +70,28 @@ class ChatPlayground(widgets.VBox):
         self.task = BackgroundTask("sglkit-chat")
         self._stop = threading.Event()
 
-        self.transcript = widgets.HTML(transcript_html([]), layout=widgets.Layout(
-            max_height="320px", overflow="auto", border="1px solid #ddd", padding="4px"))
+        self.transcript = widgets.HTML(
+            transcript_html([]),
+            layout=widgets.Layout(
+                max_height="320px", overflow="auto", border="1px solid #ddd", padding="4px"
+            ),
+        )
         self.transcript.add_class("sglkit-chat-transcript")
-        self.system = widgets.Text(value=system_prompt, placeholder="optional system prompt",
-                                   description="System", layout=widgets.Layout(width="100%"))
-        self.prompt = widgets.Textarea(placeholder="Type a message and press Send", rows=2,
-                                       layout=widgets.Layout(width="100%"))
-        self.temperature = widgets.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05,
-                                               description="temperature", readout_format=".2f")
-        self.top_p = widgets.FloatSlider(value=top_p, min=0.0, max=1.0, step=0.01, description="top_p",
-                                         readout_format=".2f")
+        self.system = widgets.Text(
+            value=system_prompt,
+            placeholder="optional system prompt",
+            description="System",
+            layout=widgets.Layout(width="100%"),
+        )
+        self.prompt = widgets.Textarea(
+            placeholder="Type a message and press Send", rows=2, layout=widgets.Layout(width="100%")
+        )
+        self.temperature = widgets.FloatSlider(
+            value=temperature, min=0.0, max=2.0, step=0.05, description="temperature", readout_format=".2f"
+        )
+        self.top_p = widgets.FloatSlider(
+            value=top_p, min=0.0, max=1.0, step=0.01, description="top_p", readout_format=".2f"
+        )
         self.max_tokens = widgets.IntSlider(value=max_tokens, min=1, max=2048, description="max_tokens")
         self.send_button = widgets.Button(description="Send", icon="paper-plane", button_style="primary")
         self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True)
@@ -79,12 +101,17 @@ class ChatPlayground(widgets.VBox):
         self.send_button.on_click(lambda _: self.task.start(self.send))
         self.stop_button.on_click(lambda _: self.stop())
         self.reset_button.on_click(lambda _: self.reset())
-        super().__init__([
-            widgets.HTML("<b>Chat</b> <span style='color:#777'>/v1/chat/completions, streamed</span>"),
-            self.transcript, self.system, self.prompt,
-            widgets.HBox([self.send_button, self.stop_button, self.reset_button]),
-            widgets.HBox([self.temperature, self.top_p, self.max_tokens]), self.status,
-        ])
+        super().__init__(
+            [
+                widgets.HTML("<b>Chat</b> <span style='color:#777'>/v1/chat/completions, streamed</span>"),
+                self.transcript,
+                self.system,
+                self.prompt,
+                widgets.HBox([self.send_button, self.stop_button, self.reset_button]),
+                widgets.HBox([self.temperature, self.top_p, self.max_tokens]),
+                self.status,
+            ]
+        )
         self.add_class("sglkit-chat")
 
     def request_messages(self) -> list[dict[str, str]]:
@@ -110,8 +137,13 @@ class ChatPlayground(widgets.VBox):
         reply, error, num_chunks = "", None, 0
         try:
             for delta in self.client.stream_chat(
-                    self.request_messages(), temperature=self.temperature.value, top_p=self.top_p.value,
-                    max_tokens=self.max_tokens.value, stop=self._stop, read_timeout=self.read_timeout):
+                self.request_messages(),
+                temperature=self.temperature.value,
+                top_p=self.top_p.value,
+                max_tokens=self.max_tokens.value,
+                stop=self._stop,
+                read_timeout=self.read_timeout,
+            ):
                 reply += delta
                 num_chunks += 1
                 self.transcript.value = transcript_html(self.messages, reply)
@@ -126,7 +158,9 @@ class ChatPlayground(widgets.VBox):
         else:
             self.messages.append({"role": "assistant", "content": reply})
             stopped = " (stopped)" if self._stop.is_set() else ""
-            message = f"Reply streamed in {num_chunks} chunks{stopped}." + (f" Then: {error}" if error else "")
+            message = f"Reply streamed in {num_chunks} chunks{stopped}." + (
+                f" Then: {error}" if error else ""
+            )
         self.transcript.value = transcript_html(self.messages)
         ok = error is None
         self.status.value = status_html(message, "#555" if ok else "#d62728", "sglkit-chat-status")

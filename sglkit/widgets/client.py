@@ -109,7 +109,9 @@ class ServerClient:
             return Reply(False, None, None, f"cannot reach {self.base_url} (connection refused or closed)")
         return Reply(False, None, None, f"{type(exc).__name__}: {exc}")
 
-    def request(self, method: str, path: str, *, json_body: Any = None, timeout: float | None = None) -> Reply:
+    def request(
+        self, method: str, path: str, *, json_body: Any = None, timeout: float | None = None
+    ) -> Reply:
         """``method path`` -> Reply; JSON answers are parsed, others kept as text. Never raises for I/O."""
         timeout = self.timeout if timeout is None else timeout
         try:
@@ -127,7 +129,8 @@ class ServerClient:
         error = "" if ok else error_text(response)
         if response.status_code in (401, 403):
             error = f"HTTP {response.status_code}: " + (
-                "the API key was rejected" if self.api_key else "the server needs an API key (api_key=...)")
+                "the API key was rejected" if self.api_key else "the server needs an API key (api_key=...)"
+            )
         return Reply(ok, response.status_code, data, error)
 
     # -- routes -----------------------------------------------------------------------------------------------
@@ -172,8 +175,9 @@ class ServerClient:
                 body[key] = value
         path = "/v1/chat/completions"
         try:
-            response = self._session().post(self.base_url + path, json=body, stream=True,
-                                            timeout=(self.timeout, read_timeout))
+            response = self._session().post(
+                self.base_url + path, json=body, stream=True, timeout=(self.timeout, read_timeout)
+            )
         except requests.RequestException as exc:
             raise RequestFailed(self._failure(exc, path, self.timeout).error) from None
         with response:
@@ -185,7 +189,7 @@ class ServerClient:
                         return
                     if not line.startswith(b"data:"):
                         continue
-                    payload = line[len(b"data:"):].strip()
+                    payload = line[len(b"data:") :].strip()
                     if payload == b"[DONE]":
                         return
                     event = json.loads(payload)

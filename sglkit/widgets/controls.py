@@ -35,15 +35,24 @@ class ActionResult:
 
 def status_html(text: str, color: str, css_class: str) -> str:
     """A status line (multi-line text kept as is)."""
-    return (f"<div class='{css_class}' style='color:{color};white-space:pre-wrap;font-size:13px'>"
-            f"{html.escape(text)}</div>")
+    return (
+        f"<div class='{css_class}' style='color:{color};white-space:pre-wrap;font-size:13px'>"
+        f"{html.escape(text)}</div>"
+    )
 
 
 class _Control(widgets.VBox):
     """Shared parts: a client, a background task, a status line, result callbacks."""
 
-    def __init__(self, base_url: str | None, api_key: str | None, client: ServerClient | None,
-                 timeout: float, task_name: str, children: list) -> None:
+    def __init__(
+        self,
+        base_url: str | None,
+        api_key: str | None,
+        client: ServerClient | None,
+        timeout: float,
+        task_name: str,
+        children: list,
+    ) -> None:
         if client is None:
             if base_url is None:
                 raise ValueError("Give base_url (e.g. 'http://127.0.0.1:30000') or client.")
@@ -73,14 +82,30 @@ class CacheControls(_Control):
     """A "Flush cache" button for POST /flush_cache: shows the result, or the server's reason for refusing
     (requests running or waiting), and the cached-token count before and after."""
 
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
-                 client: ServerClient | None = None, timeout: float = 5.0) -> None:
-        self.button = widgets.Button(description="Flush cache", icon="trash", button_style="warning",
-                                     tooltip="POST /flush_cache: empty the radix (prefix) cache")
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        client: ServerClient | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self.button = widgets.Button(
+            description="Flush cache",
+            icon="trash",
+            button_style="warning",
+            tooltip="POST /flush_cache: empty the radix (prefix) cache",
+        )
         self.status = widgets.HTML(layout=widgets.Layout(min_height="20px"))
         self.status.add_class("sglkit-cache-status")
-        super().__init__(base_url, api_key, client, timeout, "sglkit-flush-cache",
-                         [widgets.HTML("<b>Radix cache</b>"), self.button, self.status])
+        super().__init__(
+            base_url,
+            api_key,
+            client,
+            timeout,
+            "sglkit-flush-cache",
+            [widgets.HTML("<b>Radix cache</b>"), self.button, self.status],
+        )
         self.add_class("sglkit-cache-controls")
         self.button.on_click(lambda _: self.task.start(self.flush))
 
@@ -104,7 +129,9 @@ class CacheControls(_Control):
                 result = ActionResult(False, f"Refused (HTTP {reply.status}): {reply.error}", reply.status)
             else:
                 result = ActionResult(False, f"Server unreachable: {reply.error}")
-            self.status.value = status_html(result.message, _OK if result.ok else _FAIL, "sglkit-cache-status")
+            self.status.value = status_html(
+                result.message, _OK if result.ok else _FAIL, "sglkit-cache-status"
+            )
         finally:
             self.button.disabled = False
         return self._finish(result)
@@ -117,19 +144,41 @@ class WeightControls(_Control):
     if the server reports one) now served.
     """
 
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
-                 client: ServerClient | None = None, timeout: float = 5.0, update_timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        client: ServerClient | None = None,
+        timeout: float = 5.0,
+        update_timeout: float = 300.0,
+    ) -> None:
         self.update_timeout = update_timeout
-        self.path = widgets.Text(placeholder="/path/to/checkpoint (safetensors folder)",
-                                 layout=widgets.Layout(width="420px"))
-        self.button = widgets.Button(description="Update weights", icon="refresh", button_style="primary",
-                                     tooltip="POST /update_weights: load same-shaped weights from this folder")
+        self.path = widgets.Text(
+            placeholder="/path/to/checkpoint (safetensors folder)", layout=widgets.Layout(width="420px")
+        )
+        self.button = widgets.Button(
+            description="Update weights",
+            icon="refresh",
+            button_style="primary",
+            tooltip="POST /update_weights: load same-shaped weights from this folder",
+        )
         self.status = widgets.HTML(layout=widgets.Layout(min_height="20px"))
         self.serving = widgets.HTML()
         self.serving.add_class("sglkit-serving")
-        super().__init__(base_url, api_key, client, timeout, "sglkit-update-weights",
-                         [widgets.HTML("<b>Weights</b>"), widgets.HBox([self.path, self.button]), self.status,
-                          self.serving])
+        super().__init__(
+            base_url,
+            api_key,
+            client,
+            timeout,
+            "sglkit-update-weights",
+            [
+                widgets.HTML("<b>Weights</b>"),
+                widgets.HBox([self.path, self.button]),
+                self.status,
+                self.serving,
+            ],
+        )
         self.add_class("sglkit-weight-controls")
         self.button.on_click(lambda _: self.task.start(self.update))
         self.served_model: str | None = None
@@ -144,9 +193,15 @@ class WeightControls(_Control):
             return None
         self.served_model = info.get("model_path")
         version = info.get("weight_version")
-        extra = f" &middot; weight version <code>{html.escape(str(version))}</code>" if version is not None else ""
-        self.serving.value = (f"<span style='font-size:13px'>Serving: <code>{html.escape(str(self.served_model))}"
-                              f"</code>{extra}</span>")
+        extra = (
+            f" &middot; weight version <code>{html.escape(str(version))}</code>"
+            if version is not None
+            else ""
+        )
+        self.serving.value = (
+            f"<span style='font-size:13px'>Serving: <code>{html.escape(str(self.served_model))}"
+            f"</code>{extra}</span>"
+        )
         return self.served_model
 
     def update(self, model_path: str | None = None) -> ActionResult:
@@ -158,7 +213,9 @@ class WeightControls(_Control):
             return self._finish(result)
         self.path.value = model_path
         self.button.disabled = True
-        self.status.value = status_html(f"Updating weights from {model_path} ...", _INFO, "sglkit-weights-status")
+        self.status.value = status_html(
+            f"Updating weights from {model_path} ...", _INFO, "sglkit-weights-status"
+        )
         try:
             reply = self.client.update_weights(model_path, timeout=self.update_timeout)
             body = reply.data if isinstance(reply.data, dict) else {}

@@ -54,10 +54,14 @@ def classify_health(health: Reply, has_process: bool, was_ready: bool) -> tuple[
 
 
 def _card(title: str, *children: widgets.Widget, width: str) -> widgets.VBox:
-    label = widgets.HTML(f"<div class='sglkit-card-title' style='font-size:12px;color:#555;"
-                         f"text-transform:uppercase;letter-spacing:0.04em'>{title}</div>")
-    box = widgets.VBox([label, *children], layout=widgets.Layout(
-        width=width, border="1px solid #e0e0e0", padding="4px 8px", margin="2px"))
+    label = widgets.HTML(
+        f"<div class='sglkit-card-title' style='font-size:12px;color:#555;"
+        f"text-transform:uppercase;letter-spacing:0.04em'>{title}</div>"
+    )
+    box = widgets.VBox(
+        [label, *children],
+        layout=widgets.Layout(width=width, border="1px solid #e0e0e0", padding="4px 8px", margin="2px"),
+    )
     box.add_class("sglkit-card")
     return box
 
@@ -75,9 +79,18 @@ class ServerDashboard(widgets.VBox):
     throughput points the chart keeps. Construction refreshes once unless ``refresh=False``.
     """
 
-    def __init__(self, base_url: str, api_key: str | None = None, process: subprocess.Popen | None = None, *,
-                 timeout: float = 5.0, log_lines: int = 15, history: int = 60, chat: bool = True,
-                 refresh: bool = True) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        process: subprocess.Popen | None = None,
+        *,
+        timeout: float = 5.0,
+        log_lines: int = 15,
+        history: int = 60,
+        chat: bool = True,
+        refresh: bool = True,
+    ) -> None:
         self.client = ServerClient(base_url, api_key, timeout)
         self.process = process
         self.log_lines = log_lines
@@ -104,9 +117,13 @@ class ServerDashboard(widgets.VBox):
         self.log_view = widgets.HTML()
         self.refresh_button = widgets.Button(description="Refresh", icon="sync")
         self.refresh_button.on_click(lambda _: self.refresh())
-        self.terminate_button = widgets.Button(description="Terminate server", icon="power-off",
-                                               button_style="danger", disabled=process is None,
-                                               tooltip="End the server process and its children")
+        self.terminate_button = widgets.Button(
+            description="Terminate server",
+            icon="power-off",
+            button_style="danger",
+            disabled=process is None,
+            tooltip="End the server process and its children",
+        )
         self.terminate_button.on_click(lambda _: self._terminate_task.start(self.terminate))
         self.cache_controls = CacheControls(client=self.client)
         self.weight_controls = WeightControls(client=self.client)
@@ -114,26 +131,39 @@ class ServerDashboard(widgets.VBox):
             control.on_result(lambda _result: self.refresh())
         self.chat = ChatPlayground(client=self.client) if chat else None
 
-        cards = widgets.HBox([
-            _card("KV pool", self.kv_bar, self.kv_text, width="190px"),
-            _card("Radix cache", self.cache_bar, self.cache_text, width="190px"),
-            _card("Requests", self.requests_html, width="120px"),
-            _card("Throughput", self.throughput_html, self.sparkline, width="230px"),
-            _card("Totals since start", self.totals_html, width="230px"),
-        ], layout=widgets.Layout(flex_flow="row wrap"))
+        cards = widgets.HBox(
+            [
+                _card("KV pool", self.kv_bar, self.kv_text, width="190px"),
+                _card("Radix cache", self.cache_bar, self.cache_text, width="190px"),
+                _card("Requests", self.requests_html, width="120px"),
+                _card("Throughput", self.throughput_html, self.sparkline, width="230px"),
+                _card("Totals since start", self.totals_html, width="230px"),
+            ],
+            layout=widgets.Layout(flex_flow="row wrap"),
+        )
         sections = [self.args_html] + ([self.log_view] if process is not None else [])
         titles = ["Server arguments"] + (["Server log"] if process is not None else [])
         if self.chat is not None:
             sections.append(self.chat)
             titles.append("Chat")
         details = widgets.Accordion(children=sections, titles=tuple(titles))
-        controls = widgets.HBox([self.cache_controls, self.weight_controls],
-                                layout=widgets.Layout(flex_flow="row wrap", justify_content="space-between"))
-        super().__init__([
-            widgets.HBox([self.health, self.refresh_button, self.terminate_button],
-                         layout=widgets.Layout(align_items="center", justify_content="space-between")),
-            self.model_html, cards, controls, details,
-        ], layout=widgets.Layout(border="1px solid #ccc", padding="6px"))
+        controls = widgets.HBox(
+            [self.cache_controls, self.weight_controls],
+            layout=widgets.Layout(flex_flow="row wrap", justify_content="space-between"),
+        )
+        super().__init__(
+            [
+                widgets.HBox(
+                    [self.health, self.refresh_button, self.terminate_button],
+                    layout=widgets.Layout(align_items="center", justify_content="space-between"),
+                ),
+                self.model_html,
+                cards,
+                controls,
+                details,
+            ],
+            layout=widgets.Layout(border="1px solid #ccc", padding="6px"),
+        )
         self.add_class("sglkit-dashboard")
         self._draw()
         if refresh:
@@ -195,27 +225,37 @@ class ServerDashboard(widgets.VBox):
         self.model_html.value = (
             f"<div class='sglkit-model' style='font-size:13px'>Model <code>{html.escape(str(model or '-'))}</code> &middot; "
             f"context {format_count(s.get('context_len'))} tokens &middot; dtype {s.get('dtype', '-')} "
-            f"&middot; sglkit {s.get('version', '-')} &middot; uptime {format_duration(s.get('uptime_s'))}</div>")
+            f"&middot; sglkit {s.get('version', '-')} &middot; uptime {format_duration(s.get('uptime_s'))}</div>"
+        )
         self.kv_bar.value = min(1.0, float(s.get("token_usage") or 0.0))
-        self.kv_text.value = (f"{format_count(s.get('num_used_tokens'))} / {format_count(s.get('max_total_num_tokens'))}"
-                              f" tokens ({format_percent(s.get('token_usage'))})")
+        self.kv_text.value = (
+            f"{format_count(s.get('num_used_tokens'))} / {format_count(s.get('max_total_num_tokens'))}"
+            f" tokens ({format_percent(s.get('token_usage'))})"
+        )
         self.cache_bar.value = min(1.0, float(s.get("cache_hit_rate") or 0.0))
-        self.cache_text.value = (f"hit rate {format_percent(s.get('cache_hit_rate'))}<br>"
-                                 f"<span class='sglkit-cached-tokens'>{format_count(s.get('num_cached_tokens'))}"
-                                 f"</span> cached tokens")
-        self.requests_html.value = (f"<span style='font-size:18px'>{format_count(s.get('num_running_reqs'))}</span> "
-                                    f"running<br><span style='font-size:18px'>"
-                                    f"{format_count(s.get('num_queue_reqs'))}</span> queued")
+        self.cache_text.value = (
+            f"hit rate {format_percent(s.get('cache_hit_rate'))}<br>"
+            f"<span class='sglkit-cached-tokens'>{format_count(s.get('num_cached_tokens'))}"
+            f"</span> cached tokens"
+        )
+        self.requests_html.value = (
+            f"<span style='font-size:18px'>{format_count(s.get('num_running_reqs'))}</span> "
+            f"running<br><span style='font-size:18px'>"
+            f"{format_count(s.get('num_queue_reqs'))}</span> queued"
+        )
         rate = 0.0 if self.throughput is None else self.throughput
-        self.throughput_html.value = (f"<span style='font-size:18px'>{rate:.1f}</span> token/s "
-                                      f"<span style='color:#777;font-size:11px'>(last batch "
-                                      f"{float(s.get('gen_throughput') or 0.0):.1f})</span>")
+        self.throughput_html.value = (
+            f"<span style='font-size:18px'>{rate:.1f}</span> token/s "
+            f"<span style='color:#777;font-size:11px'>(last batch "
+            f"{float(s.get('gen_throughput') or 0.0):.1f})</span>"
+        )
         self.totals_html.value = (
             f"<span class='sglkit-generated-tokens' style='font-size:18px'>"
             f"{format_count(s.get('num_generated_tokens'))}</span> generated tokens<br>"
             f"{format_count(s.get('num_finished_reqs'))} finished requests<br>"
             f"{format_count(s.get('total_prompt_tokens'))} prompt + "
-            f"{format_count(s.get('total_completion_tokens'))} completion tokens")
+            f"{format_count(s.get('total_completion_tokens'))} completion tokens"
+        )
         self.args_html.value = args_table_html(s) if s else "<i>no data yet</i>"
         if self.process is not None:
             self.log_view.value = log_html(tail_log(self.process, self.log_lines), self.log_lines)
@@ -264,8 +304,11 @@ class ServerDashboard(widgets.VBox):
     # -- text ---------------------------------------------------------------------------------------------------
     def summary(self) -> str:
         """The dashboard as plain text."""
-        return "\n".join(summary_lines(self.client.base_url, self.state, self.detail, self.stats,
-                                       self.served_model, self.throughput))
+        return "\n".join(
+            summary_lines(
+                self.client.base_url, self.state, self.detail, self.stats, self.served_model, self.throughput
+            )
+        )
 
     def __repr__(self) -> str:
         return self.summary()

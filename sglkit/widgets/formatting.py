@@ -28,9 +28,24 @@ HEALTH_STATES = ("starting", "ready", "unhealthy", "stopped")
 HEALTH_COLORS = {"starting": "#f0ad4e", "ready": "#2ca02c", "unhealthy": "#d62728", "stopped": "#7f7f7f"}
 
 ARG_SUMMARY_KEYS = (
-    "served_model_name", "dtype", "device", "context_len", "max_total_num_tokens", "max_running_requests",
-    "max_prefill_tokens", "chunked_prefill_size", "schedule_policy", "disable_radix_cache", "attention_backend",
-    "stream_interval", "random_seed", "enable_metrics", "api_key", "host", "port", "version",
+    "served_model_name",
+    "dtype",
+    "device",
+    "context_len",
+    "max_total_num_tokens",
+    "max_running_requests",
+    "max_prefill_tokens",
+    "chunked_prefill_size",
+    "schedule_policy",
+    "disable_radix_cache",
+    "attention_backend",
+    "stream_interval",
+    "random_seed",
+    "enable_metrics",
+    "api_key",
+    "host",
+    "port",
+    "version",
 )
 """Server arguments shown in the dashboard's summary (``api_key`` is shown as set / not set)."""
 
@@ -82,7 +97,8 @@ def args_table_html(info: Mapping[str, Any], keys: tuple[str, ...] = ARG_SUMMARY
     rows = "".join(
         f"<tr><td style='padding:1px 12px 1px 0;color:#555'>{html.escape(k)}</td>"
         f"<td style='padding:1px 0'><code>{html.escape(_arg_value(k, info[k]))}</code></td></tr>"
-        for k in keys if k in info
+        for k in keys
+        if k in info
     )
     return f"<table class='sglkit-args' style='font-size:12px'>{rows}</table>" if rows else "<i>no data</i>"
 
@@ -91,17 +107,21 @@ def health_html(state: str, detail: str, base_url: str) -> str:
     """The health light: a coloured dot, the state, the URL and (if any) why."""
     color = HEALTH_COLORS.get(state, "#7f7f7f")
     why = f" <span style='color:#777'>({html.escape(detail)})</span>" if detail else ""
-    return (f"<div class='sglkit-health sglkit-health-{state}' style='font-size:14px'>"
-            f"<span style='color:{color};font-size:18px'>&#9679;</span> <b>{state}</b> "
-            f"<code>{html.escape(base_url)}</code>{why}</div>")
+    return (
+        f"<div class='sglkit-health sglkit-health-{state}' style='font-size:14px'>"
+        f"<span style='color:{color};font-size:18px'>&#9679;</span> <b>{state}</b> "
+        f"<code>{html.escape(base_url)}</code>{why}</div>"
+    )
 
 
 def log_html(text: str, num_lines: int) -> str:
     """The tail of the server log in a scrolling monospace block."""
     body = html.escape(text) if text else "(no output yet)"
-    return (f"<div style='font-size:11px;color:#555'>last {num_lines} lines of the server log</div>"
-            f"<pre class='sglkit-log' style='max-height:220px;overflow:auto;font-size:11px;line-height:1.3;"
-            f"background:#f7f7f7;padding:6px;margin:0'>{body}</pre>")
+    return (
+        f"<div style='font-size:11px;color:#555'>last {num_lines} lines of the server log</div>"
+        f"<pre class='sglkit-log' style='max-height:220px;overflow:auto;font-size:11px;line-height:1.3;"
+        f"background:#f7f7f7;padding:6px;margin:0'>{body}</pre>"
+    )
 
 
 def summary_lines(

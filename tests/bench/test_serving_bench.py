@@ -26,8 +26,13 @@ def _check_sane(metrics: dict, printed: dict[str, str], backend: str) -> None:
     # ratio 1: every prompt has INPUT_LEN tokens and ignore_eos makes every request generate OUTPUT_LEN tokens.
     assert int(printed["Total input tokens"]) == NUM_PROMPTS * INPUT_LEN
     assert int(printed["Total generated tokens"]) == NUM_PROMPTS * OUTPUT_LEN
-    for label in ("Benchmark duration (s)", "Request throughput (req/s)", "Output token throughput (tok/s)",
-                  "Total token throughput (tok/s)", "Concurrency"):
+    for label in (
+        "Benchmark duration (s)",
+        "Request throughput (req/s)",
+        "Output token throughput (tok/s)",
+        "Total token throughput (tok/s)",
+        "Concurrency",
+    ):
         assert float(printed[label]) > 0, label
     for name in ("E2E Latency", "TTFT", "TPOT", "ITL"):
         mean, median, p99 = (float(printed[f"{s} {name} (ms)"]) for s in ("Mean", "Median", "P99"))
@@ -38,8 +43,17 @@ def _check_sane(metrics: dict, printed: dict[str, str], backend: str) -> None:
 
 
 def _argv(*extra: str) -> list[str]:
-    return ["--num-prompts", str(NUM_PROMPTS), "--random-input-len", str(INPUT_LEN), "--random-output-len",
-            str(OUTPUT_LEN), "--random-range-ratio", "1", *extra]
+    return [
+        "--num-prompts",
+        str(NUM_PROMPTS),
+        "--random-input-len",
+        str(INPUT_LEN),
+        "--random-output-len",
+        str(OUTPUT_LEN),
+        "--random-range-ratio",
+        "1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +81,18 @@ def test_workload_lengths_follow_range_ratio():
 @pytest.mark.parametrize("backend", ["sglang", "sglang-oai"])
 def test_base_url_run_prints_sane_metrics(server_url, backend, tmp_path, capsys):
     out_file = tmp_path / "metrics.jsonl"
-    metrics = main(_argv("--base-url", server_url, "--backend", backend, "--max-concurrency", "2",
-                         "--output-file", str(out_file)))
+    metrics = main(
+        _argv(
+            "--base-url",
+            server_url,
+            "--backend",
+            backend,
+            "--max-concurrency",
+            "2",
+            "--output-file",
+            str(out_file),
+        )
+    )
     text = capsys.readouterr().out
     assert "Serving Benchmark Result" in text
     _check_sane(metrics, _block_values(text), backend)

@@ -31,8 +31,20 @@ def site(tmp_path_factory) -> Path:
     """The HTML site, built once into a temporary folder with ``-W`` (any warning fails the build)."""
     out = tmp_path_factory.mktemp("docs")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
-           "-d", str(out / "doctrees"), str(ROOT / "docs"), str(out / "html")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sphinx",
+        "-W",
+        "--keep-going",
+        "-q",
+        "-b",
+        "html",
+        "-d",
+        str(out / "doctrees"),
+        str(ROOT / "docs"),
+        str(out / "html"),
+    ]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"sphinx-build failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
     return out / "html"
@@ -41,8 +53,12 @@ def site(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_site_has_the_key_pages(site: Path) -> None:
     """Index, reference pages, benchmarks and the notebooks index are all there."""
-    for page in ["index.html", "benchmarks.html", "notebooks/index.html",
-                 *(f"reference/{name}.html" for name in REFERENCE_PAGES)]:
+    for page in [
+        "index.html",
+        "benchmarks.html",
+        "notebooks/index.html",
+        *(f"reference/{name}.html" for name in REFERENCE_PAGES),
+    ]:
         assert (site / page).is_file(), page
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     first_section = next(line[3:].strip() for line in readme.splitlines() if line.startswith("## "))
@@ -61,15 +77,24 @@ def test_every_notebook_is_a_page_with_its_stored_outputs(site: Path) -> None:
         assert f"{nb.stem}.html" in index
         cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
         if any(cell.get("outputs") for cell in cells):
-            assert "cell_output" in page.read_text(encoding="utf-8"), f"{nb.name}: stored outputs not rendered"
+            assert "cell_output" in page.read_text(encoding="utf-8"), (
+                f"{nb.name}: stored outputs not rendered"
+            )
 
 
 @pytest.mark.slow
 def test_python_api_page_documents_the_public_modules(site: Path) -> None:
     """autodoc picked up the Engine, the notebook helpers, the widgets and the test models."""
     text = (site / "reference" / "python_api.html").read_text(encoding="utf-8")
-    for name in ["sglkit.Engine", "wait_for_server", "launch_server_cmd", "terminate_process",
-                 "ServerDashboard", "make_tiny_model", "SamplingParams"]:
+    for name in [
+        "sglkit.Engine",
+        "wait_for_server",
+        "launch_server_cmd",
+        "terminate_process",
+        "ServerDashboard",
+        "make_tiny_model",
+        "SamplingParams",
+    ]:
         assert name in text, name
 
 

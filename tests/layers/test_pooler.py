@@ -17,13 +17,15 @@ def per_sequence(hidden: torch.Tensor, kind: PoolingType) -> torch.Tensor:
     for n in SEQ_LENS:
         seq = hidden[start : start + n]
         start += n
-        out.append({
-            PoolingType.LAST: lambda s: s[-1],
-            PoolingType.CLS: lambda s: s[0],
-            PoolingType.MEAN: lambda s: s.mean(0),
-            PoolingType.MAX: lambda s: s.max(0).values,
-            PoolingType.MEAN_SQRT_LEN: lambda s: s.sum(0) / len(s) ** 0.5,
-        }[kind](seq))
+        out.append(
+            {
+                PoolingType.LAST: lambda s: s[-1],
+                PoolingType.CLS: lambda s: s[0],
+                PoolingType.MEAN: lambda s: s.mean(0),
+                PoolingType.MAX: lambda s: s.max(0).values,
+                PoolingType.MEAN_SQRT_LEN: lambda s: s.sum(0) / len(s) ** 0.5,
+            }[kind](seq)
+        )
     return torch.stack(out)
 
 

@@ -34,12 +34,15 @@ VARIANTS: dict[str, dict] = {
     "qwen3-tied": dict(architecture="Qwen3ForCausalLM", tie_word_embeddings=True),
     "llama-llama3-rope": dict(architecture="LlamaForCausalLM", rope_parameters=LLAMA3_ROPE),
     "llama-linear-rope": dict(
-        architecture="LlamaForCausalLM", rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}
+        architecture="LlamaForCausalLM",
+        rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
     ),
     "llama-sharded": dict(architecture="LlamaForCausalLM", num_shards=3, seed=7),
     "llama-head-dim-32": dict(architecture="LlamaForCausalLM", head_dim=32),
     "qwen3-head-dim-32-bias": dict(architecture="Qwen3ForCausalLM", head_dim=32, attention_bias=True),
-    "llama-bias": dict(architecture="LlamaForCausalLM", attention_bias=True, mlp_bias=True, num_key_value_heads=4),
+    "llama-bias": dict(
+        architecture="LlamaForCausalLM", attention_bias=True, mlp_bias=True, num_key_value_heads=4
+    ),
 }
 
 
@@ -160,7 +163,9 @@ class HFComparison:
         self.hf_model = hf_model
         self.atol = atol
         gen = torch.Generator().manual_seed(0)
-        self.prompts = [torch.randint(6, self.config.vocab_size, (n,), generator=gen).tolist() for n in PROMPT_LENGTHS]
+        self.prompts = [
+            torch.randint(6, self.config.vocab_size, (n,), generator=gen).tolist() for n in PROMPT_LENGTHS
+        ]
 
     @torch.no_grad()
     def reference(self, token_ids: list[int]) -> torch.Tensor:
@@ -205,7 +210,12 @@ class HFComparison:
                 self.assert_close(logits, self.reference(seq)[-1:])
 
 
-SCENARIOS = ("single_prefill", "packed_extend", "prefix_extend", "decode_after_prefill")  # test files repeat this
+SCENARIOS = (
+    "single_prefill",
+    "packed_extend",
+    "prefix_extend",
+    "decode_after_prefill",
+)  # test files repeat this
 
 
 @pytest.fixture(scope="session")

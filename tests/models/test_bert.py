@@ -22,12 +22,21 @@ def encoder_batch(seq_lens: list[int]) -> ForwardBatch:
     starts = [sum(seq_lens[:i]) for i in range(len(seq_lens))]
     lens = torch.tensor(seq_lens)
     return ForwardBatch(
-        forward_mode=ForwardMode.EXTEND, batch_size=len(seq_lens),
-        input_ids=torch.empty(0, dtype=torch.int64), positions=torch.empty(0, dtype=torch.int64),
-        out_cache_loc=torch.empty(0, dtype=torch.int64), req_pool_indices=torch.zeros(len(seq_lens), dtype=torch.int64),
-        seq_lens=lens, seq_lens_cpu=seq_lens, extend_prefix_lens_cpu=[0] * len(seq_lens), extend_seq_lens_cpu=seq_lens,
-        logits_indices=torch.empty(0, dtype=torch.int64), req_to_token_pool=None, token_to_kv_pool=None,
-        attn_backend=None, extend_start_loc_cpu=starts,
+        forward_mode=ForwardMode.EXTEND,
+        batch_size=len(seq_lens),
+        input_ids=torch.empty(0, dtype=torch.int64),
+        positions=torch.empty(0, dtype=torch.int64),
+        out_cache_loc=torch.empty(0, dtype=torch.int64),
+        req_pool_indices=torch.zeros(len(seq_lens), dtype=torch.int64),
+        seq_lens=lens,
+        seq_lens_cpu=seq_lens,
+        extend_prefix_lens_cpu=[0] * len(seq_lens),
+        extend_seq_lens_cpu=seq_lens,
+        logits_indices=torch.empty(0, dtype=torch.int64),
+        req_to_token_pool=None,
+        token_to_kv_pool=None,
+        attn_backend=None,
+        extend_start_loc_cpu=starts,
     )
 
 
@@ -65,7 +74,9 @@ def bert_path(tiny_embedding_model) -> str:  # noqa: F811
 
 
 @pytest.mark.parametrize("packed_weights", [False, True], ids=["plain-linear", "prepacked-fused"])
-@pytest.mark.parametrize("lens", [[9], [9, 4, 17], [6, 6, 6]], ids=["single", "ragged-batch", "equal-lengths"])
+@pytest.mark.parametrize(
+    "lens", [[9], [9, 4, 17], [6, 6, 6]], ids=["single", "ragged-batch", "equal-lengths"]
+)
 def test_hidden_states_match_hf(bert_path, lens, packed_weights):
     model, config = load_model(bert_path, is_embedding=True)
     assert isinstance(model, BertModel) and model.uses_kv_cache is False

@@ -35,7 +35,9 @@ def served(request, tiny_embedding_model):  # noqa: F811
 
 
 def reference(path, kwargs, texts) -> torch.Tensor:
-    return hf_reference(path, tokenize(path, texts), kwargs.get("pooling", "mean"), kwargs.get("normalize", True))
+    return hf_reference(
+        path, tokenize(path, texts), kwargs.get("pooling", "mean"), kwargs.get("normalize", True)
+    )
 
 
 def test_a_batch_matches_hf(served):
@@ -51,7 +53,9 @@ def test_a_single_input_matches_hf(served):
     path, kwargs, engine = served
     out = engine.encode(TEXTS[2])
     assert set(out) == {"embedding", "meta_info"}
-    torch.testing.assert_close(torch.tensor([out["embedding"]]), reference(path, kwargs, TEXTS[2:]), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor([out["embedding"]]), reference(path, kwargs, TEXTS[2:]), atol=ATOL, rtol=0
+    )
 
 
 def test_token_ids_give_the_same_vectors_as_text(served):
@@ -77,9 +81,13 @@ def test_vector_kind_per_architecture(served):
 def test_registry_maps_every_architecture_to_an_embedding_class():
     assert set(EMBEDDING_ARCHITECTURES) <= set(supported_architectures(is_embedding=True))
     assert get_model_class(["LlamaForCausalLM"], is_embedding=True) is LlamaEmbeddingModel
-    assert get_model_class(["Qwen2ForSequenceClassification"], is_embedding=True).__name__ == "Qwen2ForSequenceClassification"
-    assert issubclass(get_model_class(["Qwen2ForSequenceClassification"], is_embedding=True),
-                      LlamaForSequenceClassification)
+    assert (
+        get_model_class(["Qwen2ForSequenceClassification"], is_embedding=True).__name__
+        == "Qwen2ForSequenceClassification"
+    )
+    assert issubclass(
+        get_model_class(["Qwen2ForSequenceClassification"], is_embedding=True), LlamaForSequenceClassification
+    )
     assert get_model_class(["BertModel"], is_embedding=True).__name__ == "BertModel"
 
 
@@ -92,7 +100,9 @@ def test_embedding_only_architectures_as_generation_models_point_to_is_embedding
 def test_embedding_variants_have_no_lm_head(tiny_embedding_model):  # noqa: F811
     from sglkit.models import load_model
 
-    model, _ = load_model(tiny_embedding_model("LlamaForCausalLM"), is_embedding=True)  # checkpoint has lm_head
+    model, _ = load_model(
+        tiny_embedding_model("LlamaForCausalLM"), is_embedding=True
+    )  # checkpoint has lm_head
     assert not any(name.startswith("lm_head") for name, _ in model.named_parameters())
     with pytest.raises(RuntimeError, match="embedding model"):
         model.compute_logits(torch.zeros(1, model.config.hidden_size))

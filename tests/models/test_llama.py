@@ -33,7 +33,10 @@ def test_model_classes_and_fused_parameters(hf_comparison):
     llama = hf_comparison("llama").model
     assert type(llama) is LlamaForCausalLM and llama.sliding_window is None
     names = {n for n, _ in llama.named_parameters()}
-    assert "model.layers.0.self_attn.qkv_proj.weight" in names and "model.layers.0.mlp.gate_up_proj.weight" in names
+    assert (
+        "model.layers.0.self_attn.qkv_proj.weight" in names
+        and "model.layers.0.mlp.gate_up_proj.weight" in names
+    )
     assert not any("q_proj" in n or "gate_proj." in n for n in names)
     tied = hf_comparison("llama-tied").model
     assert "lm_head.weight" not in dict(tied.named_parameters())
@@ -51,14 +54,24 @@ def test_mistral_exposes_sliding_window(tmp_path):
 
 def test_head_dim_differs_from_hidden_over_heads(hf_comparison):
     attn = hf_comparison("llama-head-dim-32").model.model.layers[0].self_attn
-    assert attn.head_dim == 32 and attn.qkv_proj.out_features == (4 + 2 * 2) * 32 and attn.o_proj.in_features == 128
+    assert (
+        attn.head_dim == 32
+        and attn.qkv_proj.out_features == (4 + 2 * 2) * 32
+        and attn.o_proj.in_features == 128
+    )
 
 
 def test_rejects_unsupported_activation():
     from transformers import LlamaConfig
 
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         vocab_size=64, hidden_act="gelu")
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        vocab_size=64,
+        hidden_act="gelu",
+    )
     with pytest.raises(ValueError, match="hidden_act"):
         LlamaForCausalLM(config)
 
@@ -77,7 +90,9 @@ def test_bfloat16_load_matches_transformers_bfloat16(tiny_model_path, hf_model, 
     (logits,) = paged_runner(model, config, dtype=torch.bfloat16).forward([("a", prompt)])
     assert logits.dtype == torch.float32
     with torch.no_grad():
-        ref_bf16 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)(torch.tensor([prompt])).logits[0]
+        ref_bf16 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)(
+            torch.tensor([prompt])
+        ).logits[0]
         ref_fp32 = hf_model(path)(torch.tensor([prompt])).logits[0]
     torch.testing.assert_close(logits, ref_bf16.float(), atol=3e-2, rtol=1e-2)
     assert torch.nn.functional.cosine_similarity(logits, ref_fp32, dim=-1).min() > 0.99
@@ -91,7 +106,10 @@ def test_load_weights_from_other_size_raises_torch_size_message(tmp_path):
     bigger = make_tiny_model(tmp_path / "h96", hidden_size=96, intermediate_size=192)
     with pytest.raises(RuntimeError) as err:
         model.load_weights(iterate_weights(bigger, show_progress=False))
-    assert str(err.value) == "The size of tensor a (64) must match the size of tensor b (96) at non-singleton dimension 1"
+    assert (
+        str(err.value)
+        == "The size of tensor a (64) must match the size of tensor b (96) at non-singleton dimension 1"
+    )
 
 
 def test_load_weights_round_trips_and_reports_bad_names(tiny_model_path):

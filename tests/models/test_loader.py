@@ -42,7 +42,9 @@ def test_no_config(tmp_path, llama_path):
 def test_only_bin_weights(tmp_path, llama_path):
     folder = _copy(llama_path, tmp_path / "m", skip=("model.safetensors",))
     (folder / "pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match=r"only \['pytorch_model.bin'\]. sglkit loads safetensors only"):
+    with pytest.raises(
+        FileNotFoundError, match=r"only \['pytorch_model.bin'\]. sglkit loads safetensors only"
+    ):
         find_safetensors_files(folder)
     with pytest.raises(FileNotFoundError, match="safetensors only"):
         load_model(folder)
@@ -57,7 +59,10 @@ def test_unknown_architecture(tmp_path, llama_path):
         load_model(folder)
     config["architectures"] = ["LlamaForSequenceClassification"]  # a reward model: served with --is-embedding
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"\['LlamaForSequenceClassification'\] are embedding / reward models.*--is-embedding"):
+    with pytest.raises(
+        ValueError,
+        match=r"\['LlamaForSequenceClassification'\] are embedding / reward models.*--is-embedding",
+    ):
         load_model(folder)
 
 

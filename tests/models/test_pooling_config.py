@@ -24,16 +24,21 @@ def test_a_folder_without_modules_json_keeps_the_model_default(tmp_path):
     assert read_pooling_config(tmp_path) is None
 
 
-@pytest.mark.parametrize(("flag", "kind"), [
-    ("pooling_mode_mean_tokens", PoolingType.MEAN),
-    ("pooling_mode_cls_token", PoolingType.CLS),
-    ("pooling_mode_max_tokens", PoolingType.MAX),
-    ("pooling_mode_mean_sqrt_len_tokens", PoolingType.MEAN_SQRT_LEN),
-    ("pooling_mode_lasttoken", PoolingType.LAST),
-])
+@pytest.mark.parametrize(
+    ("flag", "kind"),
+    [
+        ("pooling_mode_mean_tokens", PoolingType.MEAN),
+        ("pooling_mode_cls_token", PoolingType.CLS),
+        ("pooling_mode_max_tokens", PoolingType.MAX),
+        ("pooling_mode_mean_sqrt_len_tokens", PoolingType.MEAN_SQRT_LEN),
+        ("pooling_mode_lasttoken", PoolingType.LAST),
+    ],
+)
 @pytest.mark.parametrize("normalize", [False, True])
 def test_pooling_mode_and_normalize_are_read(tmp_path, flag, kind, normalize):
-    write(tmp_path, [TRANSFORMER, POOLING] + ([NORMALIZE] if normalize else []), **{flag: True, "other": False})
+    write(
+        tmp_path, [TRANSFORMER, POOLING] + ([NORMALIZE] if normalize else []), **{flag: True, "other": False}
+    )
     assert read_pooling_config(tmp_path) == PoolingConfig(kind, normalize)
 
 
@@ -51,15 +56,29 @@ def test_max_seq_length_absent_or_invalid_is_none(tmp_path):
     assert read_max_seq_length(tmp_path) is None
 
 
-@pytest.mark.parametrize(("modules", "flags", "message"), [
-    ([TRANSFORMER, POOLING, {"type": "sentence_transformers.models.Dense", "path": "2_Dense"}],
-     {"pooling_mode_mean_tokens": True}, "Dense"),
-    ([TRANSFORMER, POOLING], {"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True}, "exactly one"),
-    ([TRANSFORMER, POOLING], {}, "exactly one"),
-    ([TRANSFORMER, POOLING], {"pooling_mode_weightedmean_tokens": True}, "weightedmean"),
-    ([TRANSFORMER], {}, "no Pooling module"),
-    ([{**TRANSFORMER, "path": "0_Transformer"}, POOLING], {"pooling_mode_mean_tokens": True}, "0_Transformer"),
-])
+@pytest.mark.parametrize(
+    ("modules", "flags", "message"),
+    [
+        (
+            [TRANSFORMER, POOLING, {"type": "sentence_transformers.models.Dense", "path": "2_Dense"}],
+            {"pooling_mode_mean_tokens": True},
+            "Dense",
+        ),
+        (
+            [TRANSFORMER, POOLING],
+            {"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True},
+            "exactly one",
+        ),
+        ([TRANSFORMER, POOLING], {}, "exactly one"),
+        ([TRANSFORMER, POOLING], {"pooling_mode_weightedmean_tokens": True}, "weightedmean"),
+        ([TRANSFORMER], {}, "no Pooling module"),
+        (
+            [{**TRANSFORMER, "path": "0_Transformer"}, POOLING],
+            {"pooling_mode_mean_tokens": True},
+            "0_Transformer",
+        ),
+    ],
+)
 def test_unsupported_layouts_are_refused_by_name(tmp_path, modules, flags, message):
     write(tmp_path, modules, **flags)
     with pytest.raises(ValueError, match=message):

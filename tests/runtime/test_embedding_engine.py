@@ -33,14 +33,19 @@ def test_minilm_equals_sentence_transformers():
     from sentence_transformers import SentenceTransformer
 
     path = minilm_path()
-    expected = SentenceTransformer(path, device="cpu").encode(SENTENCES, normalize_embeddings=True,
-                                                               convert_to_tensor=True).float()
+    expected = (
+        SentenceTransformer(path, device="cpu")
+        .encode(SENTENCES, normalize_embeddings=True, convert_to_tensor=True)
+        .float()
+    )
     with sglkit.Engine(model_path=path, is_embedding=True) as engine:
         batch = torch.tensor([o["embedding"] for o in engine.encode(SENTENCES)])
         single = torch.tensor(engine.encode(SENTENCES[1])["embedding"])
         # sentence-transformers truncates at max_seq_length (256); sglkit refuses instead of serving another vector.
         assert engine.scheduler.context_len == 256
-        with pytest.raises(ValueError, match=r"\(300 tokens\) is longer than the model's context length \(256"):
+        with pytest.raises(
+            ValueError, match=r"\(300 tokens\) is longer than the model's context length \(256"
+        ):
             engine.encode(input_ids=[101] + [7592] * 298 + [102])
     assert batch.shape == (len(SENTENCES), 384)
     torch.testing.assert_close(batch, expected, atol=ATOL, rtol=0)
@@ -53,21 +58,26 @@ def test_a_list_runs_as_one_prefill_pass(llm, qwen2_path):
     outs = llm.encode(list(TEXTS) * 4)
     assert llm.scheduler.forward_ct == before + 1
     vectors = torch.tensor([o["embedding"] for o in outs])
-    torch.testing.assert_close(vectors, hf_reference(qwen2_path, tokenize(qwen2_path, TEXTS * 4)), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        vectors, hf_reference(qwen2_path, tokenize(qwen2_path, TEXTS * 4)), atol=ATOL, rtol=0
+    )
     assert len({o["meta_info"]["id"] for o in outs}) == len(outs)
     assert outs[0]["meta_info"]["finish_reason"] == {"type": "length", "length": 0}
     ok, detail = llm.scheduler.check_memory_leak()
     assert ok, detail
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"prompt": ""}, "empty"),
-    ({"prompt": []}, "The batch of inputs is empty"),
-    ({"input_ids": []}, "non-empty list"),
-    ({"input_ids": [5, 10**6]}, "out of vocabulary"),
-    ({"prompt": "hello " * 3000}, "longer than the model's context length"),
-    ({"prompt": ["x"] * 2049}, "at most 2048 are allowed"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompt": ""}, "empty"),
+        ({"prompt": []}, "The batch of inputs is empty"),
+        ({"input_ids": []}, "non-empty list"),
+        ({"input_ids": [5, 10**6]}, "out of vocabulary"),
+        ({"prompt": "hello " * 3000}, "longer than the model's context length"),
+        ({"prompt": ["x"] * 2049}, "at most 2048 are allowed"),
+    ],
+)
 def test_bad_inputs_raise_and_the_engine_keeps_serving(llm, kwargs, message):
     with pytest.raises(ValueError, match=message):
         llm.encode(**kwargs)

@@ -34,26 +34,33 @@ def test_text_single_and_batch(tokenizer):
 def test_token_ids_single_and_batch(tokenizer):
     assert build(tokenizer, input_ids=[2, 7, 3])[1][0].input_ids == [2, 7, 3]
     is_batch, reqs = build(tokenizer, input_ids=[[2, 7, 3], [2, 3]], rid="r")
-    assert is_batch and [r.input_ids for r in reqs] == [[2, 7, 3], [2, 3]] and [r.rid for r in reqs] == ["r-0", "r-1"]
+    assert (
+        is_batch
+        and [r.input_ids for r in reqs] == [[2, 7, 3], [2, 3]]
+        and [r.rid for r in reqs] == ["r-0", "r-1"]
+    )
 
 
-@pytest.mark.parametrize(("kwargs", "param", "message"), [
-    ({"text": ""}, "text", "The input text is empty."),
-    ({"text": ["ok", ""]}, "text", r"text\[1\] is empty"),
-    ({"text": []}, "text", "The batch of inputs is empty."),
-    ({"input_ids": []}, "input_ids", "non-empty list"),
-    ({"input_ids": [[2, 3], []]}, "input_ids", "non-empty list"),
-    ({"input_ids": [2, 99999]}, "input_ids", "out of vocabulary"),
-    ({"text": "word " * 40}, "text", r"longer than the model's context length \(32 tokens\)"),
-    ({"text": ["ok", "word " * 40]}, "text", r"The input text\[1\] \(\d+ tokens\) is longer"),
-    ({"text": ["a"] * 5, "max_batch_size": 4}, "text", "The batch has 5 inputs; at most 4 are allowed"),
-    ({"text": "a", "input_ids": [2]}, "text", "not both"),
-    ({}, "text", "Either text or input_ids"),
-    ({"text": 3}, "text", "string or a list of strings"),
-    ({"text": ["a", 3]}, "text", r"text\[1\] must be a string"),
-    ({"text": ["a", "b"], "rid": ["x"]}, "rid", "rid has 1 entries for 2 inputs"),
-    ({"text": "", "text_param": "input"}, "input", "empty"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "param", "message"),
+    [
+        ({"text": ""}, "text", "The input text is empty."),
+        ({"text": ["ok", ""]}, "text", r"text\[1\] is empty"),
+        ({"text": []}, "text", "The batch of inputs is empty."),
+        ({"input_ids": []}, "input_ids", "non-empty list"),
+        ({"input_ids": [[2, 3], []]}, "input_ids", "non-empty list"),
+        ({"input_ids": [2, 99999]}, "input_ids", "out of vocabulary"),
+        ({"text": "word " * 40}, "text", r"longer than the model's context length \(32 tokens\)"),
+        ({"text": ["ok", "word " * 40]}, "text", r"The input text\[1\] \(\d+ tokens\) is longer"),
+        ({"text": ["a"] * 5, "max_batch_size": 4}, "text", "The batch has 5 inputs; at most 4 are allowed"),
+        ({"text": "a", "input_ids": [2]}, "text", "not both"),
+        ({}, "text", "Either text or input_ids"),
+        ({"text": 3}, "text", "string or a list of strings"),
+        ({"text": ["a", 3]}, "text", r"text\[1\] must be a string"),
+        ({"text": ["a", "b"], "rid": ["x"]}, "rid", "rid has 1 entries for 2 inputs"),
+        ({"text": "", "text_param": "input"}, "input", "empty"),
+    ],
+)
 def test_refusals_name_the_field(tokenizer, kwargs, param, message):
     with pytest.raises(InvalidRequestError, match=message) as err:
         build(tokenizer, **kwargs)

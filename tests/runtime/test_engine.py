@@ -64,9 +64,13 @@ def test_eos_finishes_unless_ignored(llm):
     out = llm.generate("Hi", {"temperature": 0, "max_new_tokens": 5, "logit_bias": {str(eos): 100.0}})
     assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": eos}
     assert out["output_ids"] == [eos] and out["text"] == ""
-    out = llm.generate("Hi", {"temperature": 0, "max_new_tokens": 5, "ignore_eos": True, "logit_bias": {str(eos): 100.0}})
+    out = llm.generate(
+        "Hi", {"temperature": 0, "max_new_tokens": 5, "ignore_eos": True, "logit_bias": {str(eos): 100.0}}
+    )
     assert out["meta_info"]["finish_reason"]["type"] == "length" and len(out["output_ids"]) == 5
-    out = llm.generate("Hi", {"temperature": 0, "max_new_tokens": 5, "min_new_tokens": 3, "logit_bias": {str(eos): 100.0}})
+    out = llm.generate(
+        "Hi", {"temperature": 0, "max_new_tokens": 5, "min_new_tokens": 3, "logit_bias": {str(eos): 100.0}}
+    )
     assert len(out["output_ids"]) == 4 and out["output_ids"][-1] == eos
 
 
@@ -134,7 +138,10 @@ def test_abort_frees_kv_and_reports_abort(llm):
     params = SamplingParams.from_dict(greedy(50))
     params.normalize()
     for rid in ("a", "b"):
-        assert scheduler.add_request(TokenizedGenerateReq(rid, llm.tokenizer.encode("Hello there"), params)) is None
+        assert (
+            scheduler.add_request(TokenizedGenerateReq(rid, llm.tokenizer.encode("Hello there"), params))
+            is None
+        )
     scheduler.step()
     scheduler.step()
     outs = scheduler.abort_request("a")

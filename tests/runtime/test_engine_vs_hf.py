@@ -17,8 +17,10 @@ ARCH_CASES = [
     ("Qwen3ForCausalLM", {"tie_word_embeddings": True}),
 ]
 MAX_NEW = 12
-WORDS = ("the capital of France is Paris and the capital of Japan is Tokyo while numbers like 12 and 345 "
-         "appear in lists of items such as apples pears and plums").split()
+WORDS = (
+    "the capital of France is Paris and the capital of Japan is Tokyo while numbers like 12 and 345 "
+    "appear in lists of items such as apples pears and plums"
+).split()
 
 
 def make_prompts(num: int) -> list[str]:
@@ -39,7 +41,7 @@ class HFReference:
         for _ in range(num_new):
             logits = self.model(torch.tensor([ids])).logits[0, -1]
             ids.append(int(logits.argmax()))
-        return ids[len(input_ids):]
+        return ids[len(input_ids) :]
 
     @torch.no_grad()
     def prompt_logprobs(self, input_ids: list[int]) -> list[float]:
@@ -116,7 +118,9 @@ def test_prompt_and_output_logprobs_match_hf(arch_case):
     prompt = " ".join(WORDS[:20])
     input_ids = hf.tokenizer.encode(prompt)
     with sglkit.Engine(model_path=path, max_total_tokens=2048, random_seed=0) as llm:
-        out = llm.generate(prompt, greedy_params(3), return_logprob=True, logprob_start_len=0, top_logprobs_num=3)
+        out = llm.generate(
+            prompt, greedy_params(3), return_logprob=True, logprob_start_len=0, top_logprobs_num=3
+        )
         meta = out["meta_info"]
         got = meta["input_token_logprobs"]
         assert got[0][0] is None and got[0][1] == input_ids[0]

@@ -26,7 +26,9 @@ class RunningServer:
 
 def start_server(model_path: str, *extra: str, timeout: float = 180) -> RunningServer:
     """Launch ``python -m sglkit.launch_server`` on a free port and wait until it can generate."""
-    cmd = f"python -m sglkit.launch_server --model-path {model_path} --decode-log-interval 5 " + " ".join(extra)
+    cmd = f"python -m sglkit.launch_server --model-path {model_path} --decode-log-interval 5 " + " ".join(
+        extra
+    )
     process, port = launch_server_cmd(cmd, echo=False)
     base_url = f"http://127.0.0.1:{port}"
     api_key = next((extra[i + 1] for i, a in enumerate(extra) if a == "--api-key"), None)
@@ -44,12 +46,12 @@ def server_model_path(tiny_model_factory) -> str:
     return tiny_model_factory("LlamaForCausalLM")
 
 
-
-
 @pytest.fixture(scope="session")
 def server(server_model_path):
     """The shared server (metrics on). Tests that change weights restore the original ones."""
     os.environ.setdefault("SGLKIT_ECHO_LOGS", "0")
-    running = start_server(server_model_path, "--enable-metrics", "--log-requests", "--max-total-tokens 16384")
+    running = start_server(
+        server_model_path, "--enable-metrics", "--log-requests", "--max-total-tokens 16384"
+    )
     yield running
     terminate_process(running.process)

@@ -20,11 +20,24 @@ API_KEY = "secret-key"
 EXEMPT = {"/health", "/health_generate"}
 # The seed's native routes and FastAPI's own pages: covered even if /openapi.json ever stopped listing them.
 KNOWN_ROUTES = {
-    ("/generate", "POST"), ("/get_server_args", "GET"), ("/get_model_info", "GET"), ("/get_server_info", "GET"),
-    ("/server_info", "GET"), ("/flush_cache", "POST"), ("/get_memory_pool_size", "GET"), ("/update_weights", "POST"),
-    ("/update_weights_from_disk", "POST"), ("/abort_request", "POST"), ("/metrics", "GET"), ("/v1/models", "GET"),
-    ("/v1/chat/completions", "POST"), ("/v1/completions", "POST"), ("/openapi.json", "GET"), ("/docs", "GET"),
-    ("/redoc", "GET"), ("/docs/oauth2-redirect", "GET"),
+    ("/generate", "POST"),
+    ("/get_server_args", "GET"),
+    ("/get_model_info", "GET"),
+    ("/get_server_info", "GET"),
+    ("/server_info", "GET"),
+    ("/flush_cache", "POST"),
+    ("/get_memory_pool_size", "GET"),
+    ("/update_weights", "POST"),
+    ("/update_weights_from_disk", "POST"),
+    ("/abort_request", "POST"),
+    ("/metrics", "GET"),
+    ("/v1/models", "GET"),
+    ("/v1/chat/completions", "POST"),
+    ("/v1/completions", "POST"),
+    ("/openapi.json", "GET"),
+    ("/docs", "GET"),
+    ("/redoc", "GET"),
+    ("/docs/oauth2-redirect", "GET"),
 }
 WRONG_HEADERS = {
     "missing": {},
@@ -42,7 +55,10 @@ def key_server(server_model_path):
     """A server started with --api-key; its whole process tree is checked gone afterwards."""
     running = start_server(server_model_path, "--api-key", API_KEY)
     yield running
-    tree = [psutil.Process(running.process.pid), *psutil.Process(running.process.pid).children(recursive=True)]
+    tree = [
+        psutil.Process(running.process.pid),
+        *psutil.Process(running.process.pid).children(recursive=True),
+    ]
     terminate_process(running.process)
     alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"left running: {alive}"
@@ -53,9 +69,14 @@ def routes(key_server) -> list[tuple[str, str]]:
     """(path, method) of every route: /openapi.json (fetched with the key) plus KNOWN_ROUTES."""
     spec = requests.get(f"{key_server.base_url}/openapi.json", headers=GOOD)
     assert spec.status_code == 200
-    found = {(path.replace("{model_id}", "some-model"), method.upper())
-             for path, ops in spec.json()["paths"].items() for method in ops}
-    assert KNOWN_ROUTES - {r for r in KNOWN_ROUTES if r[0].startswith(("/docs", "/redoc", "/openapi"))} <= found
+    found = {
+        (path.replace("{model_id}", "some-model"), method.upper())
+        for path, ops in spec.json()["paths"].items()
+        for method in ops
+    }
+    assert (
+        KNOWN_ROUTES - {r for r in KNOWN_ROUTES if r[0].startswith(("/docs", "/redoc", "/openapi"))} <= found
+    )
     return sorted(found | KNOWN_ROUTES)
 
 
@@ -75,8 +96,12 @@ def test_every_route_refuses_a_missing_or_wrong_key(key_server, routes, how):
     for path, method in routes:
         if path in EXEMPT:
             continue
-        response = requests.request(method, key_server.base_url + path, headers=headers,
-                                    json={"text": "hi", "model_path": key_server.model_path, "abort_all": True})
+        response = requests.request(
+            method,
+            key_server.base_url + path,
+            headers=headers,
+            json={"text": "hi", "model_path": key_server.model_path, "abort_all": True},
+        )
         assert_unauthorized(response)
         checked += 1
     assert checked >= len(KNOWN_ROUTES) - 1
@@ -103,8 +128,12 @@ def test_every_route_accepts_the_right_key(key_server, routes):
         elif path == "/abort_request":
             body = {"abort_all": True}
         elif path in ("/v1/chat/completions", "/v1/completions"):
-            body = {"model": key_server.model_path, "messages": [{"role": "user", "content": "hi"}], "prompt": "hi",
-                    "max_tokens": 2}
+            body = {
+                "model": key_server.model_path,
+                "messages": [{"role": "user", "content": "hi"}],
+                "prompt": "hi",
+                "max_tokens": 2,
+            }
         else:
             body = {"text": "hi", "sampling_params": {"max_new_tokens": 2}}
         response = requests.request(method, key_server.base_url + path, headers=GOOD, json=body)
@@ -117,9 +146,11 @@ def test_every_route_accepts_the_right_key(key_server, routes):
 
 
 def test_native_generate_with_the_key(key_server):
-    response = requests.post(f"{key_server.base_url}/generate", headers=GOOD,
-                             json={"text": "The capital of France is",
-                                   "sampling_params": {"temperature": 0, "max_new_tokens": 8}})
+    response = requests.post(
+        f"{key_server.base_url}/generate",
+        headers=GOOD,
+        json={"text": "The capital of France is", "sampling_params": {"temperature": 0, "max_new_tokens": 8}},
+    )
     assert response.status_code == 200
     assert response.json()["meta_info"]["finish_reason"] == {"type": "length", "length": 8}
 
@@ -128,18 +159,28 @@ def test_openai_client_with_the_key(key_server):
     """The official client sends the key as a Bearer token: chat, streaming and model listing work."""
     client = openai.Client(base_url=f"{key_server.base_url}/v1", api_key=API_KEY)
     assert [m.id for m in client.models.list()] == [key_server.model_path]
-    response = client.chat.completions.create(model=key_server.model_path, temperature=0, max_tokens=8,
-                                              messages=[{"role": "user", "content": "List 3 countries."}])
+    response = client.chat.completions.create(
+        model=key_server.model_path,
+        temperature=0,
+        max_tokens=8,
+        messages=[{"role": "user", "content": "List 3 countries."}],
+    )
     assert response.usage.completion_tokens == 8
-    stream = client.chat.completions.create(model=key_server.model_path, temperature=0, max_tokens=8, stream=True,
-                                            messages=[{"role": "user", "content": "List 3 countries."}])
+    stream = client.chat.completions.create(
+        model=key_server.model_path,
+        temperature=0,
+        max_tokens=8,
+        stream=True,
+        messages=[{"role": "user", "content": "List 3 countries."}],
+    )
     assert "".join(c.choices[0].delta.content or "" for c in stream) == response.choices[0].message.content
 
 
 def test_openai_client_with_a_wrong_key_is_refused(key_server):
     client = openai.Client(base_url=f"{key_server.base_url}/v1", api_key="None", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as excinfo:
-        client.chat.completions.create(model=key_server.model_path, max_tokens=2,
-                                       messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(
+            model=key_server.model_path, max_tokens=2, messages=[{"role": "user", "content": "hi"}]
+        )
     assert excinfo.value.status_code == 401
     assert excinfo.value.code == "invalid_api_key"

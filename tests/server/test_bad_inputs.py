@@ -63,16 +63,29 @@ def body_cases(model: str, context_len: int) -> list[tuple[str, str, Any, str | 
         ("cmpl-temperature-str", COMPLETIONS, _completion(model, temperature="hot"), "temperature"),
         ("cmpl-max_tokens-str", COMPLETIONS, _completion(model, max_tokens="10"), "max_tokens"),
         ("chat-messages-not-list", CHAT, {"model": model, "messages": "hi"}, "messages"),
-        ("chat-bad-role", CHAT, {"model": model, "messages": [{"role": "wizard", "content": "hi"}]},
-         "messages[0].role"),
+        (
+            "chat-bad-role",
+            CHAT,
+            {"model": model, "messages": [{"role": "wizard", "content": "hi"}]},
+            "messages[0].role",
+        ),
         ("update-weights-no-path", "/update_weights", {}, "model_path"),
         ("update-weights-path-int", "/update_weights", {"model_path": 3}, "model_path"),
         ("abort-rid-int", "/abort_request", {"rid": 3}, "rid"),
         ("abort-abort_all-str", "/abort_request", {"abort_all": "yes"}, "abort_all"),
     ]
-    out_of_range = [("temperature", -1), ("top_p", 0), ("top_p", 1.5), ("top_k", 0), ("min_p", 2),
-                    ("repetition_penalty", 0), ("frequency_penalty", 5), ("presence_penalty", -3), ("n", 0),
-                    ("n", 100000)]
+    out_of_range = [
+        ("temperature", -1),
+        ("top_p", 0),
+        ("top_p", 1.5),
+        ("top_k", 0),
+        ("min_p", 2),
+        ("repetition_penalty", 0),
+        ("frequency_penalty", 5),
+        ("presence_penalty", -3),
+        ("n", 0),
+        ("n", 100000),
+    ]
     for name, value in out_of_range:
         cases.append((f"gen-{name}={value}", GENERATE, gen(**{name: value}), name))
         cases.append((f"cmpl-{name}={value}", COMPLETIONS, _completion(model, **{name: value}), name))
@@ -85,8 +98,12 @@ def body_cases(model: str, context_len: int) -> list[tuple[str, str, Any, str | 
         ("cmpl-empty-prompt-list", COMPLETIONS, _completion(model, prompt=[]), "prompt"),
         ("chat-empty-messages", CHAT, {"model": model, "messages": []}, "messages"),
         ("gen-input-fills-context", GENERATE, {"input_ids": [5] * context_len}, "input_ids"),
-        ("gen-input-plus-output-overflows", GENERATE,
-         {"input_ids": [5] * (context_len - 4), "sampling_params": {"max_new_tokens": 10}}, "max_new_tokens"),
+        (
+            "gen-input-plus-output-overflows",
+            GENERATE,
+            {"input_ids": [5] * (context_len - 4), "sampling_params": {"max_new_tokens": 10}},
+            "max_new_tokens",
+        ),
         ("cmpl-max_tokens-huge", COMPLETIONS, _completion(model, max_tokens=10**9), "max_tokens"),
         ("chat-max_tokens-huge", CHAT, _chat(model, max_tokens=10**9), "max_tokens"),
         ("chat-unknown-model", CHAT, _chat("no-such-model"), "model"),
@@ -97,12 +114,25 @@ def body_cases(model: str, context_len: int) -> list[tuple[str, str, Any, str | 
         ("cmpl-negative-id", COMPLETIONS, _completion(model, prompt=[1, -5]), "prompt"),
         ("cmpl-oov-id", COMPLETIONS, _completion(model, prompt=[1, 10**6]), "prompt"),
         ("gen-surrogate", GENERATE, b'{"text": "' + SURROGATE_IN_STRING + b' hi"}', "text"),
-        ("cmpl-surrogate", COMPLETIONS,
-         b'{"model": "' + model.encode() + b'", "prompt": "a' + SURROGATE_IN_STRING + b'"}', "prompt"),
-        ("chat-surrogate", CHAT, b'{"model": "' + model.encode() + b'", "messages": [{"role": "user", '
-         b'"content": "' + SURROGATE_IN_STRING + b'"}]}', "messages"),
-        ("gen-surrogate-stop", GENERATE,
-         b'{"text": "hi", "sampling_params": {"stop": "\\udfff"}}', "sampling_params"),
+        (
+            "cmpl-surrogate",
+            COMPLETIONS,
+            b'{"model": "' + model.encode() + b'", "prompt": "a' + SURROGATE_IN_STRING + b'"}',
+            "prompt",
+        ),
+        (
+            "chat-surrogate",
+            CHAT,
+            b'{"model": "' + model.encode() + b'", "messages": [{"role": "user", '
+            b'"content": "' + SURROGATE_IN_STRING + b'"}]}',
+            "messages",
+        ),
+        (
+            "gen-surrogate-stop",
+            GENERATE,
+            b'{"text": "hi", "sampling_params": {"stop": "\\udfff"}}',
+            "sampling_params",
+        ),
     ]
     return cases
 
@@ -133,7 +163,9 @@ def post(base_url: str, route: str, body: Any) -> requests.Response:
 
 def good_generation(base_url: str) -> None:
     """A normal request still works."""
-    response = requests.post(f"{base_url}/generate", json={"text": "hi", "sampling_params": {"max_new_tokens": 2}})
+    response = requests.post(
+        f"{base_url}/generate", json={"text": "hi", "sampling_params": {"max_new_tokens": 2}}
+    )
     assert response.status_code == 200, response.text
     assert response.json()["meta_info"]["completion_tokens"] == 2
 
@@ -156,18 +188,27 @@ def test_bad_body_is_400_naming_the_param(server, context_len, case_id):
 
 def test_bad_sampling_value_in_stream_request_is_plain_400(server):
     """Validation happens before the stream starts: a plain 400, not an SSE error event."""
-    response = requests.post(f"{server.base_url}/generate", stream=True,
-                             json={"text": "hi", "stream": True, "sampling_params": {"temperature": -1}})
+    response = requests.post(
+        f"{server.base_url}/generate",
+        stream=True,
+        json={"text": "hi", "stream": True, "sampling_params": {"temperature": -1}},
+    )
     assert_error_body(response, 400, "temperature")
-    response = requests.post(f"{server.base_url}/v1/chat/completions", stream=True,
-                             json=_chat(server.model_path, stream=True, top_p=0))
+    response = requests.post(
+        f"{server.base_url}/v1/chat/completions",
+        stream=True,
+        json=_chat(server.model_path, stream=True, top_p=0),
+    )
     assert_error_body(response, 400, "top_p")
 
 
 def test_errors_mention_the_openai_names(server):
     """OpenAI routes speak OpenAI parameter names in messages, never SGLang's internal ones."""
-    error = assert_error_body(post(server.base_url, COMPLETIONS, _completion(server.model_path, max_tokens=10**9)),
-                              400, "max_tokens")
+    error = assert_error_body(
+        post(server.base_url, COMPLETIONS, _completion(server.model_path, max_tokens=10**9)),
+        400,
+        "max_tokens",
+    )
     assert "max_new_tokens" not in error["message"]
     assert error["code"] == "context_length_exceeded"
     error = assert_error_body(post(server.base_url, CHAT, _chat("no-such-model")), 400, "model")
@@ -179,7 +220,9 @@ def test_body_too_large_is_413(server):
     """A body over the 64 MiB limit (by Content-Length) is refused before it is read."""
     big = b'{"text": "' + b"a" * ((64 << 20) + 16) + b'"}'
     for route in (GENERATE, CHAT):
-        response = requests.post(server.base_url + route, data=big, headers={"Content-Type": "application/json"})
+        response = requests.post(
+            server.base_url + route, data=big, headers={"Content-Type": "application/json"}
+        )
         assert response.status_code == 413
         assert response.json()["error"]["code"] == 413
     good_generation(server.base_url)
@@ -193,13 +236,23 @@ def test_chunked_body_too_large_is_413(server):
         for _ in range(65):
             yield b"a" * (1 << 20)
 
-    response = requests.post(f"{server.base_url}/generate", data=chunks(),
-                             headers={"Content-Type": "application/json"})
+    response = requests.post(
+        f"{server.base_url}/generate", data=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 413
 
 
-@pytest.mark.parametrize("path", ["/flush_cache", "/update_weights", "/update_weights_from_disk", "/abort_request",
-                                  "/v1/chat/completions", "/v1/completions"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/flush_cache",
+        "/update_weights",
+        "/update_weights_from_disk",
+        "/abort_request",
+        "/v1/chat/completions",
+        "/v1/completions",
+    ],
+)
 def test_get_on_post_only_routes_is_405(server, path):
     response = requests.get(server.base_url + path)
     assert response.status_code == 405

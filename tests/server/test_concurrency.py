@@ -23,8 +23,9 @@ LONG = {"temperature": 0, "max_new_tokens": 1500, "ignore_eos": True}
 
 def generate(base_url: str, prompt: str, sampling_params: dict, timeout: float = 120) -> dict:
     """POST /generate with a text prompt; asserts 200."""
-    resp = requests.post(f"{base_url}/generate", json={"text": prompt, "sampling_params": sampling_params},
-                         timeout=timeout)
+    resp = requests.post(
+        f"{base_url}/generate", json={"text": prompt, "sampling_params": sampling_params}, timeout=timeout
+    )
     assert resp.status_code == 200, resp.text
     return resp.json()
 
@@ -94,15 +95,22 @@ def test_concurrent_requests_are_batched_and_match_solo_outputs(server, solo_out
 
 def test_concurrent_async_openai_requests_match_solo_outputs(server, solo_outputs):
     async def one(client, i: int, prompt: str) -> str:
-        kwargs = dict(model=server.model_path, prompt=prompt, temperature=0, max_tokens=MAX_NEW_TOKENS,
-                      extra_body={"ignore_eos": True})
+        kwargs = dict(
+            model=server.model_path,
+            prompt=prompt,
+            temperature=0,
+            max_tokens=MAX_NEW_TOKENS,
+            extra_body={"ignore_eos": True},
+        )
         if i % 2 == 0:
             return (await client.completions.create(**kwargs)).choices[0].text
         stream = await client.completions.create(**kwargs, stream=True)
         return "".join([c.choices[0].text async for c in stream])
 
     async def texts() -> list[str]:
-        async with openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="None", max_retries=0) as client:
+        async with openai.AsyncOpenAI(
+            base_url=f"{server.base_url}/v1", api_key="None", max_retries=0
+        ) as client:
             return await asyncio.gather(*(one(client, i, p) for i, p in enumerate(PROMPTS)))
 
     log_start = len(server.log())
@@ -114,7 +122,9 @@ def test_concurrent_async_openai_requests_match_solo_outputs(server, solo_output
 def test_health_answers_quickly_while_a_long_batch_runs(server):
     num_long = 16
     with ThreadPoolExecutor(max_workers=num_long) as pool:
-        futures = [pool.submit(generate, server.base_url, f"Long story number {i}:", LONG) for i in range(num_long)]
+        futures = [
+            pool.submit(generate, server.base_url, f"Long story number {i}:", LONG) for i in range(num_long)
+        ]
         wait_until_running(server.base_url, num_long)
         for _ in range(5):
             # The timeout is the assertion: a blocked event loop would not answer within a second.
@@ -141,11 +151,17 @@ def _read_openai_stream_then_leave(base_url: str, model: str, route: str) -> Non
     with openai.OpenAI(base_url=f"{base_url}/v1", api_key="None", max_retries=0) as client:
         extra = {"ignore_eos": True}
         if route == "chat":
-            stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Go on."}],
-                                                    max_tokens=1500, extra_body=extra, stream=True)
+            stream = client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": "Go on."}],
+                max_tokens=1500,
+                extra_body=extra,
+                stream=True,
+            )
         else:
-            stream = client.completions.create(model=model, prompt="Go on.", max_tokens=1500, extra_body=extra,
-                                               stream=True)
+            stream = client.completions.create(
+                model=model, prompt="Go on.", max_tokens=1500, extra_body=extra, stream=True
+            )
         for i, _ in enumerate(stream):
             if i == 3:
                 break
@@ -167,9 +183,11 @@ def test_client_leaving_a_stream_aborts_its_request_and_frees_its_kv(server, rou
 def test_client_timing_out_a_non_streamed_request_aborts_it(server):
     before = server_info(server.base_url)["num_generated_tokens"]
     with pytest.raises(requests.Timeout):
-        requests.post(f"{server.base_url}/generate", json={"text": "Tell me a long story.", "sampling_params": LONG},
-                      timeout=1.0)
+        requests.post(
+            f"{server.base_url}/generate",
+            json={"text": "Tell me a long story.", "sampling_params": LONG},
+            timeout=1.0,
+        )
     info = wait_until_idle(server.base_url)
     assert info["num_generated_tokens"] - before < LONG["max_new_tokens"]
     assert_kv_back_to_idle(server.base_url)
-

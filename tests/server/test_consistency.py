@@ -61,13 +61,15 @@ def generate(server, **body) -> dict:
 def generate_stream(server, **body) -> list[dict]:
     """POST /generate with stream=True: the parsed ``data:`` events before ``[DONE]``."""
     events = []
-    with requests.post(f"{server.base_url}/generate", json={**body, "stream": True}, stream=True, timeout=60) as resp:
+    with requests.post(
+        f"{server.base_url}/generate", json={**body, "stream": True}, stream=True, timeout=60
+    ) as resp:
         assert resp.status_code == 200, resp.text
         lines = [line.decode() for line in resp.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
     for line in lines[:-1]:
         assert line.startswith("data: ")
-        events.append(json.loads(line[len("data: "):]))
+        events.append(json.loads(line[len("data: ") :]))
     return events
 
 
@@ -81,8 +83,13 @@ def test_text_prompt_agrees_across_generate_completions_and_engine(server, clien
     assert offline["text"] == native["text"]
     by_ids = generate(server, input_ids=tokenizer(prompt).input_ids, sampling_params=GREEDY)
     assert by_ids["output_ids"] == native["output_ids"]
-    completion = client.completions.create(model=server.model_path, prompt=prompt, temperature=0,
-                                           max_tokens=MAX_NEW_TOKENS, extra_body={"ignore_eos": True})
+    completion = client.completions.create(
+        model=server.model_path,
+        prompt=prompt,
+        temperature=0,
+        max_tokens=MAX_NEW_TOKENS,
+        extra_body={"ignore_eos": True},
+    )
     assert completion.choices[0].text == native["text"]
     assert completion.usage.completion_tokens == MAX_NEW_TOKENS
     assert completion.usage.prompt_tokens == native["meta_info"]["prompt_tokens"]
@@ -94,12 +101,22 @@ def test_chat_agrees_with_templated_generate_and_engine(server, client, engine, 
     native = generate(server, input_ids=ids, sampling_params=GREEDY)
     offline = engine.generate(input_ids=ids, sampling_params=dict(GREEDY))
     assert offline["output_ids"] == native["output_ids"] and offline["text"] == native["text"]
-    chat = client.chat.completions.create(model=server.model_path, messages=messages, temperature=0,
-                                          max_tokens=MAX_NEW_TOKENS, extra_body={"ignore_eos": True})
+    chat = client.chat.completions.create(
+        model=server.model_path,
+        messages=messages,
+        temperature=0,
+        max_tokens=MAX_NEW_TOKENS,
+        extra_body={"ignore_eos": True},
+    )
     assert chat.choices[0].message.content == native["text"]
     assert chat.usage.prompt_tokens == len(ids) and chat.usage.completion_tokens == MAX_NEW_TOKENS
-    completion = client.completions.create(model=server.model_path, prompt=ids, temperature=0,
-                                           max_tokens=MAX_NEW_TOKENS, extra_body={"ignore_eos": True})
+    completion = client.completions.create(
+        model=server.model_path,
+        prompt=ids,
+        temperature=0,
+        max_tokens=MAX_NEW_TOKENS,
+        extra_body={"ignore_eos": True},
+    )
     assert completion.choices[0].text == native["text"]
 
 
@@ -109,8 +126,13 @@ def test_batch_requests_agree_with_single_ones(server, client, engine):
     assert [b["output_ids"] for b in batch] == [s["output_ids"] for s in singles]
     offline = engine.generate(PROMPTS, dict(GREEDY))
     assert [o["output_ids"] for o in offline] == [s["output_ids"] for s in singles]
-    completion = client.completions.create(model=server.model_path, prompt=PROMPTS, temperature=0,
-                                           max_tokens=MAX_NEW_TOKENS, extra_body={"ignore_eos": True})
+    completion = client.completions.create(
+        model=server.model_path,
+        prompt=PROMPTS,
+        temperature=0,
+        max_tokens=MAX_NEW_TOKENS,
+        extra_body={"ignore_eos": True},
+    )
     assert [c.text for c in completion.choices] == [s["text"] for s in singles]
 
 
@@ -122,7 +144,7 @@ def test_native_and_engine_streams_concatenate_to_the_non_streamed_text(server, 
     # Cumulative text (as the seed's streaming cell reads it): every event extends the previous one.
     assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))
     assert texts[-1] == full["text"]
-    assert "".join(b[len(a):] for a, b in zip([""] + texts, texts)) == full["text"]
+    assert "".join(b[len(a) :] for a, b in zip([""] + texts, texts)) == full["text"]
     assert events[-1]["output_ids"] == full["output_ids"]
     assert events[-1]["meta_info"]["finish_reason"] == full["meta_info"]["finish_reason"]
     assert all(e["meta_info"]["finish_reason"] is None for e in events[:-1])
@@ -133,8 +155,13 @@ def test_native_and_engine_streams_concatenate_to_the_non_streamed_text(server, 
 
 @pytest.mark.parametrize("prompt", PROMPTS[:2])
 def test_openai_completion_stream_concatenates_to_the_non_streamed_text(server, client, prompt):
-    kwargs = dict(model=server.model_path, prompt=prompt, temperature=0, max_tokens=MAX_NEW_TOKENS,
-                  extra_body={"ignore_eos": True})
+    kwargs = dict(
+        model=server.model_path,
+        prompt=prompt,
+        temperature=0,
+        max_tokens=MAX_NEW_TOKENS,
+        extra_body={"ignore_eos": True},
+    )
     full = client.completions.create(**kwargs).choices[0].text
     chunks = list(client.completions.create(**kwargs, stream=True))
     assert "".join(c.choices[0].text for c in chunks) == full
@@ -143,8 +170,13 @@ def test_openai_completion_stream_concatenates_to_the_non_streamed_text(server, 
 
 @pytest.mark.parametrize("messages", CHATS)
 def test_openai_chat_stream_concatenates_to_the_non_streamed_text(server, client, messages):
-    kwargs = dict(model=server.model_path, messages=messages, temperature=0, max_tokens=MAX_NEW_TOKENS,
-                  extra_body={"ignore_eos": True})
+    kwargs = dict(
+        model=server.model_path,
+        messages=messages,
+        temperature=0,
+        max_tokens=MAX_NEW_TOKENS,
+        extra_body={"ignore_eos": True},
+    )
     full = client.chat.completions.create(**kwargs).choices[0].message.content
     chunks = list(client.chat.completions.create(**kwargs, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == full
@@ -154,8 +186,14 @@ def test_openai_chat_stream_concatenates_to_the_non_streamed_text(server, client
 def test_logprobs_agree_between_native_and_openai(server, client, tokenizer):
     prompt = PROMPTS[0]
     native = generate(server, text=prompt, sampling_params=GREEDY, return_logprob=True, top_logprobs_num=2)
-    completion = client.completions.create(model=server.model_path, prompt=prompt, temperature=0,
-                                           max_tokens=MAX_NEW_TOKENS, logprobs=2, extra_body={"ignore_eos": True})
+    completion = client.completions.create(
+        model=server.model_path,
+        prompt=prompt,
+        temperature=0,
+        max_tokens=MAX_NEW_TOKENS,
+        logprobs=2,
+        extra_body={"ignore_eos": True},
+    )
     lp = completion.choices[0].logprobs
     triples = native["meta_info"]["output_token_logprobs"]
     assert [t[1] for t in triples] == native["output_ids"]

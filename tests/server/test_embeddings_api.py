@@ -61,7 +61,9 @@ def test_encode_single_and_list_match_hf(bert_server):
     path = bert_server.model_path
     expected = hf_reference(path, tokenize(path, TEXTS))
     one = post(bert_server, "/encode", model=path, text=TEXTS[0])
-    assert set(one) == {"embedding", "meta_info"} and one["meta_info"]["prompt_tokens"] == len(tokenize(path, TEXTS[:1])[0])
+    assert set(one) == {"embedding", "meta_info"} and one["meta_info"]["prompt_tokens"] == len(
+        tokenize(path, TEXTS[:1])[0]
+    )
     torch.testing.assert_close(torch.tensor(one["embedding"]), expected[0], atol=ATOL, rtol=0)
     many = post(bert_server, "/encode", text=list(TEXTS))
     assert isinstance(many, list) and len(many) == len(TEXTS)
@@ -69,7 +71,9 @@ def test_encode_single_and_list_match_hf(bert_server):
     by_ids = post(bert_server, "/encode", input_ids=tokenize(path, TEXTS))
     torch.testing.assert_close(vectors(by_ids), expected, atol=ATOL, rtol=0)
     # One request with a list is one prefill pass over all of it (the seed's log line).
-    assert (str(len(TEXTS)), str(sum(map(len, tokenize(path, TEXTS))))) in PREFILL_LINE.findall(bert_server.log())
+    assert (str(len(TEXTS)), str(sum(map(len, tokenize(path, TEXTS))))) in PREFILL_LINE.findall(
+        bert_server.log()
+    )
 
 
 def test_v1_embeddings_float_and_base64(bert_server):
@@ -77,7 +81,9 @@ def test_v1_embeddings_float_and_base64(bert_server):
     expected = hf_reference(path, tokenize(path, TEXTS))
     body = post(bert_server, "/v1/embeddings", model=path, input=list(TEXTS))
     assert body["object"] == "list" and body["model"] == path
-    assert [d["index"] for d in body["data"]] == [0, 1, 2] and {d["object"] for d in body["data"]} == {"embedding"}
+    assert [d["index"] for d in body["data"]] == [0, 1, 2] and {d["object"] for d in body["data"]} == {
+        "embedding"
+    }
     num_tokens = sum(map(len, tokenize(path, TEXTS)))
     assert body["usage"] == {"prompt_tokens": num_tokens, "total_tokens": num_tokens}
     torch.testing.assert_close(vectors(body["data"]), expected, atol=ATOL, rtol=0)
@@ -93,8 +99,12 @@ def test_openai_client_embeddings_create(bert_server):
     path = bert_server.model_path
     expected = hf_reference(path, tokenize(path, TEXTS))
     with openai.OpenAI(base_url=f"{bert_server.base_url}/v1", api_key="None", max_retries=0) as client:
-        result = client.embeddings.create(model=path, input=list(TEXTS))  # the client asks for base64 by default
-        torch.testing.assert_close(torch.tensor([d.embedding for d in result.data]), expected, atol=ATOL, rtol=0)
+        result = client.embeddings.create(
+            model=path, input=list(TEXTS)
+        )  # the client asks for base64 by default
+        torch.testing.assert_close(
+            torch.tensor([d.embedding for d in result.data]), expected, atol=ATOL, rtol=0
+        )
         assert result.usage.prompt_tokens == sum(map(len, tokenize(path, TEXTS)))
         floats = client.embeddings.create(model=path, input=TEXTS[0], encoding_format="float")
         torch.testing.assert_close(torch.tensor(floats.data[0].embedding), expected[0], atol=ATOL, rtol=0)
@@ -102,27 +112,37 @@ def test_openai_client_embeddings_create(bert_server):
             client.embeddings.create(model="other-model", input="x")
 
 
-@pytest.mark.parametrize(("route", "body", "param", "pattern"), [
-    ("/encode", {"text": ""}, "text", "The input text is empty"),
-    ("/encode", {"text": []}, "text", "The batch of inputs is empty"),
-    ("/encode", {"text": "word " * 400}, "text", r"\(\d+ tokens\) is longer than the model's context length \(128"),
-    ("/encode", {"text": ["x"] * 2049}, "text", "The batch has 2049 inputs; at most 2048"),
-    ("/encode", {"input_ids": [2, 10**6]}, "input_ids", "out of vocabulary"),
-    ("/encode", {"text": "a", "input_ids": [2]}, "text", "not both"),
-    ("/classify", {}, "text", "Either text or input_ids"),
-    ("/v1/embeddings", {"input": ""}, "input", "^The input text is empty.$"),
-    ("/v1/embeddings", {"input": []}, "input", "empty"),
-    ("/v1/embeddings", {"input": [[]]}, "input", "non-empty list"),
-    ("/v1/embeddings", {"input": ["ok", "word " * 400]}, "input", r"input\[1\] \(\d+ tokens\) is longer"),
-    ("/v1/embeddings", {"input": ["x"] * 2049}, "input", "at most 2048"),
-    ("/v1/embeddings", {"input": ["a", 3]}, "input", "input"),
-    ("/v1/embeddings", {"input": "a", "encoding_format": "int8"}, "encoding_format", "float"),
-    ("/v1/embeddings", {"input": "a", "dimensions": 7}, "dimensions", "64 dimensions"),
-    ("/v1/embeddings", {"input": "a", "model": "nope"}, "model", "does not exist"),
-    ("/generate", {"text": "a"}, "model", "embedding model"),
-    ("/v1/completions", {"prompt": "a"}, "model", "embedding model"),
-])
-def test_refusals_are_400s_naming_the_field_and_the_server_keeps_serving(bert_server, route, body, param, pattern):
+@pytest.mark.parametrize(
+    ("route", "body", "param", "pattern"),
+    [
+        ("/encode", {"text": ""}, "text", "The input text is empty"),
+        ("/encode", {"text": []}, "text", "The batch of inputs is empty"),
+        (
+            "/encode",
+            {"text": "word " * 400},
+            "text",
+            r"\(\d+ tokens\) is longer than the model's context length \(128",
+        ),
+        ("/encode", {"text": ["x"] * 2049}, "text", "The batch has 2049 inputs; at most 2048"),
+        ("/encode", {"input_ids": [2, 10**6]}, "input_ids", "out of vocabulary"),
+        ("/encode", {"text": "a", "input_ids": [2]}, "text", "not both"),
+        ("/classify", {}, "text", "Either text or input_ids"),
+        ("/v1/embeddings", {"input": ""}, "input", "^The input text is empty.$"),
+        ("/v1/embeddings", {"input": []}, "input", "empty"),
+        ("/v1/embeddings", {"input": [[]]}, "input", "non-empty list"),
+        ("/v1/embeddings", {"input": ["ok", "word " * 400]}, "input", r"input\[1\] \(\d+ tokens\) is longer"),
+        ("/v1/embeddings", {"input": ["x"] * 2049}, "input", "at most 2048"),
+        ("/v1/embeddings", {"input": ["a", 3]}, "input", "input"),
+        ("/v1/embeddings", {"input": "a", "encoding_format": "int8"}, "encoding_format", "float"),
+        ("/v1/embeddings", {"input": "a", "dimensions": 7}, "dimensions", "64 dimensions"),
+        ("/v1/embeddings", {"input": "a", "model": "nope"}, "model", "does not exist"),
+        ("/generate", {"text": "a"}, "model", "embedding model"),
+        ("/v1/completions", {"prompt": "a"}, "model", "embedding model"),
+    ],
+)
+def test_refusals_are_400s_naming_the_field_and_the_server_keeps_serving(
+    bert_server, route, body, param, pattern
+):
     assert_400(bert_server, route, param, pattern, **body)
     assert len(post(bert_server, "/encode", text="still serving")["embedding"]) == 64
 
@@ -147,7 +167,9 @@ def decoder_server(request, tiny_embedding_model):  # noqa: F811
 def test_decoder_vectors_match_hf_single_and_batched(decoder_server):
     path = decoder_server.model_path
     expected = hf_reference(path, tokenize(path, TEXTS))
-    torch.testing.assert_close(vectors(post(decoder_server, "/encode", text=list(TEXTS))), expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        vectors(post(decoder_server, "/encode", text=list(TEXTS))), expected, atol=ATOL, rtol=0
+    )
     one = post(decoder_server, "/classify", text=TEXTS[2])
     torch.testing.assert_close(torch.tensor(one["embedding"]), expected[2], atol=ATOL, rtol=0)
 
@@ -182,7 +204,8 @@ def test_seed001_classify_reward_model(reward_server):
     expected = hf_reference(reward_server.model_path, [tokenizer(p)["input_ids"] for p in prompts])[:, 0]
     torch.testing.assert_close(torch.tensor(rewards), expected, atol=ATOL, rtol=0)
     assert ("2", str(sum(r["meta_info"]["prompt_tokens"] for r in responses))) in PREFILL_LINE.findall(
-        reward_server.log())
+        reward_server.log()
+    )
 
 
 # ----------------------------------------------------------------------------- the real all-MiniLM-L6-v2
@@ -196,10 +219,17 @@ def minilm_server():
 def test_minilm_v1_embeddings_equal_sentence_transformers(minilm_server):
     from sentence_transformers import SentenceTransformer
 
-    sentences = ["A man is eating food.", "A man is riding a white horse on an enclosed ground.",
-                 "The new movie is awesome", "Embeddings map sentences to vectors."]
-    expected = SentenceTransformer(minilm_server.model_path, device="cpu").encode(
-        sentences, normalize_embeddings=True, convert_to_tensor=True).float()
+    sentences = [
+        "A man is eating food.",
+        "A man is riding a white horse on an enclosed ground.",
+        "The new movie is awesome",
+        "Embeddings map sentences to vectors.",
+    ]
+    expected = (
+        SentenceTransformer(minilm_server.model_path, device="cpu")
+        .encode(sentences, normalize_embeddings=True, convert_to_tensor=True)
+        .float()
+    )
     body = post(minilm_server, "/v1/embeddings", model=minilm_server.model_path, input=sentences)
     ours = vectors(body["data"])
     torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)

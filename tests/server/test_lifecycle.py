@@ -27,14 +27,14 @@ from tests.server.conftest import start_server
 LAUNCH = "python -m sglkit.launch_server --model-path {model}"
 LONG = {"temperature": 0, "max_new_tokens": 1900, "ignore_eos": True}
 
-DRIVER = '''
+DRIVER = """
 import json, sys, time
 from sglkit.utils import launch_server_cmd, wait_for_server
 process, port = launch_server_cmd(sys.argv[1], echo=False)
 wait_for_server(f"http://127.0.0.1:{port}", timeout=300, process=process, print_note=False)
 print(json.dumps({"pid": process.pid, "port": port}), flush=True)
 time.sleep(600)
-'''
+"""
 
 
 def live(procs: list[psutil.Process]) -> list[psutil.Process]:
@@ -65,7 +65,9 @@ def tree(pid: int) -> list[psutil.Process]:
 
 def scheduler_of(server_pid: int) -> psutil.Process:
     """The scheduler process (the multiprocessing-spawned child) of a running server."""
-    children = [p for p in psutil.Process(server_pid).children() if "multiprocessing.spawn" in " ".join(p.cmdline())]
+    children = [
+        p for p in psutil.Process(server_pid).children() if "multiprocessing.spawn" in " ".join(p.cmdline())
+    ]
     assert len(children) == 1, [p.cmdline() for p in psutil.Process(server_pid).children()]
     return children[0]
 
@@ -88,8 +90,12 @@ def ipc_paths(server_pid: int) -> list[str]:
 
 def _read_stream(url: str, out: list) -> None:
     try:
-        with requests.post(f"{url}/generate", stream=True, timeout=60,
-                           json={"text": "A long story:", "sampling_params": LONG, "stream": True}) as resp:
+        with requests.post(
+            f"{url}/generate",
+            stream=True,
+            timeout=60,
+            json={"text": "A long story:", "sampling_params": LONG, "stream": True},
+        ) as resp:
             for line in resp.iter_lines():
                 out.append(line)
     except requests.RequestException as e:  # a cut connection is an acceptable end; a hang is not
@@ -140,8 +146,13 @@ def test_sigkill_of_the_launching_python_takes_the_server_down(server_model_path
     driver_path = tmp_path / "driver.py"
     driver_path.write_text(DRIVER)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    driver = subprocess.Popen([sys.executable, str(driver_path), LAUNCH.format(model=server_model_path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    driver = subprocess.Popen(
+        [sys.executable, str(driver_path), LAUNCH.format(model=server_model_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
     members: list[psutil.Process] = []
     try:
         lines: list[str] = []
@@ -174,7 +185,9 @@ def test_wait_for_server_raises_with_the_error_for_a_bad_model_path(tmp_path):
     try:
         started = time.monotonic()
         with pytest.raises(RuntimeError) as info:
-            wait_for_server(f"http://127.0.0.1:{port}", timeout=120, print_note=False)  # finds the process by port
+            wait_for_server(
+                f"http://127.0.0.1:{port}", timeout=120, print_note=False
+            )  # finds the process by port
         assert time.monotonic() - started < 120
         message = str(info.value)
         assert "exited with code 1" in message
@@ -215,16 +228,27 @@ def test_a_dead_scheduler_makes_the_server_unhealthy_without_hangs(server_model_
     try:
         members = tree(running.process.pid)
         plain: dict = {}
-        plain_thread = threading.Thread(target=_post_json, daemon=True, args=(
-            f"{base}/generate", {"text": "A long story:", "sampling_params": LONG}, plain))
+        plain_thread = threading.Thread(
+            target=_post_json,
+            daemon=True,
+            args=(f"{base}/generate", {"text": "A long story:", "sampling_params": LONG}, plain),
+        )
         plain_thread.start()
-        stream = requests.post(f"{base}/generate", stream=True, timeout=60,
-                               json={"text": "Another long story:", "sampling_params": LONG, "stream": True})
+        stream = requests.post(
+            f"{base}/generate",
+            stream=True,
+            timeout=60,
+            json={"text": "Another long story:", "sampling_params": LONG, "stream": True},
+        )
         lines = (line for line in stream.iter_lines() if line)
         assert next(lines).startswith(b"data: {")
         chat_stream = client.chat.completions.create(
-            model=running.model_path, messages=[{"role": "user", "content": "Go on."}], max_tokens=1900,
-            extra_body={"ignore_eos": True}, stream=True)
+            model=running.model_path,
+            messages=[{"role": "user", "content": "Go on."}],
+            max_tokens=1900,
+            extra_body={"ignore_eos": True},
+            stream=True,
+        )
         chat_chunks = iter(chat_stream)
         assert next(chat_chunks).choices[0].delta.role == "assistant"
         deadline = time.monotonic() + 30
@@ -236,10 +260,12 @@ def test_a_dead_scheduler_makes_the_server_unhealthy_without_hangs(server_model_
 
         rest = [line.decode() for line in lines]  # ends: the stream does not hang
         assert rest[-1] == "data: [DONE]"
-        error = json.loads(rest[-2][len("data: "):])["error"]
+        error = json.loads(rest[-2][len("data: ") :])["error"]
         assert "scheduler process died" in error["message"]
         with pytest.raises(openai.APIError, match="scheduler process died"):
-            for _ in chat_chunks:  # the OpenAI stream ends with an in-band error event, which the client raises
+            for (
+                _
+            ) in chat_chunks:  # the OpenAI stream ends with an in-band error event, which the client raises
                 pass
         plain_thread.join(timeout=30)
         assert not plain_thread.is_alive()
@@ -249,11 +275,19 @@ def test_a_dead_scheduler_makes_the_server_unhealthy_without_hangs(server_model_
         while requests.get(f"{base}/health", timeout=2).status_code != 503:
             assert time.monotonic() < deadline, "/health still answers 200 with a dead scheduler"
             time.sleep(0.1)
-        resp = requests.post(f"{base}/generate", json={"text": "Hi", "sampling_params": {"max_new_tokens": 2}},
-                             timeout=10)
+        resp = requests.post(
+            f"{base}/generate", json={"text": "Hi", "sampling_params": {"max_new_tokens": 2}}, timeout=10
+        )
         assert resp.status_code == 503 and resp.json()["error"]["type"] == "server_error"
-        resp = requests.post(f"{base}/v1/chat/completions", timeout=10, json={
-            "model": running.model_path, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+        resp = requests.post(
+            f"{base}/v1/chat/completions",
+            timeout=10,
+            json={
+                "model": running.model_path,
+                "messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": 2,
+            },
+        )
         assert resp.status_code == 503
         with pytest.raises(openai.InternalServerError) as info:
             client.completions.create(model=running.model_path, prompt="Hi", max_tokens=2)

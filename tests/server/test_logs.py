@@ -17,10 +17,14 @@ START_UP_PATTERNS = [
     r'\] INFO:     127\.0\.0\.1:\d+ - "POST /generate HTTP/1\.1" 200 OK',
     r"\] The server is fired up and ready to roll!",
 ]
-PREFILL = (r" TP0\] Prefill batch\. #new-seq: \d+, #new-token: \d+, #cached-token: \d+, cache hit rate: \d+\.\d\d%, "
-           r"token usage: \d\.\d\d, #running-req: \d+, #queue-req: \d+")
-DECODE = (r" TP0\] Decode batch\. #running-req: \d+, #token: \d+, token usage: \d\.\d\d, "
-          r"gen throughput \(token/s\): \d+\.\d\d, #queue-req: \d+")
+PREFILL = (
+    r" TP0\] Prefill batch\. #new-seq: \d+, #new-token: \d+, #cached-token: \d+, cache hit rate: \d+\.\d\d%, "
+    r"token usage: \d\.\d\d, #running-req: \d+, #queue-req: \d+"
+)
+DECODE = (
+    r" TP0\] Decode batch\. #running-req: \d+, #token: \d+, token usage: \d\.\d\d, "
+    r"gen throughput \(token/s\): \d+\.\d\d, #queue-req: \d+"
+)
 
 
 def test_start_up_lines_in_seed_order(server):
@@ -34,9 +38,17 @@ def test_start_up_lines_in_seed_order(server):
 
 
 def test_batch_lines_and_request_log(server):
-    response = requests.post(f"{server.base_url}/generate", json={
-        "text": "Log me please", "rid": "log-me", "sampling_params": {"temperature": 0, "max_new_tokens": 12}})
+    response = requests.post(
+        f"{server.base_url}/generate",
+        json={
+            "text": "Log me please",
+            "rid": "log-me",
+            "sampling_params": {"temperature": 0, "max_new_tokens": 12},
+        },
+    )
     assert response.status_code == 200
     log = server.log()
     assert re.search(PREFILL, log) and re.search(DECODE, log)
-    assert re.search(r"Finish: rid=log-me, input='Log me please', output='.*', meta_info=\{'id': 'log-me'", log)
+    assert re.search(
+        r"Finish: rid=log-me, input='Log me please', output='.*', meta_info=\{'id': 'log-me'", log
+    )

@@ -27,7 +27,9 @@ from tests.server.conftest import start_server
 PROMPT = "The capital of France is"
 GREEDY = {"temperature": 0, "max_new_tokens": 16}
 ERROR_KEYS = {"message", "type", "param", "code"}
-FLUSH_BUSY = re.compile(r"^Cache not flushed because there are pending requests\. #queue-req: \d+, #running-req: \d+$")
+FLUSH_BUSY = re.compile(
+    r"^Cache not flushed because there are pending requests\. #queue-req: \d+, #running-req: \d+$"
+)
 SIZE_MISMATCH = re.compile(
     r"^Failed to update weights: The size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\) "
     r"at non-singleton dimension 1\.\nRolling back to original weights\.$"
@@ -111,8 +113,12 @@ def test_generate_reports_cached_prompt_tokens(server):
 
 def test_generate_batch_and_rid(server):
     """A list of texts answers a list in order; a given rid becomes meta_info.id."""
-    outs = generate(server.base_url, text=[PROMPT, "Once upon a time"], rid=["rid-a", "rid-b"],
-                    sampling_params={"temperature": 0, "max_new_tokens": 4})
+    outs = generate(
+        server.base_url,
+        text=[PROMPT, "Once upon a time"],
+        rid=["rid-a", "rid-b"],
+        sampling_params={"temperature": 0, "max_new_tokens": 4},
+    )
     assert isinstance(outs, list) and len(outs) == 2
     assert [o["meta_info"]["id"] for o in outs] == ["rid-a", "rid-b"]
     assert outs[0]["output_ids"] == greedy_ids(server.base_url)[:4]
@@ -120,11 +126,14 @@ def test_generate_batch_and_rid(server):
 
 def test_generate_stream_batch_chunks_carry_index(server):
     """A streamed batch tags each chunk with its input's index; both inputs finish; [DONE] last."""
-    response = requests.post(f"{server.base_url}/generate", stream=True, json={
-        "text": [PROMPT, "Once upon a time"], "stream": True, "sampling_params": {"max_new_tokens": 3}})
+    response = requests.post(
+        f"{server.base_url}/generate",
+        stream=True,
+        json={"text": [PROMPT, "Once upon a time"], "stream": True, "sampling_params": {"max_new_tokens": 3}},
+    )
     lines = [line for line in response.iter_lines() if line]
     assert lines[-1] == b"data: [DONE]"
-    chunks = [json.loads(line[len(b"data: "):]) for line in lines[:-1]]
+    chunks = [json.loads(line[len(b"data: ") :]) for line in lines[:-1]]
     finals = {c["index"]: c for c in chunks if c["meta_info"]["finish_reason"] is not None}
     assert sorted(finals) == [0, 1]
     assert all(f["meta_info"]["completion_tokens"] == 3 for f in finals.values())
@@ -143,10 +152,22 @@ def test_server_info_has_args_and_live_stats(server, path):
     before = requests.get(server.base_url + path).json()
     args = requests.get(f"{server.base_url}/get_server_args").json()
     assert {k: before[k] for k in args if k not in ("max_running_requests", "chunked_prefill_size")} == {
-        k: v for k, v in args.items() if k not in ("max_running_requests", "chunked_prefill_size")}
-    live = {"num_running_reqs", "num_queue_reqs", "num_used_tokens", "token_usage", "cache_hit_rate",
-            "gen_throughput", "num_finished_reqs", "total_prompt_tokens", "total_completion_tokens",
-            "max_total_num_tokens", "context_len", "version"}
+        k: v for k, v in args.items() if k not in ("max_running_requests", "chunked_prefill_size")
+    }
+    live = {
+        "num_running_reqs",
+        "num_queue_reqs",
+        "num_used_tokens",
+        "token_usage",
+        "cache_hit_rate",
+        "gen_throughput",
+        "num_finished_reqs",
+        "total_prompt_tokens",
+        "total_completion_tokens",
+        "max_total_num_tokens",
+        "context_len",
+        "version",
+    }
     assert live <= before.keys()
     assert before["max_total_num_tokens"] == 16384
     generate(server.base_url, text=PROMPT, sampling_params={"max_new_tokens": 5, "ignore_eos": True})
@@ -184,8 +205,14 @@ def test_metrics_prometheus_text(server):
         return samples
 
     before = scrape()
-    assert {"sglkit:num_running_reqs", "sglkit:token_usage", "sglkit:cache_hit_rate",
-            "sglkit:prompt_tokens_total", "sglkit:generation_tokens_total", "sglkit:num_requests_total"} <= before.keys()
+    assert {
+        "sglkit:num_running_reqs",
+        "sglkit:token_usage",
+        "sglkit:cache_hit_rate",
+        "sglkit:prompt_tokens_total",
+        "sglkit:generation_tokens_total",
+        "sglkit:num_requests_total",
+    } <= before.keys()
     generate(server.base_url, text=PROMPT, sampling_params={"max_new_tokens": 3, "ignore_eos": True})
     after = scrape()
     assert after["sglkit:generation_tokens_total"] >= before["sglkit:generation_tokens_total"] + 3
@@ -195,12 +222,19 @@ def test_metrics_prometheus_text(server):
 # ----------------------------------------------------------------------------- flush / abort
 def _start_long_stream(base_url: str, rid: str):
     """A streaming generation that would run for 2000 tokens; returns (response, line iterator) after chunk 1."""
-    response = requests.post(f"{base_url}/generate", stream=True, json={
-        "text": "Once upon a time", "rid": rid, "stream": True,
-        "sampling_params": {"max_new_tokens": 2000, "ignore_eos": True, "temperature": 0}})
+    response = requests.post(
+        f"{base_url}/generate",
+        stream=True,
+        json={
+            "text": "Once upon a time",
+            "rid": rid,
+            "stream": True,
+            "sampling_params": {"max_new_tokens": 2000, "ignore_eos": True, "temperature": 0},
+        },
+    )
     assert response.status_code == 200
     lines = (line for line in response.iter_lines() if line)
-    first = json.loads(next(lines)[len(b"data: "):])
+    first = json.loads(next(lines)[len(b"data: ") :])
     assert first["meta_info"]["id"] == rid and first["meta_info"]["finish_reason"] is None
     return response, lines
 
@@ -221,7 +255,7 @@ def test_flush_cache_refused_while_busy_then_abort(server):
     finally:
         response.close()
     assert rest[-1] == b"data: [DONE]"
-    last = json.loads(rest[-2][len(b"data: "):])
+    last = json.loads(rest[-2][len(b"data: ") :])
     assert last["meta_info"]["finish_reason"]["type"] == "abort"
     assert last["meta_info"]["completion_tokens"] < 2000
     assert server_info(server.base_url)["num_cached_tokens"] > 0
@@ -232,7 +266,9 @@ def test_flush_cache_refused_while_busy_then_abort(server):
 
 
 def test_abort_unknown_rid_is_404(server):
-    error = assert_error(requests.post(f"{server.base_url}/abort_request", json={"rid": "no-such-rid"}), 404, "rid")
+    error = assert_error(
+        requests.post(f"{server.base_url}/abort_request", json={"rid": "no-such-rid"}), 404, "rid"
+    )
     assert "no-such-rid" in error["message"]
     assert error["type"] == "invalid_request_error"
 
@@ -247,8 +283,13 @@ def test_abort_all_ends_streaming_and_plain_requests(server):
     plain: dict = {}
 
     def run_plain() -> None:
-        plain["response"] = requests.post(f"{server.base_url}/generate", json={
-            "text": "A second long story", "sampling_params": {"max_new_tokens": 2000, "ignore_eos": True}})
+        plain["response"] = requests.post(
+            f"{server.base_url}/generate",
+            json={
+                "text": "A second long story",
+                "sampling_params": {"max_new_tokens": 2000, "ignore_eos": True},
+            },
+        )
 
     thread = threading.Thread(target=run_plain)
     thread.start()
@@ -264,13 +305,15 @@ def test_abort_all_ends_streaming_and_plain_requests(server):
         response.close()
         thread.join(timeout=120)
     assert rest[-1] == b"data: [DONE]"
-    assert json.loads(rest[-2][len(b"data: "):])["meta_info"]["finish_reason"]["type"] == "abort"
+    assert json.loads(rest[-2][len(b"data: ") :])["meta_info"]["finish_reason"]["type"] == "abort"
     out = plain["response"].json()
     assert out["meta_info"]["finish_reason"]["type"] == "abort"
     assert out["meta_info"]["completion_tokens"] < 2000
     info = server_info(server.base_url)
     assert info["num_running_reqs"] == 0 and info["num_queue_reqs"] == 0
-    assert generate(server.base_url, text=PROMPT, sampling_params=GREEDY)["meta_info"]["completion_tokens"] == 16
+    assert (
+        generate(server.base_url, text=PROMPT, sampling_params=GREEDY)["meta_info"]["completion_tokens"] == 16
+    )
 
 
 # ----------------------------------------------------------------------------- /update_weights
@@ -295,7 +338,9 @@ def bin_only_model_path(same_shape_model_path, tmp_path_factory) -> str:
     return str(folder)
 
 
-def test_update_weights_seed_cells(weights_server, server_model_path, same_shape_model_path, other_size_model_path):
+def test_update_weights_seed_cells(
+    weights_server, server_model_path, same_shape_model_path, other_size_model_path
+):
     """Seed 001 cells [9] and [10] with their asserts, then the behaviour behind them.
 
     Success: the radix cache is flushed and greedy outputs become the new checkpoint's. Failure (other sizes):
@@ -312,7 +357,10 @@ def test_update_weights_seed_cells(weights_server, server_model_path, same_shape
     assert response.json()["message"] == "Succeeded to update model weights."
     assert response.json().keys() == {"success", "message"}
     assert server_info(weights_server.base_url)["num_cached_tokens"] == 0  # flushed
-    assert requests.get(f"{weights_server.base_url}/get_model_info").json()["model_path"] == same_shape_model_path
+    assert (
+        requests.get(f"{weights_server.base_url}/get_model_info").json()["model_path"]
+        == same_shape_model_path
+    )
     updated = greedy_ids(weights_server.base_url)
     assert updated == engine_greedy_ids(same_shape_model_path)
     assert updated != original
@@ -326,7 +374,10 @@ def test_update_weights_seed_cells(weights_server, server_model_path, same_shape
     assert match, response_json["message"]
     assert match.groups() == ("64", "96")  # served hidden size, then the checkpoint's
     assert greedy_ids(weights_server.base_url) == updated
-    assert requests.get(f"{weights_server.base_url}/get_model_info").json()["model_path"] == same_shape_model_path
+    assert (
+        requests.get(f"{weights_server.base_url}/get_model_info").json()["model_path"]
+        == same_shape_model_path
+    )
 
 
 def test_update_weights_from_disk_alias_and_restore(weights_server, server_model_path, same_shape_model_path):
@@ -356,7 +407,9 @@ def test_update_weights_missing_path_keeps_serving(weights_server, tmp_path):
 
 def test_update_weights_refuses_bin_only_folder(weights_server, bin_only_model_path):
     before = greedy_ids(weights_server.base_url)
-    response = requests.post(f"{weights_server.base_url}/update_weights", json={"model_path": bin_only_model_path})
+    response = requests.post(
+        f"{weights_server.base_url}/update_weights", json={"model_path": bin_only_model_path}
+    )
     assert response.status_code == 400
     body = response.json()
     assert body["success"] is False
@@ -366,30 +419,37 @@ def test_update_weights_refuses_bin_only_folder(weights_server, bin_only_model_p
 
 def test_update_weights_bad_body(weights_server):
     assert_error(requests.post(f"{weights_server.base_url}/update_weights", json={}), 400, "model_path")
-    assert_error(requests.post(f"{weights_server.base_url}/update_weights", json={"model_path": 3}), 400,
-                 "model_path")
+    assert_error(
+        requests.post(f"{weights_server.base_url}/update_weights", json={"model_path": 3}), 400, "model_path"
+    )
 
 
-def test_update_weights_waits_for_requests_in_flight(weights_server, server_model_path, same_shape_model_path):
+def test_update_weights_waits_for_requests_in_flight(
+    weights_server, server_model_path, same_shape_model_path
+):
     """An update sent during a streaming generation lets it finish unharmed (old weights), then swaps."""
     old_ids = engine_greedy_ids(server_model_path, max_new_tokens=48)
     assert greedy_ids(weights_server.base_url) == old_ids[:16]  # currently the original weights
-    response = requests.post(f"{weights_server.base_url}/generate", stream=True, json={
-        "text": PROMPT, "stream": True, "sampling_params": {"temperature": 0, "max_new_tokens": 48}})
+    response = requests.post(
+        f"{weights_server.base_url}/generate",
+        stream=True,
+        json={"text": PROMPT, "stream": True, "sampling_params": {"temperature": 0, "max_new_tokens": 48}},
+    )
     lines = (line for line in response.iter_lines() if line)
     next(lines)
     result: dict = {}
 
     def update() -> None:
-        result["response"] = requests.post(f"{weights_server.base_url}/update_weights",
-                                           json={"model_path": same_shape_model_path})
+        result["response"] = requests.post(
+            f"{weights_server.base_url}/update_weights", json={"model_path": same_shape_model_path}
+        )
 
     thread = threading.Thread(target=update)
     thread.start()
     rest = list(lines)
     thread.join(timeout=300)
     assert rest[-1] == b"data: [DONE]"
-    assert json.loads(rest[-2][len(b"data: "):])["output_ids"] == old_ids
+    assert json.loads(rest[-2][len(b"data: ") :])["output_ids"] == old_ids
     assert result["response"].json()["success"] is True
     assert greedy_ids(weights_server.base_url) == engine_greedy_ids(same_shape_model_path)
     requests.post(f"{weights_server.base_url}/update_weights", json={"model_path": server_model_path})

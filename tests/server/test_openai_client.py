@@ -46,7 +46,9 @@ def chat_ids(tokenizer, messages) -> list[int]:
 
 def native(server, sampling_params: dict, **body) -> dict:
     """POST /generate and return its JSON (asserting 200)."""
-    resp = requests.post(f"{server.base_url}/generate", json={"sampling_params": sampling_params, **body}, timeout=60)
+    resp = requests.post(
+        f"{server.base_url}/generate", json={"sampling_params": sampling_params, **body}, timeout=60
+    )
     assert resp.status_code == 200, resp.text
     return resp.json()
 
@@ -82,7 +84,9 @@ def test_chat_seed_cell_matches_native_generate(client, model, server, tokenizer
 def test_chat_stream_seed_cell(client, model):
     kwargs = dict(model=model, messages=COUNTRIES, temperature=0, max_tokens=64)
     full = client.chat.completions.create(**kwargs)
-    chunks = list(client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
+    )
     *content_chunks, usage_chunk = chunks
     assert content_chunks[0].choices[0].delta.role == "assistant"
     assert all(c.choices[0].delta.role is None for c in content_chunks[1:])
@@ -90,15 +94,20 @@ def test_chat_stream_seed_cell(client, model):
     last = content_chunks[-1].choices[0]
     assert last.finish_reason == full.choices[0].finish_reason
     assert "matched_stop" in last.model_dump()
-    assert "".join(c.choices[0].delta.content or "" for c in content_chunks) == full.choices[0].message.content
-    assert {c.id for c in chunks} == {chunks[0].id} and all(c.object == "chat.completion.chunk" for c in chunks)
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in content_chunks) == full.choices[0].message.content
+    )
+    assert {c.id for c in chunks} == {chunks[0].id} and all(
+        c.object == "chat.completion.chunk" for c in chunks
+    )
     assert usage_chunk.choices == [] and usage_chunk.usage == full.usage
     assert all(c.usage is None for c in content_chunks)
 
 
 def test_chat_stream_without_include_usage_has_no_usage_chunk(client, model):
-    chunks = list(client.chat.completions.create(model=model, messages=FRANCE, temperature=0, max_tokens=8,
-                                                 stream=True))
+    chunks = list(
+        client.chat.completions.create(model=model, messages=FRANCE, temperature=0, max_tokens=8, stream=True)
+    )
     assert all(c.choices and c.usage is None for c in chunks)
     assert chunks[-1].choices[0].finish_reason == "length"
 
@@ -106,7 +115,9 @@ def test_chat_stream_without_include_usage_has_no_usage_chunk(client, model):
 def test_async_client_matches_sync(client, model, server):
     kwargs = dict(model=model, messages=COUNTRIES, temperature=0, max_tokens=MAX_TOKENS)
     sync_text = client.chat.completions.create(**kwargs).choices[0].message.content
-    sync_completion = client.completions.create(model=model, prompt="Hello", max_tokens=MAX_TOKENS, temperature=0)
+    sync_completion = client.completions.create(
+        model=model, prompt="Hello", max_tokens=MAX_TOKENS, temperature=0
+    )
 
     async def run():
         async with openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="None", max_retries=0) as ac:
@@ -114,8 +125,9 @@ def test_async_client_matches_sync(client, model, server):
             chat = await ac.chat.completions.create(**kwargs)
             stream = await ac.chat.completions.create(**kwargs, stream=True)
             streamed = [c.choices[0].delta.content or "" async for c in stream]
-            completion = await ac.completions.create(model=model, prompt="Hello", max_tokens=MAX_TOKENS,
-                                                     temperature=0)
+            completion = await ac.completions.create(
+                model=model, prompt="Hello", max_tokens=MAX_TOKENS, temperature=0
+            )
             both = await asyncio.gather(*(ac.chat.completions.create(**kwargs) for _ in range(3)))
             return models, chat, streamed, completion, both
 
@@ -128,8 +140,9 @@ def test_async_client_matches_sync(client, model, server):
 
 
 def test_chat_logprobs_and_top_logprobs(client, model):
-    resp = client.chat.completions.create(model=model, messages=FRANCE, temperature=0, max_tokens=8, logprobs=True,
-                                          top_logprobs=3)
+    resp = client.chat.completions.create(
+        model=model, messages=FRANCE, temperature=0, max_tokens=8, logprobs=True, top_logprobs=3
+    )
     content = resp.choices[0].logprobs.content
     assert len(content) == resp.usage.completion_tokens == 8
     for entry in content:
@@ -138,10 +151,12 @@ def test_chat_logprobs_and_top_logprobs(client, model):
         assert top == sorted(top, reverse=True) and all(lp <= 0 for lp in top)
         assert entry.logprob == pytest.approx(top[0], abs=1e-5)  # greedy: the chosen token is the top one
         assert entry.bytes == list(entry.token.encode("utf-8"))
-    streamed = client.chat.completions.create(model=model, messages=FRANCE, temperature=0, max_tokens=8,
-                                              logprobs=True, top_logprobs=3, stream=True)
-    streamed_content = [e for c in streamed if c.choices and c.choices[0].logprobs
-                        for e in c.choices[0].logprobs.content]
+    streamed = client.chat.completions.create(
+        model=model, messages=FRANCE, temperature=0, max_tokens=8, logprobs=True, top_logprobs=3, stream=True
+    )
+    streamed_content = [
+        e for c in streamed if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content
+    ]
     assert [e.token for e in streamed_content] == [e.token for e in content]
     assert [e.logprob for e in streamed_content] == pytest.approx([e.logprob for e in content], abs=1e-4)
     no_lp = client.chat.completions.create(model=model, messages=FRANCE, temperature=0, max_tokens=8)
@@ -149,13 +164,18 @@ def test_chat_logprobs_and_top_logprobs(client, model):
 
 
 def test_chat_n_choices(client, model):
-    resp = client.chat.completions.create(model=model, messages=FRANCE, temperature=1.0, max_tokens=8, n=3, seed=11)
+    resp = client.chat.completions.create(
+        model=model, messages=FRANCE, temperature=1.0, max_tokens=8, n=3, seed=11
+    )
     assert [c.index for c in resp.choices] == [0, 1, 2]
     assert resp.usage.completion_tokens == 24
     single = client.chat.completions.create(model=model, messages=FRANCE, temperature=0, max_tokens=8)
     assert resp.usage.prompt_tokens == single.usage.prompt_tokens  # the shared prompt counts once
-    chunks = list(client.chat.completions.create(model=model, messages=FRANCE, temperature=0, max_tokens=8, n=2,
-                                                 stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=FRANCE, temperature=0, max_tokens=8, n=2, stream=True
+        )
+    )
     for index in (0, 1):
         mine = [c.choices[0] for c in chunks if c.choices[0].index == index]
         assert mine[0].delta.role == "assistant" and mine[-1].finish_reason == "length"
@@ -164,8 +184,13 @@ def test_chat_n_choices(client, model):
 
 def test_seed_reproducibility(client, model):
     def sample(seed: int) -> str:
-        return client.chat.completions.create(model=model, messages=COUNTRIES, temperature=1.0, max_tokens=MAX_TOKENS,
-                                              seed=seed).choices[0].message.content
+        return (
+            client.chat.completions.create(
+                model=model, messages=COUNTRIES, temperature=1.0, max_tokens=MAX_TOKENS, seed=seed
+            )
+            .choices[0]
+            .message.content
+        )
 
     first = sample(1234)
     assert sample(1234) == first
@@ -175,18 +200,29 @@ def test_seed_reproducibility(client, model):
 # ----------------------------------------------------------------------------- SGLang extras
 def test_extra_body_sampling_params_reach_the_sampler(client, model, server, tokenizer):
     prompt_ids = chat_ids(tokenizer, COUNTRIES)
-    greedy = client.chat.completions.create(model=model, messages=COUNTRIES, temperature=0, max_tokens=MAX_TOKENS)
+    greedy = client.chat.completions.create(
+        model=model, messages=COUNTRIES, temperature=0, max_tokens=MAX_TOKENS
+    )
     greedy_text = greedy.choices[0].message.content
     # top_k=1 and min_p=1 keep only the most likely token: sampling at temperature 1 becomes greedy.
     for extra in ({"top_k": 1}, {"min_p": 1.0}):
-        resp = client.chat.completions.create(model=model, messages=COUNTRIES, temperature=1.0, max_tokens=MAX_TOKENS,
-                                              extra_body=extra)
+        resp = client.chat.completions.create(
+            model=model, messages=COUNTRIES, temperature=1.0, max_tokens=MAX_TOKENS, extra_body=extra
+        )
         assert resp.choices[0].message.content == greedy_text, extra
     # repetition_penalty changes greedy output exactly as the native route does with the same parameter.
-    penalized = client.chat.completions.create(model=model, messages=COUNTRIES, temperature=0, max_tokens=MAX_TOKENS,
-                                               extra_body={"repetition_penalty": 2.0})
-    ref = native(server, {"temperature": 0, "max_new_tokens": MAX_TOKENS, "repetition_penalty": 2.0},
-                 input_ids=prompt_ids)
+    penalized = client.chat.completions.create(
+        model=model,
+        messages=COUNTRIES,
+        temperature=0,
+        max_tokens=MAX_TOKENS,
+        extra_body={"repetition_penalty": 2.0},
+    )
+    ref = native(
+        server,
+        {"temperature": 0, "max_new_tokens": MAX_TOKENS, "repetition_penalty": 2.0},
+        input_ids=prompt_ids,
+    )
     assert penalized.choices[0].message.content == ref["text"]
 
 
@@ -195,8 +231,13 @@ def test_stop_token_ids_and_matched_stop(client, model, server, tokenizer):
     ref = native(server, {"temperature": 0, "max_new_tokens": MAX_TOKENS}, input_ids=prompt_ids)
     stop_id = ref["output_ids"][3]
     first = ref["output_ids"].index(stop_id)
-    resp = client.chat.completions.create(model=model, messages=COUNTRIES, temperature=0, max_tokens=MAX_TOKENS,
-                                          extra_body={"stop_token_ids": [stop_id]})
+    resp = client.chat.completions.create(
+        model=model,
+        messages=COUNTRIES,
+        temperature=0,
+        max_tokens=MAX_TOKENS,
+        extra_body={"stop_token_ids": [stop_id]},
+    )
     choice = resp.choices[0]
     assert choice.finish_reason == "stop"
     assert choice.model_extra["matched_stop"] == stop_id
@@ -206,13 +247,20 @@ def test_stop_token_ids_and_matched_stop(client, model, server, tokenizer):
 def test_ignore_eos(client, model, tokenizer):
     eos = tokenizer.eos_token_id
     bias = {str(eos): 100}  # forces EOS as the first token
-    stopped = client.chat.completions.create(model=model, messages=FRANCE, temperature=0, max_tokens=8,
-                                             logit_bias=bias)
+    stopped = client.chat.completions.create(
+        model=model, messages=FRANCE, temperature=0, max_tokens=8, logit_bias=bias
+    )
     assert stopped.choices[0].finish_reason == "stop"
     assert stopped.choices[0].model_extra["matched_stop"] == eos
     assert stopped.usage.completion_tokens == 1 and stopped.choices[0].message.content == ""
-    ignored = client.chat.completions.create(model=model, messages=FRANCE, temperature=0, max_tokens=8,
-                                             logit_bias=bias, extra_body={"ignore_eos": True})
+    ignored = client.chat.completions.create(
+        model=model,
+        messages=FRANCE,
+        temperature=0,
+        max_tokens=8,
+        logit_bias=bias,
+        extra_body={"ignore_eos": True},
+    )
     assert ignored.choices[0].finish_reason == "length"
     assert ignored.choices[0].model_extra["matched_stop"] is None
     assert ignored.usage.completion_tokens == 8
@@ -221,7 +269,10 @@ def test_ignore_eos(client, model, tokenizer):
 # ----------------------------------------------------------------------------- completions
 def test_completion_prompt_forms_agree(client, model, tokenizer):
     prompts = ["Hello", "The capital of France is"]
-    singles = [client.completions.create(model=model, prompt=p, max_tokens=MAX_TOKENS, temperature=0) for p in prompts]
+    singles = [
+        client.completions.create(model=model, prompt=p, max_tokens=MAX_TOKENS, temperature=0)
+        for p in prompts
+    ]
     for resp, prompt in zip(singles, prompts):
         assert resp.object == "text_completion" and len(resp.choices) == 1
         assert resp.usage.prompt_tokens == len(tokenizer(prompt).input_ids)
@@ -257,8 +308,9 @@ def test_completion_echo(client, model, tokenizer):
     plain = client.completions.create(model=model, prompt="Hello", max_tokens=8, temperature=0)
     echoed = client.completions.create(model=model, prompt="Hello", max_tokens=8, temperature=0, echo=True)
     assert echoed.choices[0].text == "Hello" + plain.choices[0].text
-    streamed = client.completions.create(model=model, prompt="Hello", max_tokens=8, temperature=0, echo=True,
-                                         stream=True)
+    streamed = client.completions.create(
+        model=model, prompt="Hello", max_tokens=8, temperature=0, echo=True, stream=True
+    )
     assert "".join(c.choices[0].text for c in streamed) == echoed.choices[0].text
     ids = tokenizer("Hello").input_ids
     by_ids = client.completions.create(model=model, prompt=ids, max_tokens=8, temperature=0, echo=True)
@@ -284,11 +336,15 @@ def test_completion_logprobs(client, model, tokenizer):
     _check_offsets(lp, choice.text)
     assert lp.text_offset[0] == 0
 
-    echo = client.completions.create(model=model, prompt="Hello", max_tokens=8, temperature=0, logprobs=2, echo=True)
+    echo = client.completions.create(
+        model=model, prompt="Hello", max_tokens=8, temperature=0, logprobs=2, echo=True
+    )
     elp = echo.choices[0].logprobs
     num_prompt = len(tokenizer("Hello").input_ids)
     assert len(elp.tokens) == num_prompt + 8
-    assert elp.token_logprobs[0] is None and elp.top_logprobs[0] is None  # the first prompt token has no logprob
+    assert (
+        elp.token_logprobs[0] is None and elp.top_logprobs[0] is None
+    )  # the first prompt token has no logprob
     assert all(v is not None for v in elp.token_logprobs[1:])
     assert elp.tokens[num_prompt:] == lp.tokens
     assert elp.token_logprobs[num_prompt:] == pytest.approx(lp.token_logprobs, abs=1e-4)
@@ -296,8 +352,11 @@ def test_completion_logprobs(client, model, tokenizer):
     assert elp.text_offset[num_prompt] == len("Hello")  # output offsets continue after the echoed prompt
 
     for kwargs, reference in (({}, lp), ({"echo": True}, elp)):
-        chunks = list(client.completions.create(model=model, prompt="Hello", max_tokens=8, temperature=0,
-                                                logprobs=2, stream=True, **kwargs))
+        chunks = list(
+            client.completions.create(
+                model=model, prompt="Hello", max_tokens=8, temperature=0, logprobs=2, stream=True, **kwargs
+            )
+        )
         parts = [c.choices[0].logprobs for c in chunks if c.choices[0].logprobs]
         assert [t for p in parts for t in p.tokens] == reference.tokens
         assert [o for p in parts for o in p.text_offset] == reference.text_offset
@@ -307,32 +366,51 @@ def test_completion_n_and_stop(client, model):
     resp = client.completions.create(model=model, prompt="Hello", max_tokens=8, temperature=1.0, n=3, seed=5)
     assert [c.index for c in resp.choices] == [0, 1, 2]
     assert resp.usage.completion_tokens == 24
-    assert resp.usage.prompt_tokens == client.completions.create(model=model, prompt="Hello", max_tokens=1).usage.prompt_tokens
-    batch = client.completions.create(model=model, prompt=["Hello", "Paris"], max_tokens=4, temperature=0, n=2)
+    assert (
+        resp.usage.prompt_tokens
+        == client.completions.create(model=model, prompt="Hello", max_tokens=1).usage.prompt_tokens
+    )
+    batch = client.completions.create(
+        model=model, prompt=["Hello", "Paris"], max_tokens=4, temperature=0, n=2
+    )
     assert [c.index for c in batch.choices] == [0, 1, 2, 3]  # prompt i, sample j -> i * n + j
     assert batch.choices[0].text == batch.choices[1].text and batch.choices[2].text == batch.choices[3].text
 
-    full = client.completions.create(model=model, prompt="Hello", max_tokens=MAX_TOKENS, temperature=0).choices[0].text
-    stop = next(full[i:i + 2] for i in range(3, len(full) - 1) if full[i:i + 2].isprintable() and full[i:i + 2].strip())
-    stopped = client.completions.create(model=model, prompt="Hello", max_tokens=MAX_TOKENS, temperature=0, stop=[stop])
+    full = (
+        client.completions.create(model=model, prompt="Hello", max_tokens=MAX_TOKENS, temperature=0)
+        .choices[0]
+        .text
+    )
+    stop = next(
+        full[i : i + 2]
+        for i in range(3, len(full) - 1)
+        if full[i : i + 2].isprintable() and full[i : i + 2].strip()
+    )
+    stopped = client.completions.create(
+        model=model, prompt="Hello", max_tokens=MAX_TOKENS, temperature=0, stop=[stop]
+    )
     choice = stopped.choices[0]
     assert choice.finish_reason == "stop" and choice.model_extra["matched_stop"] == stop
     assert choice.text == full[: full.index(stop)]
-    streamed = client.completions.create(model=model, prompt="Hello", max_tokens=MAX_TOKENS, temperature=0, stop=stop,
-                                         stream=True)
+    streamed = client.completions.create(
+        model=model, prompt="Hello", max_tokens=MAX_TOKENS, temperature=0, stop=stop, stream=True
+    )
     assert "".join(c.choices[0].text for c in streamed) == choice.text
 
 
 # ----------------------------------------------------------------------------- errors
-@pytest.mark.parametrize("kwargs, param, fragment", [
-    ({"temperature": -1}, "temperature", "temperature"),
-    ({"n": 0}, "n", "n must"),
-    ({"model": "no-such-model"}, "model", "does not exist"),
-    ({"top_logprobs": 3}, "top_logprobs", "logprobs"),
-    ({"max_tokens": -1}, "max_tokens", "max_tokens"),
-    ({"extra_body": {"top_k": -5}}, "top_k", "top_k"),
-    ({"messages": []}, "messages", "messages"),
-])
+@pytest.mark.parametrize(
+    "kwargs, param, fragment",
+    [
+        ({"temperature": -1}, "temperature", "temperature"),
+        ({"n": 0}, "n", "n must"),
+        ({"model": "no-such-model"}, "model", "does not exist"),
+        ({"top_logprobs": 3}, "top_logprobs", "logprobs"),
+        ({"max_tokens": -1}, "max_tokens", "max_tokens"),
+        ({"extra_body": {"top_k": -5}}, "top_k", "top_k"),
+        ({"messages": []}, "messages", "messages"),
+    ],
+)
 def test_chat_errors_are_bad_requests(client, model, kwargs, param, fragment):
     call = {"model": model, "messages": FRANCE, "max_tokens": 4, **kwargs}
     with pytest.raises(openai.BadRequestError) as info:

@@ -49,38 +49,82 @@ def completion(body: dict) -> CompletionRequest:
 
 # ----------------------------------------------------------------------------- requests -> GenerateInput
 def test_sampling_params_use_sglang_names_and_leave_unset_fields_out():
-    req = chat({"temperature": 0, "top_p": 0.9, "n": 2, "stop": "x", "presence_penalty": 0.5, "seed": 7,
-                "frequency_penalty": -0.5, "top_k": 3, "min_p": 0.1, "min_tokens": 1, "repetition_penalty": 1.1,
-                "stop_token_ids": [5], "ignore_eos": True, "skip_special_tokens": False, "no_stop_trim": True,
-                "logit_bias": {"9": 2.0}})
+    req = chat(
+        {
+            "temperature": 0,
+            "top_p": 0.9,
+            "n": 2,
+            "stop": "x",
+            "presence_penalty": 0.5,
+            "seed": 7,
+            "frequency_penalty": -0.5,
+            "top_k": 3,
+            "min_p": 0.1,
+            "min_tokens": 1,
+            "repetition_penalty": 1.1,
+            "stop_token_ids": [5],
+            "ignore_eos": True,
+            "skip_special_tokens": False,
+            "no_stop_trim": True,
+            "logit_bias": {"9": 2.0},
+        }
+    )
     assert fmt.sampling_params_dict(req, 10) == {
-        "max_new_tokens": 10, "temperature": 0.0, "top_p": 0.9, "n": 2, "stop": "x", "presence_penalty": 0.5,
-        "sampling_seed": 7, "frequency_penalty": -0.5, "top_k": 3, "min_p": 0.1, "min_new_tokens": 1,
-        "repetition_penalty": 1.1, "stop_token_ids": [5], "ignore_eos": True, "skip_special_tokens": False,
-        "no_stop_trim": True, "logit_bias": {"9": 2.0}}
+        "max_new_tokens": 10,
+        "temperature": 0.0,
+        "top_p": 0.9,
+        "n": 2,
+        "stop": "x",
+        "presence_penalty": 0.5,
+        "sampling_seed": 7,
+        "frequency_penalty": -0.5,
+        "top_k": 3,
+        "min_p": 0.1,
+        "min_new_tokens": 1,
+        "repetition_penalty": 1.1,
+        "stop_token_ids": [5],
+        "ignore_eos": True,
+        "skip_special_tokens": False,
+        "no_stop_trim": True,
+        "logit_bias": {"9": 2.0},
+    }
     assert fmt.sampling_params_dict(chat({}), 3) == {"max_new_tokens": 3}
 
 
 def test_chat_max_tokens_default_is_the_remaining_context():
     inp = fmt.chat_to_generate_input(chat({}), [1, 2, 3], max_context=100)
     assert inp.input_ids == [1, 2, 3] and inp.sampling_params["max_new_tokens"] == 97
-    assert fmt.chat_to_generate_input(chat({"max_tokens": 5}), [1], 100).sampling_params["max_new_tokens"] == 5
+    assert (
+        fmt.chat_to_generate_input(chat({"max_tokens": 5}), [1], 100).sampling_params["max_new_tokens"] == 5
+    )
     both = chat({"max_tokens": 5, "max_completion_tokens": 7})
     assert fmt.chat_to_generate_input(both, [1], 100).sampling_params["max_new_tokens"] == 7
 
 
 def test_chat_logprobs_and_stream_flags():
-    inp = fmt.chat_to_generate_input(chat({"logprobs": True, "top_logprobs": 3, "stream": True, "rid": "r1"}), [1], 9)
+    inp = fmt.chat_to_generate_input(
+        chat({"logprobs": True, "top_logprobs": 3, "stream": True, "rid": "r1"}), [1], 9
+    )
     assert (inp.return_logprob, inp.top_logprobs_num, inp.logprob_start_len, inp.stream, inp.rid) == (
-        True, 3, -1, True, "r1")
+        True,
+        3,
+        -1,
+        True,
+        "r1",
+    )
     inp = fmt.chat_to_generate_input(chat({}), [1], 9)
     assert (inp.return_logprob, inp.top_logprobs_num, inp.stream) == (False, 0, False)
 
 
 @pytest.mark.parametrize(
     "prompt, text, input_ids",
-    [("a", "a", None), (["a", "b"], ["a", "b"], None), ([1, 2], None, [1, 2]), ([[1], [2, 3]], None, [[1], [2, 3]]),
-     ([], [], None)],
+    [
+        ("a", "a", None),
+        (["a", "b"], ["a", "b"], None),
+        ([1, 2], None, [1, 2]),
+        ([[1], [2, 3]], None, [[1], [2, 3]]),
+        ([], [], None),
+    ],
 )
 def test_completion_prompt_forms(prompt, text, input_ids):
     inp = fmt.completion_to_generate_input(completion({"prompt": prompt}))
@@ -89,7 +133,9 @@ def test_completion_prompt_forms(prompt, text, input_ids):
 
 
 def test_completion_echo_with_logprobs_scores_the_prompt():
-    inp = fmt.completion_to_generate_input(completion({"prompt": "a", "echo": True, "logprobs": 2, "max_tokens": 0}))
+    inp = fmt.completion_to_generate_input(
+        completion({"prompt": "a", "echo": True, "logprobs": 2, "max_tokens": 0})
+    )
     assert (inp.return_logprob, inp.logprob_start_len, inp.top_logprobs_num) == (True, 0, 2)
     assert inp.sampling_params["max_new_tokens"] == 0
     inp = fmt.completion_to_generate_input(completion({"prompt": "a", "logprobs": 0}))
@@ -100,18 +146,27 @@ def test_internal_names_in_errors_become_openai_names():
     err = InvalidRequestError("min_new_tokens must be in [0, max_new_tokens=5], got 7", "min_new_tokens")
     public = fmt.to_public_error(err, fmt.param_names(chat({})))
     assert (str(public), public.param) == ("min_tokens must be in [0, max_tokens=5], got 7", "min_tokens")
-    public = fmt.to_public_error(InvalidRequestError("The input text is empty.", "text"), fmt.param_names(
-        completion({"prompt": ""})))
+    public = fmt.to_public_error(
+        InvalidRequestError("The input text is empty.", "text"), fmt.param_names(completion({"prompt": ""}))
+    )
     assert public.param == "prompt"
     names = fmt.param_names(chat({"max_completion_tokens": 3}))
-    assert fmt.to_public_error(InvalidRequestError("x", "max_new_tokens"), names).param == "max_completion_tokens"
+    assert (
+        fmt.to_public_error(InvalidRequestError("x", "max_new_tokens"), names).param
+        == "max_completion_tokens"
+    )
 
 
 @pytest.mark.parametrize(
     "req, param",
-    [(chat({"response_format": {"type": "json_object"}}), "response_format"), (chat({"regex": "a+"}), "regex"),
-     (chat({"top_logprobs": 2}), "top_logprobs"), (chat({"tool_choice": "required"}), "tool_choice"),
-     (completion({"prompt": "a", "suffix": "z"}), "suffix"), (completion({"prompt": "a", "best_of": 3}), "best_of")],
+    [
+        (chat({"response_format": {"type": "json_object"}}), "response_format"),
+        (chat({"regex": "a+"}), "regex"),
+        (chat({"top_logprobs": 2}), "top_logprobs"),
+        (chat({"tool_choice": "required"}), "tool_choice"),
+        (completion({"prompt": "a", "suffix": "z"}), "suffix"),
+        (completion({"prompt": "a", "best_of": 3}), "best_of"),
+    ],
 )
 def test_unsupported_features_are_refused(req, param):
     with pytest.raises(InvalidRequestError) as info:
@@ -120,8 +175,11 @@ def test_unsupported_features_are_refused(req, param):
 
 
 def test_supported_features_pass():
-    fmt.check_supported(chat({"response_format": {"type": "text"}, "tool_choice": "auto", "logprobs": True,
-                              "top_logprobs": 2}))
+    fmt.check_supported(
+        chat(
+            {"response_format": {"type": "text"}, "tool_choice": "auto", "logprobs": True, "top_logprobs": 2}
+        )
+    )
     fmt.check_supported(completion({"prompt": "a", "suffix": "", "best_of": 1}))
 
 
@@ -133,22 +191,32 @@ def test_model_names():
 
 
 def test_template_messages_flatten_text_parts():
-    req = validate_request(ChatCompletionRequest, {"messages": [
-        {"role": "system", "content": "s"},
-        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]},
-        {"role": "tool", "content": "42", "tool_call_id": "c1"}]})
+    req = validate_request(
+        ChatCompletionRequest,
+        {
+            "messages": [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]},
+                {"role": "tool", "content": "42", "tool_call_id": "c1"},
+            ]
+        },
+    )
     assert fmt.template_messages(req) == [
-        {"role": "system", "content": "s"}, {"role": "user", "content": "a\nb"},
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "a\nb"},
         {"role": "assistant", "content": "", "tool_calls": [{"id": "c1"}]},
-        {"role": "tool", "content": "42", "tool_call_id": "c1"}]
+        {"role": "tool", "content": "42", "tool_call_id": "c1"},
+    ]
 
 
 def test_apply_chat_template_matches_the_tokenizer(tokenizer):
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"]
     assert fmt.apply_chat_template(tokenizer, messages) == list(expected)
-    ids = fmt.apply_chat_template(tokenizer, messages, template_kwargs={"tokenize": False, "chat_template": "{{ 1 }}"})
+    ids = fmt.apply_chat_template(
+        tokenizer, messages, template_kwargs={"tokenize": False, "chat_template": "{{ 1 }}"}
+    )
     assert ids == list(expected)  # reserved keyword arguments are ignored
 
 
@@ -174,18 +242,47 @@ def test_prompt_texts_for_echo(tokenizer):
 # ----------------------------------------------------------------------------- chunks -> responses
 def final_chunk(index=0, text="Paris.", matched=5, prompt_tokens=10, completion_tokens=3, **meta) -> dict:
     reason = {"type": "stop", "matched": matched} if matched is not None else {"type": "length", "length": 3}
-    return {"index": index, "text": text, "delta": text, "output_ids": [7, 8, 5], "finished": True, "error": None,
-            "meta_info": {"id": "r", "finish_reason": reason, "prompt_tokens": prompt_tokens,
-                          "completion_tokens": completion_tokens, "cached_tokens": 0, **meta}}
+    return {
+        "index": index,
+        "text": text,
+        "delta": text,
+        "output_ids": [7, 8, 5],
+        "finished": True,
+        "error": None,
+        "meta_info": {
+            "id": "r",
+            "finish_reason": reason,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "cached_tokens": 0,
+            **meta,
+        },
+    }
 
 
 def test_chat_response_has_the_seed_shape():
     resp = fmt.build_chat_response("abc", 1736773278, SERVED, [final_chunk()], [0])
     assert resp == {
-        "id": "abc", "object": "chat.completion", "created": 1736773278, "model": SERVED,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris.", "tool_calls": None},
-                     "logprobs": None, "finish_reason": "stop", "matched_stop": 5}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13, "prompt_tokens_details": None}}
+        "id": "abc",
+        "object": "chat.completion",
+        "created": 1736773278,
+        "model": SERVED,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Paris.", "tool_calls": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+                "matched_stop": 5,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": 10,
+            "completion_tokens": 3,
+            "total_tokens": 13,
+            "prompt_tokens_details": None,
+        },
+    }
     ChatCompletion.model_validate(resp)
 
 
@@ -222,9 +319,15 @@ LOGPROB_META = {
 
 def test_chat_logprobs():
     out = fmt.chat_logprobs(LOGPROB_META, decode_stub)
-    assert out["content"][0] == {"token": "<7>", "logprob": -0.5, "bytes": list(b"<7>"), "top_logprobs": [
-        {"token": "<7>", "logprob": -0.5, "bytes": list(b"<7>")}, {"token": "<9>", "logprob": -1.5,
-                                                                    "bytes": list(b"<9>")}]}
+    assert out["content"][0] == {
+        "token": "<7>",
+        "logprob": -0.5,
+        "bytes": list(b"<7>"),
+        "top_logprobs": [
+            {"token": "<7>", "logprob": -0.5, "bytes": list(b"<7>")},
+            {"token": "<9>", "logprob": -1.5, "bytes": list(b"<9>")},
+        ],
+    }
     assert out["content"][1]["logprob"] == fmt.MIN_LOGPROB
     assert [e["token"] for e in fmt.chat_logprobs(LOGPROB_META, decode_stub, start=1)["content"]] == ["<8>"]
     no_top = {"output_token_logprobs": [[-0.5, 7, None]], "output_top_logprobs": []}
@@ -233,22 +336,31 @@ def test_chat_logprobs():
 
 def test_completion_response_with_echo_and_logprobs():
     chunk = final_chunk(text="<7><8>", **LOGPROB_META)
-    resp = fmt.build_completion_response("r", 1, SERVED, [chunk], [0], echo_texts=["<1><2>"], decode=decode_stub,
-                                         logprobs=2)
+    resp = fmt.build_completion_response(
+        "r", 1, SERVED, [chunk], [0], echo_texts=["<1><2>"], decode=decode_stub, logprobs=2
+    )
     choice = resp["choices"][0]
     assert choice["text"] == "<1><2><7><8>" and resp["object"] == "text_completion"
     assert choice["logprobs"] == {
         "tokens": ["<1>", "<2>", "<7>", "<8>"],
         "token_logprobs": [None, -1.0, -0.5, fmt.MIN_LOGPROB],
-        "top_logprobs": [None, {"<2>": -1.0, "<3>": -2.0}, {"<7>": -0.5, "<9>": -1.5}, {"<4>": -0.1, "<6>": -0.2}],
-        "text_offset": [0, 3, 6, 9]}  # None for the first prompt token, as OpenAI answers
+        "top_logprobs": [
+            None,
+            {"<2>": -1.0, "<3>": -2.0},
+            {"<7>": -0.5, "<9>": -1.5},
+            {"<4>": -0.1, "<6>": -0.2},
+        ],
+        "text_offset": [0, 3, 6, 9],
+    }  # None for the first prompt token, as OpenAI answers
     plain = fmt.build_completion_response("r", 1, SERVED, [chunk], [0], decode=decode_stub, logprobs=2)
     assert plain["choices"][0]["text"] == "<7><8>"
     assert plain["choices"][0]["logprobs"]["tokens"] == ["<7>", "<8>"]
     assert plain["choices"][0]["logprobs"]["text_offset"] == [0, 3]
     Completion.model_validate(plain)
     no_top = dict(LOGPROB_META, output_top_logprobs=[])
-    zero = fmt.build_completion_response("r", 1, SERVED, [final_chunk(**no_top)], [0], decode=decode_stub, logprobs=0)
+    zero = fmt.build_completion_response(
+        "r", 1, SERVED, [final_chunk(**no_top)], [0], decode=decode_stub, logprobs=0
+    )
     assert zero["choices"][0]["logprobs"]["top_logprobs"] == [{}, {}]
 
 
@@ -293,11 +405,15 @@ def test_chat_stream_skips_empty_chunks_and_sends_logprob_deltas():
 def test_completion_stream_events_with_echo():
     formatter = fmt.CompletionStreamFormatter("r", 1, SERVED, owners=[0, 0], echo_texts=["Q:"])
     events = []
-    for a, b in zip(stream_chunks(["x", "y"], index=0), stream_chunks(["z", "w"], index=1, matched=None), strict=True):
+    for a, b in zip(
+        stream_chunks(["x", "y"], index=0), stream_chunks(["z", "w"], index=1, matched=None), strict=True
+    ):
         events += formatter.on_chunk(a) + formatter.on_chunk(b)
     # OpenAI's Completion type (used for chunks too) only validates finished choices; the client does not validate.
     choices = [e["choices"][0] for e in events]
-    assert all(set(e) == set(events[-1]) and set(c) == set(choices[-1]) for e, c in zip(events, choices, strict=True))
+    assert all(
+        set(e) == set(events[-1]) and set(c) == set(choices[-1]) for e, c in zip(events, choices, strict=True)
+    )
     for event in events[2:]:
         Completion.model_validate(event)
     texts = {0: "", 1: ""}
@@ -305,8 +421,12 @@ def test_completion_stream_events_with_echo():
         texts[c["index"]] += c["text"]
     assert texts == {0: "Q:xy", 1: "Q:zw"}
     assert [c["finish_reason"] for c in choices] == [None, None, "stop", "length"]
-    assert formatter.usage_event()["usage"] == {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14,
-                                                "prompt_tokens_details": None}
+    assert formatter.usage_event()["usage"] == {
+        "prompt_tokens": 10,
+        "completion_tokens": 4,
+        "total_tokens": 14,
+        "prompt_tokens_details": None,
+    }
 
 
 # ----------------------------------------------------------------------------- routes, via the openai client
@@ -333,12 +453,17 @@ class ScriptedTokenizerManager:
 
     def _chunks(self, index: int, req):
         eos = self.tokenizer.eos_token_id
-        ids = (self.tokenizer.encode(REPLY, add_special_tokens=False) + [eos])[: req.sampling_params.max_new_tokens]
+        ids = (self.tokenizer.encode(REPLY, add_special_tokens=False) + [eos])[
+            : req.sampling_params.max_new_tokens
+        ]
         meta = {"id": req.rid, "prompt_tokens": len(req.input_ids), "cached_tokens": 0}
         if req.return_logprob:
             start = req.logprob_start_len
-            meta["input_token_logprobs"] = [] if start < 0 else [[None, req.input_ids[0], None]] + [
-                [-1.0, t, None] for t in req.input_ids[1:]]
+            meta["input_token_logprobs"] = (
+                []
+                if start < 0
+                else [[None, req.input_ids[0], None]] + [[-1.0, t, None] for t in req.input_ids[1:]]
+            )
             meta["input_top_logprobs"] = [] if start < 0 else [None] * len(req.input_ids)
         for k in range(len(ids)):
             done = k == len(ids) - 1
@@ -346,16 +471,28 @@ class ScriptedTokenizerManager:
             text_ids = [t for t in out if t != eos]
             reason = None
             if done:
-                reason = {"type": "stop", "matched": eos} if out[-1] == eos else {"type": "length", "length": len(out)}
+                reason = (
+                    {"type": "stop", "matched": eos}
+                    if out[-1] == eos
+                    else {"type": "length", "length": len(out)}
+                )
             m = dict(meta, finish_reason=reason, completion_tokens=len(out))
             if req.return_logprob:
                 m["output_token_logprobs"] = [[-0.25, t, None] for t in out]
-                m["output_top_logprobs"] = [[[-0.25, t, None]] * req.top_logprobs_num for t in out] \
-                    if req.top_logprobs_num else []
+                m["output_top_logprobs"] = (
+                    [[[-0.25, t, None]] * req.top_logprobs_num for t in out] if req.top_logprobs_num else []
+                )
             text = self.tokenizer.decode(text_ids)
             prev = self.tokenizer.decode([t for t in ids[:k] if t != eos])
-            yield {"index": index, "text": text, "delta": text[len(prev):], "output_ids": out, "meta_info": m,
-                   "finished": done, "error": self.error if done else None}
+            yield {
+                "index": index,
+                "text": text,
+                "delta": text[len(prev) :],
+                "output_ids": out,
+                "meta_info": m,
+                "finished": done,
+                "error": self.error if done else None,
+            }
 
     async def run(self, reqs, owners=None, request=None):
         streams = [list(self._chunks(i, r)) for i, r in enumerate(reqs)]
@@ -369,14 +506,21 @@ class ScriptedTokenizerManager:
 @pytest.fixture()
 def server(tokenizer):
     app = FastAPI()
-    app.state.server_args = SimpleNamespace(served_model_name=SERVED, model_path=MODEL_PATH, is_embedding=False)
+    app.state.server_args = SimpleNamespace(
+        served_model_name=SERVED, model_path=MODEL_PATH, is_embedding=False
+    )
     app.state.tokenizer_manager = ScriptedTokenizerManager(tokenizer)
     app.include_router(openai_api.router)
     install_error_handlers(app)
     with TestClient(app, raise_server_exceptions=False) as http:
-        yield SimpleNamespace(app=app, tm=app.state.tokenizer_manager, http=http,
-                              client=openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=http,
-                                                   max_retries=0))
+        yield SimpleNamespace(
+            app=app,
+            tm=app.state.tokenizer_manager,
+            http=http,
+            client=openai.OpenAI(
+                base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0
+            ),
+        )
 
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -394,11 +538,15 @@ def test_models_route(server):
 
 
 def test_chat_completion_with_the_openai_client(server, tokenizer):
-    resp = server.client.chat.completions.create(model=SERVED, messages=MESSAGES, temperature=0, max_tokens=64)
+    resp = server.client.chat.completions.create(
+        model=SERVED, messages=MESSAGES, temperature=0, max_tokens=64
+    )
     choice = resp.choices[0]
     assert choice.message.content == REPLY and choice.finish_reason == "stop"
     assert choice.model_extra["matched_stop"] == tokenizer.eos_token_id
-    prompt_ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True)["input_ids"]
+    prompt_ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True)[
+        "input_ids"
+    ]
     assert server.tm.inputs[-1].input_ids == list(prompt_ids)
     assert resp.usage.prompt_tokens == len(prompt_ids)
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
@@ -406,8 +554,14 @@ def test_chat_completion_with_the_openai_client(server, tokenizer):
 
 
 def test_chat_stream_with_usage(server):
-    stream = server.client.chat.completions.create(model="default", messages=MESSAGES, max_tokens=4, n=2,
-                                                   stream=True, stream_options={"include_usage": True})
+    stream = server.client.chat.completions.create(
+        model="default",
+        messages=MESSAGES,
+        max_tokens=4,
+        n=2,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     texts = {0: "", 1: ""}
     for c in chunks[:-1]:
@@ -419,31 +573,40 @@ def test_chat_stream_with_usage(server):
 
 
 def test_chat_raw_stream_ends_with_done(server):
-    with server.http.stream("POST", "/v1/chat/completions", json={"messages": MESSAGES, "stream": True}) as resp:
+    with server.http.stream(
+        "POST", "/v1/chat/completions", json={"messages": MESSAGES, "stream": True}
+    ) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in resp.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
-    first = json.loads(lines[0][len("data: "):])
+    first = json.loads(lines[0][len("data: ") :])
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
 
 
 def test_chat_logprobs_route(server):
-    resp = server.client.chat.completions.create(model=SERVED, messages=MESSAGES, max_tokens=3, logprobs=True,
-                                                 top_logprobs=2)
+    resp = server.client.chat.completions.create(
+        model=SERVED, messages=MESSAGES, max_tokens=3, logprobs=True, top_logprobs=2
+    )
     content = resp.choices[0].logprobs.content
     assert len(content) == 3 and len(content[0].top_logprobs) == 2
     assert "".join(c.token for c in content) == resp.choices[0].message.content
 
 
 def test_completions_route_batch_and_echo(server, tokenizer):
-    resp = server.client.completions.create(model=SERVED, prompt=["Hello", "Bye"], max_tokens=2, n=2, echo=True)
+    resp = server.client.completions.create(
+        model=SERVED, prompt=["Hello", "Bye"], max_tokens=2, n=2, echo=True
+    )
     assert [c.index for c in resp.choices] == [0, 1, 2, 3]
     reply2 = tokenizer.decode(tokenizer.encode(REPLY, add_special_tokens=False)[:2])
     assert [c.text for c in resp.choices] == ["Hello" + reply2] * 2 + ["Bye" + reply2] * 2
     assert all(c.finish_reason == "length" for c in resp.choices)
     assert resp.usage.completion_tokens == 8 and not resp.id.endswith("-0")
-    assert server.client.completions.create(model=SERVED, prompt="Hi", max_tokens=1, extra_body={"rid": "abc"}).id \
+    assert (
+        server.client.completions.create(
+            model=SERVED, prompt="Hi", max_tokens=1, extra_body={"rid": "abc"}
+        ).id
         == "abc"
+    )
 
 
 def test_completion_stream_with_echo_and_logprobs_matches_non_stream(server):
@@ -459,7 +622,9 @@ def test_completion_stream_with_echo_and_logprobs_matches_non_stream(server):
 
 
 def test_completions_route_token_prompt_with_echo_and_logprobs(server, tokenizer):
-    resp = server.client.completions.create(model=SERVED, prompt=[70, 88, 89], max_tokens=3, logprobs=1, echo=True)
+    resp = server.client.completions.create(
+        model=SERVED, prompt=[70, 88, 89], max_tokens=3, logprobs=1, echo=True
+    )
     choice = resp.choices[0]
     lp = choice.logprobs
     assert len(lp.tokens) == 6 and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
@@ -470,17 +635,27 @@ def test_completions_route_token_prompt_with_echo_and_logprobs(server, tokenizer
 
 def test_completion_stream_text_matches_non_stream(server):
     full = server.client.completions.create(model=SERVED, prompt="Hi", max_tokens=5).choices[0].text
-    streamed = "".join(c.choices[0].text for c in server.client.completions.create(
-        model=SERVED, prompt="Hi", max_tokens=5, stream=True))
+    streamed = "".join(
+        c.choices[0].text
+        for c in server.client.completions.create(model=SERVED, prompt="Hi", max_tokens=5, stream=True)
+    )
     assert streamed == full
 
 
 @pytest.mark.parametrize(
     "kwargs, param",
-    [({"model": "gpt-4o"}, "model"), ({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"),
-     ({"n": 1000}, "n"), ({"max_tokens": 1000}, "max_tokens"), ({"messages": []}, "messages"),
-     ({"extra_body": {"min_tokens": 9}, "max_tokens": 3}, "min_tokens"), ({"stop": [""]}, "stop"),
-     ({"logit_bias": {"99999": 1}}, "logit_bias"), ({"top_logprobs": 3}, "top_logprobs")],
+    [
+        ({"model": "gpt-4o"}, "model"),
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"n": 1000}, "n"),
+        ({"max_tokens": 1000}, "max_tokens"),
+        ({"messages": []}, "messages"),
+        ({"extra_body": {"min_tokens": 9}, "max_tokens": 3}, "min_tokens"),
+        ({"stop": [""]}, "stop"),
+        ({"logit_bias": {"99999": 1}}, "logit_bias"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+    ],
 )
 def test_chat_bad_requests(server, kwargs, param):
     kwargs = {"model": SERVED, "messages": MESSAGES, **kwargs}
@@ -505,8 +680,9 @@ def test_empty_or_bad_prompts(server, prompt):
 
 def test_curl_style_form_content_type_is_parsed_as_json(server):
     body = json.dumps({"model": SERVED, "messages": MESSAGES, "max_tokens": 2})
-    resp = server.http.post("/v1/chat/completions", content=body,
-                            headers={"content-type": "application/x-www-form-urlencoded"})
+    resp = server.http.post(
+        "/v1/chat/completions", content=body, headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert resp.status_code == 200 and resp.json()["object"] == "chat.completion"
 
 
@@ -524,7 +700,9 @@ def test_request_errors_inside_the_runtime(server):
     with pytest.raises(openai.BadRequestError):
         server.client.chat.completions.create(model=SERVED, messages=MESSAGES, max_tokens=2)
     with pytest.raises(openai.APIError) as info:
-        list(server.client.chat.completions.create(model=SERVED, messages=MESSAGES, max_tokens=2, stream=True))
+        list(
+            server.client.chat.completions.create(model=SERVED, messages=MESSAGES, max_tokens=2, stream=True)
+        )
     assert "KV cache" in str(info.value)
 
 
@@ -539,9 +717,13 @@ def test_async_client(server):
     async def main():
         transport = httpx.ASGITransport(app=server.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            client = openai.AsyncOpenAI(base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0)
+            client = openai.AsyncOpenAI(
+                base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0
+            )
             resp = await client.chat.completions.create(model=SERVED, messages=MESSAGES, max_tokens=64)
-            stream = await client.chat.completions.create(model=SERVED, messages=MESSAGES, max_tokens=64, stream=True)
+            stream = await client.chat.completions.create(
+                model=SERVED, messages=MESSAGES, max_tokens=64, stream=True
+            )
             streamed = "".join([c.choices[0].delta.content or "" async for c in stream])
             return resp.choices[0].message.content, streamed
 

@@ -72,17 +72,30 @@ def _validation_errors(model, body) -> list[dict]:
 
 
 def test_chat_request_minimal_and_extras():
-    req = validate_request(ChatCompletionRequest, {
-        "messages": [{"role": "user", "content": "hi"}],
-        "top_k": 5, "min_tokens": 2, "logit_bias": {"17": -1.5}, "unknown_field": {"x": 1}, "user": "u1",
-    })
+    req = validate_request(
+        ChatCompletionRequest,
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "top_k": 5,
+            "min_tokens": 2,
+            "logit_bias": {"17": -1.5},
+            "unknown_field": {"x": 1},
+            "user": "u1",
+        },
+    )
     assert req.messages[0].content == "hi" and req.top_k == 5 and req.logit_bias == {"17": -1.5}
     assert req.model is None and req.n is None and not req.stream and not req.include_usage
 
 
 def test_chat_request_content_parts():
-    req = validate_request(ChatCompletionRequest, {
-        "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]})
+    req = validate_request(
+        ChatCompletionRequest,
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
+            ]
+        },
+    )
     assert [p.text for p in req.messages[0].content] == ["a", "b"]
 
 
@@ -93,8 +106,10 @@ def test_chat_request_content_parts():
         ({"messages": []}, "messages"),
         ({"messages": "hi"}, "messages"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
-         "messages[0].content"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            "messages[0].content",
+        ),
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
         ({"messages": [{"role": "user", "content": "x"}], "temperature": "0.5"}, "temperature"),
         ({"messages": [{"role": "user", "content": "x"}], "temperature": True}, "temperature"),
@@ -114,12 +129,15 @@ def test_chat_request_validation_errors_name_the_field(body, param):
 
 
 def test_integral_floats_are_integers():
-    req = validate_request(ChatCompletionRequest, {"messages": [{"role": "user", "content": "x"}], "max_tokens": 16.0})
+    req = validate_request(
+        ChatCompletionRequest, {"messages": [{"role": "user", "content": "x"}], "max_tokens": 16.0}
+    )
     assert req.max_tokens == 16 and isinstance(req.max_tokens, int)
 
 
 @pytest.mark.parametrize(
-    "prompt", ["text", ["a", "b"], [1, 2, 3], [[1, 2], [3]], []],
+    "prompt",
+    ["text", ["a", "b"], [1, 2, 3], [[1, 2], [3]], []],
 )
 def test_completion_prompt_forms(prompt):
     assert validate_request(CompletionRequest, {"prompt": prompt}).prompt == prompt
@@ -127,25 +145,46 @@ def test_completion_prompt_forms(prompt):
 
 @pytest.mark.parametrize(
     "body, param",
-    [({}, "prompt"), ({"prompt": ["a", 1]}, "prompt"), ({"prompt": [True]}, "prompt"),
-     ({"prompt": "x", "logprobs": 6}, "logprobs"), ({"prompt": "x", "echo": 1}, "echo")],
+    [
+        ({}, "prompt"),
+        ({"prompt": ["a", 1]}, "prompt"),
+        ({"prompt": [True]}, "prompt"),
+        ({"prompt": "x", "logprobs": 6}, "logprobs"),
+        ({"prompt": "x", "echo": 1}, "echo"),
+    ],
 )
 def test_completion_validation_errors(body, param):
     assert loc_to_param(_validation_errors(CompletionRequest, body)[0]["loc"]) == param
 
 
 def test_nulls_mean_defaults():
-    req = validate_request(CompletionRequest, {"prompt": "x", "max_tokens": None, "n": None, "stream": None,
-                                               "echo": None, "stream_options": None, "model": None})
+    req = validate_request(
+        CompletionRequest,
+        {
+            "prompt": "x",
+            "max_tokens": None,
+            "n": None,
+            "stream": None,
+            "echo": None,
+            "stream_options": None,
+            "model": None,
+        },
+    )
     assert req.max_tokens is None and req.n is None and not req.include_usage
 
 
 # ----------------------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     "loc, param",
-    [(("body",), None), (("body", "messages"), "messages"), (("body", "messages", 0, "content", "str"),
-      "messages[0].content"), (("body", "prompt", "list[int]", 0), "prompt"), (("query", "x"), "x"),
-     (("body", "a", "function-after[f(), str]"), "a"), (("body", 3), None)],
+    [
+        (("body",), None),
+        (("body", "messages"), "messages"),
+        (("body", "messages", 0, "content", "str"), "messages[0].content"),
+        (("body", "prompt", "list[int]", 0), "prompt"),
+        (("query", "x"), "x"),
+        (("body", "a", "function-after[f(), str]"), "a"),
+        (("body", 3), None),
+    ],
 )
 def test_loc_to_param(loc, param):
     assert loc_to_param(loc) == param
@@ -208,16 +247,25 @@ def _error(resp, status: int) -> dict:
 def test_error_response_shape():
     resp = error_response(400, "bad", "temperature")
     assert resp.status_code == 400
-    assert json.loads(resp.body) == {"error": {"message": "bad", "type": "invalid_request_error",
-                                               "param": "temperature", "code": 400}}
+    assert json.loads(resp.body) == {
+        "error": {"message": "bad", "type": "invalid_request_error", "param": "temperature", "code": 400}
+    }
     assert json.loads(error_response(503, "down").body)["error"]["type"] == "server_error"
-    assert json.loads(error_response(400, "x", code="model_not_found").body)["error"]["code"] == "model_not_found"
+    assert (
+        json.loads(error_response(400, "x", code="model_not_found").body)["error"]["code"]
+        == "model_not_found"
+    )
 
 
 @pytest.mark.parametrize(
     "content, fragment",
-    [(b"abc{{", "not valid JSON"), (b'"string"', "JSON object"), (b"[1]", "JSON object"), (b"null", "JSON object"),
-     (b"42", "JSON object")],
+    [
+        (b"abc{{", "not valid JSON"),
+        (b'"string"', "JSON object"),
+        (b"[1]", "JSON object"),
+        (b"null", "JSON object"),
+        (b"42", "JSON object"),
+    ],
 )
 def test_fastapi_body_errors_are_400_without_param(client, content, fragment):
     err = _error(client.post("/item", content=content, headers={"content-type": "application/json"}), 400)
@@ -244,7 +292,9 @@ def test_invalid_utf8_and_lone_surrogates_never_500(client):
 def test_manual_validation_errors_are_400(client):
     err = _error(client.post("/raw", json={"messages": []}), 400)
     assert err["param"] == "messages" and "messages" in err["message"]
-    err = _error(client.post("/raw", content=b'{"messages": [{"role": "user", "content": "x"}], "top_p": "a"}'), 400)
+    err = _error(
+        client.post("/raw", content=b'{"messages": [{"role": "user", "content": "x"}], "top_p": "a"}'), 400
+    )
     assert err["param"] == "top_p"
 
 
@@ -255,8 +305,12 @@ def test_runtime_errors_keep_their_param(client):
 
 
 def test_openai_error_and_unavailable(client):
-    assert _error(client.get("/teapot"), 418) == {"message": "I am a teapot.", "type": "invalid_request_error",
-                                                   "param": "pot", "code": "teapot"}
+    assert _error(client.get("/teapot"), 418) == {
+        "message": "I am a teapot.",
+        "type": "invalid_request_error",
+        "param": "pot",
+        "code": "teapot",
+    }
     err = _error(client.get("/unavailable"), 503)
     assert err["type"] == "server_error" and "scheduler" in err["message"]
 

@@ -57,7 +57,10 @@ def test_seed000_curl_and_requests_chat_completions(server):
     Neither sets max_tokens, so a random model writes until the context is full; both run at once.
     """
     base = server.base_url
-    body = {"model": server.model_path, "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+    body = {
+        "model": server.model_path,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    }
     curl_command = f"curl -s {base}/v1/chat/completions -d {shlex.quote(json.dumps(body))}"
     curl = subprocess.Popen(curl_command, shell=True, stdout=subprocess.PIPE)
     try:
@@ -78,8 +81,9 @@ def test_seed000_openai_client_chat_and_stream(server):
     """Cells [4] and [5]: the openai client, plain then streaming; greedy, so the streamed text is the same."""
     client = openai.Client(base_url=f"{server.base_url}/v1", api_key="None")
     messages = [{"role": "user", "content": "List 3 countries and their capitals."}]
-    response = client.chat.completions.create(model=server.model_path, messages=messages, temperature=0,
-                                              max_tokens=64)
+    response = client.chat.completions.create(
+        model=server.model_path, messages=messages, temperature=0, max_tokens=64
+    )
     assert response.object == "chat.completion"
     assert response.model == server.model_path
     [choice] = response.choices
@@ -90,8 +94,9 @@ def test_seed000_openai_client_chat_and_stream(server):
     if choice.finish_reason == "length":
         assert response.usage.completion_tokens == 64
 
-    stream = client.chat.completions.create(model=server.model_path, messages=messages, temperature=0,
-                                            max_tokens=64, stream=True)
+    stream = client.chat.completions.create(
+        model=server.model_path, messages=messages, temperature=0, max_tokens=64, stream=True
+    )
     pieces, finish = [], None
     for chunk in stream:
         if chunk.choices[0].delta.content:
@@ -105,7 +110,10 @@ def test_seed000_native_generate(server):
     """Cell [6]: ``text`` + ``sampling_params``; ``meta_info`` with SGLang's keys, length finish at 32."""
     response = requests.post(
         f"{server.base_url}/generate",
-        json={"text": "The capital of France is", "sampling_params": {"temperature": 0, "max_new_tokens": 32}},
+        json={
+            "text": "The capital of France is",
+            "sampling_params": {"temperature": 0, "max_new_tokens": 32},
+        },
     )
     assert response.status_code == 200
     out = response.json()
@@ -121,7 +129,10 @@ def test_seed000_native_generate(server):
 
 def test_seed000_native_generate_stream(server):
     """Cell [7]: ``data:`` lines of cumulative text, ``data: [DONE]`` last; printed pieces == the plain answer."""
-    payload = {"text": "The capital of France is", "sampling_params": {"temperature": 0, "max_new_tokens": 32}}
+    payload = {
+        "text": "The capital of France is",
+        "sampling_params": {"temperature": 0, "max_new_tokens": 32},
+    }
     expected = requests.post(f"{server.base_url}/generate", json=payload).json()
     response = requests.post(f"{server.base_url}/generate", json={**payload, "stream": True}, stream=True)
     assert response.status_code == 200

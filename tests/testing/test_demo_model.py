@@ -47,8 +47,14 @@ def test_default_model_is_the_shipped_demo_model():
     assert demo_model_dir() == DEMO_MODEL_DIR
     assert Path(default_model_path()) == DEMO_MODEL_DIR
     files = {p.name for p in DEMO_MODEL_DIR.iterdir()}
-    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-            "chat_template.jinja"} <= files
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    } <= files
     assert sum(p.stat().st_size for p in DEMO_MODEL_DIR.iterdir()) < 8 * 2**20
 
 
@@ -71,10 +77,14 @@ def test_hf_transformers_loads_it():
     model = AutoModelForCausalLM.from_pretrained(DEMO_MODEL_DIR, dtype=torch.float32)
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.tie_word_embeddings
     assert 1_000_000 < sum(p.numel() for p in model.parameters()) < 10_000_000
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
     out = model.generate(ids, do_sample=False, max_new_tokens=16, eos_token_id=tok.eos_token_id)
-    assert tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == "The capital of France is Paris."
+    assert tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True) == "The capital of France is Paris."
 
 
 def test_capital_of_france(engine):

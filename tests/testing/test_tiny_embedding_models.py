@@ -16,7 +16,9 @@ def test_same_arguments_give_identical_files(tmp_path):
     a = make_tiny_embedding_model(tmp_path / "a", "BertModel", pooling="cls")
     b = make_tiny_embedding_model(tmp_path / "b", "BertModel", pooling="cls")
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert {"modules.json", "1_Pooling/config.json", "model.safetensors", "tokenizer.json"} <= {str(f) for f in files}
+    assert {"modules.json", "1_Pooling/config.json", "model.safetensors", "tokenizer.json"} <= {
+        str(f) for f in files
+    }
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
 
@@ -29,7 +31,9 @@ def test_bert_has_the_sentence_transformers_layout_and_a_wordpiece_tokenizer(tmp
     assert pooling["pooling_mode_mean_tokens"] is True and pooling["pooling_mode_cls_token"] is False
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     ids = tokenizer("Hello World")["input_ids"]
-    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id and tokenizer.pad_token_id == 0
+    assert (
+        ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id and tokenizer.pad_token_id == 0
+    )
     assert tokenizer.decode(ids, skip_special_tokens=True) == "hello world"  # uncased
     st = pytest.importorskip("sentence_transformers")
     model = st.SentenceTransformer(str(path), device="cpu")

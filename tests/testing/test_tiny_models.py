@@ -24,10 +24,19 @@ def test_same_arguments_give_byte_identical_files(tmp_path):
     first = make_tiny_model(tmp_path / "a", seed=3, num_shards=2)
     second = make_tiny_model(tmp_path / "b", seed=3, num_shards=2)
     assert _file_bytes(first) == _file_bytes(second)
-    assert {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "chat_template.jinja", "model.safetensors.index.json"} <= set(_file_bytes(first))
+    assert {
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "model.safetensors.index.json",
+    } <= set(_file_bytes(first))
     other_seed = make_tiny_model(tmp_path / "c", seed=4, num_shards=2)
-    assert _file_bytes(other_seed)["model-00001-of-00002.safetensors"] != _file_bytes(first)["model-00001-of-00002.safetensors"]
+    assert (
+        _file_bytes(other_seed)["model-00001-of-00002.safetensors"]
+        != _file_bytes(first)["model-00001-of-00002.safetensors"]
+    )
 
 
 def test_regenerating_into_same_folder_replaces_old_shards(tmp_path):
@@ -56,13 +65,21 @@ def test_tokenizer_loads_with_chatml_template(tmp_path):
     tok = AutoTokenizer.from_pretrained(tmp_path)
     assert type(tok).__name__ == "TokenizersBackend"
     assert len(tok) == 512
-    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == ("<s>", "<|im_end|>", "<pad>", "<unk>")
+    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == (
+        "<s>",
+        "<|im_end|>",
+        "<pad>",
+        "<unk>",
+    )
     assert (tmp_path / "chat_template.jinja").exists()
 
     plain = tok("Hello, Alice!").input_ids
     assert plain[0] == tok.bos_token_id and plain.count(tok.bos_token_id) == 1
 
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
     text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert text == (
         "<s><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
@@ -71,7 +88,9 @@ def test_tokenizer_loads_with_chatml_template(tmp_path):
     ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)["input_ids"]
     assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id  # BOS not doubled
     assert tok.decode(ids) == text
-    parts = [{"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]}]
+    parts = [
+        {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]}
+    ]
     assert tok.apply_chat_template(parts, tokenize=False) == "<s><|im_start|>user\nHi there<|im_end|>\n"
 
 
@@ -93,8 +112,13 @@ def test_transformers_loads_every_architecture(tmp_path, architecture):
     assert config.bos_token_id == tok.convert_tokens_to_ids("<s>")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     assert type(model).__name__ == architecture
-    out = model.generate(**tok("The capital of France is", return_tensors="pt"), max_new_tokens=16,
-                         do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)
+    out = model.generate(
+        **tok("The capital of France is", return_tensors="pt"),
+        max_new_tokens=16,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=tok.pad_token_id,
+    )
     new_ids = out[0, -16:].tolist()
     assert len(set(new_ids)) > 4  # varied, not one token repeated forever
     assert torch.isfinite(model(out).logits).all()
@@ -112,9 +136,22 @@ def test_small_preset_is_about_20m_parameters(tmp_path):
 def test_cli_prints_folder(tmp_path):
     out = tmp_path / "cli"
     result = subprocess.run(
-        [sys.executable, "-m", "sglkit.testing", "--out", str(out), "--arch", "Qwen2ForCausalLM", "--num-shards", "2",
-         "--tie-word-embeddings"],
-        capture_output=True, text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [
+            sys.executable,
+            "-m",
+            "sglkit.testing",
+            "--out",
+            str(out),
+            "--arch",
+            "Qwen2ForCausalLM",
+            "--num-shards",
+            "2",
+            "--tie-word-embeddings",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.stdout.strip() == str(out)
     config = json.loads((out / "config.json").read_text())

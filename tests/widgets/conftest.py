@@ -24,8 +24,6 @@ def widgets_model_path(tiny_model_factory) -> str:
     return tiny_model_factory("LlamaForCausalLM")
 
 
-
-
 @pytest.fixture(scope="session")
 def widget_server(widgets_model_path) -> Iterator[RunningServer]:
     """The shared server; tests that change its weights restore the original ones."""
@@ -44,8 +42,11 @@ def server_info(base_url: str) -> dict:
 
 def greedy_ids(base_url: str, prompt: str = PROMPT, max_new_tokens: int = 12) -> list[int]:
     """Greedy output ids of ``prompt``."""
-    response = requests.post(f"{base_url}/generate", timeout=60, json={
-        "text": prompt, "sampling_params": {"temperature": 0, "max_new_tokens": max_new_tokens}})
+    response = requests.post(
+        f"{base_url}/generate",
+        timeout=60,
+        json={"text": prompt, "sampling_params": {"temperature": 0, "max_new_tokens": max_new_tokens}},
+    )
     assert response.status_code == 200, response.text
     return response.json()["output_ids"]
 
@@ -53,12 +54,20 @@ def greedy_ids(base_url: str, prompt: str = PROMPT, max_new_tokens: int = 12) ->
 @contextmanager
 def long_request(base_url: str, rid: str) -> Iterator[None]:
     """A streamed /generate of 2000 tokens running in the server for the duration of the block (then aborted)."""
-    response = requests.post(f"{base_url}/generate", stream=True, timeout=60, json={
-        "text": "Tell me a very long story", "rid": rid, "stream": True,
-        "sampling_params": {"max_new_tokens": 2000, "ignore_eos": True, "temperature": 0}})
+    response = requests.post(
+        f"{base_url}/generate",
+        stream=True,
+        timeout=60,
+        json={
+            "text": "Tell me a very long story",
+            "rid": rid,
+            "stream": True,
+            "sampling_params": {"max_new_tokens": 2000, "ignore_eos": True, "temperature": 0},
+        },
+    )
     assert response.status_code == 200
     lines = (line for line in response.iter_lines() if line)
-    first = json.loads(next(lines)[len(b"data: "):])
+    first = json.loads(next(lines)[len(b"data: ") :])
     assert first["meta_info"]["finish_reason"] is None
     drain = threading.Thread(target=lambda: [None for _ in lines], daemon=True)
     drain.start()  # keep reading so the server never blocks on a full socket

@@ -32,8 +32,16 @@ REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "widgets_dashboard.ipynb"
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 DASHBOARD_LABELS = ("KV pool", "Radix cache", "Requests", "Throughput", "Totals since start")
 START_TIMEOUT_MS = 180_000  # until the dashboard cell ran (tiny models made, server launched)
 RUN_TIMEOUT_MS = 360_000  # until the last cell ran
@@ -58,8 +66,9 @@ class Lab:
         """Call the Jupyter server REST API (loopback, no proxies)."""
         with requests.Session() as session:
             session.trust_env = False
-            return session.request(method, f"{self.url}{path}", timeout=10,
-                                   headers={"Authorization": f"token {self.token}"})
+            return session.request(
+                method, f"{self.url}{path}", timeout=10, headers={"Authorization": f"token {self.token}"}
+            )
 
 
 def _free_port() -> int:
@@ -125,22 +134,40 @@ def jupyter_lab(tmp_path) -> Iterator[Lab]:
     root.mkdir()
     _copy_without_outputs(NOTEBOOK, root / NOTEBOOK.name)
     _write_lab_settings(tmp_path / "lab-settings")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", SGLKIT_ECHO_LOGS="0",
-               JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
-               IPYTHONDIR=str(tmp_path / "ipython"), JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "lab-settings"),
-               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        SGLKIT_ECHO_LOGS="0",
+        JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+        IPYTHONDIR=str(tmp_path / "ipython"),
+        JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "lab-settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"),
+    )
     env.pop("JUPYTER_TOKEN", None)
     port, token = _free_port(), secrets.token_hex(16)
     log_path = tmp_path / "jupyterlab.log"
-    command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-               f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-               f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
-               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.extension_manager=readonly"]
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.extension_manager=readonly",
+    ]
     if os.geteuid() == 0:
         command.append("--allow-root")  # CI containers run as root
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     lab = Lab(f"http://127.0.0.1:{port}", token, process, log_path)
     try:
         deadline = time.monotonic() + 120
@@ -179,8 +206,12 @@ def test_dashboard_renders_in_jupyterlab(chromium: str, jupyter_lab: Lab, tmp_pa
     screenshot = ARTIFACTS / "widgets_dashboard.png"
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1500, "height": 1100})
+            str(tmp_path / "chromium-profile"),
+            executable_path=chromium,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1500, "height": 1100},
+        )
         page = context.new_page()
         try:
             page.goto(f"{jupyter_lab.url}/lab/tree/{NOTEBOOK.name}?token={jupyter_lab.token}")

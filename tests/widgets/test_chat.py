@@ -10,8 +10,11 @@ from tests.widgets.conftest import closed_port_url
 
 def chat_reference(base_url: str, messages: list[dict], max_tokens: int) -> str:
     """The same chat, not streamed, greedy."""
-    response = requests.post(f"{base_url}/v1/chat/completions", timeout=60, json={
-        "model": "default", "messages": messages, "temperature": 0, "max_tokens": max_tokens})
+    response = requests.post(
+        f"{base_url}/v1/chat/completions",
+        timeout=60,
+        json={"model": "default", "messages": messages, "temperature": 0, "max_tokens": max_tokens},
+    )
     assert response.status_code == 200, response.text
     return response.json()["choices"][0]["message"]["content"]
 

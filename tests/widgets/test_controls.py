@@ -41,7 +41,9 @@ def test_flush_from_the_dashboard_redraws_it(widget_server):
     assert "<span class='sglkit-cached-tokens'>0</span>" in dashboard.cache_text.value
 
 
-def test_update_to_other_size_fails_and_keeps_serving(widget_server, widgets_model_path, other_size_model_path):
+def test_update_to_other_size_fails_and_keeps_serving(
+    widget_server, widgets_model_path, other_size_model_path
+):
     original = greedy_ids(widget_server.base_url)
     controls = WeightControls(widget_server.base_url)
     controls.path.value = other_size_model_path

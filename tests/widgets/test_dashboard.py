@@ -32,7 +32,9 @@ def test_lifecycle_starting_ready_stopped_with_api_key(widgets_model_path):
     os.environ.setdefault("SGLKIT_ECHO_LOGS", "0")
     process, port = launch_server_cmd(
         f"python -m sglkit.launch_server --model-path {widgets_model_path} --max-total-tokens 2048 "
-        "--api-key sk-widgets", echo=False)
+        "--api-key sk-widgets",
+        echo=False,
+    )
     base_url = f"http://127.0.0.1:{port}"
     try:
         dashboard = ServerDashboard(base_url, api_key="sk-widgets", process=process, chat=False)
@@ -71,8 +73,11 @@ def test_refresh_shows_live_stats(widget_server):
     dashboard = ServerDashboard(widget_server.base_url, process=widget_server.process)
     assert dashboard.state == "ready"
     before = dict(dashboard.stats)
-    response = requests.post(f"{widget_server.base_url}/generate", timeout=60, json={
-        "text": [PROMPT, "Hello there"], "sampling_params": {"max_new_tokens": 8, "temperature": 0}})
+    response = requests.post(
+        f"{widget_server.base_url}/generate",
+        timeout=60,
+        json={"text": [PROMPT, "Hello there"], "sampling_params": {"max_new_tokens": 8, "temperature": 0}},
+    )
     assert response.status_code == 200
     dashboard.refresh()
     after = dashboard.stats
@@ -85,7 +90,9 @@ def test_refresh_shows_live_stats(widget_server):
     assert "schedule_policy" in dashboard.args_html.value
 
     with long_request(widget_server.base_url, "widgets-dashboard-long"):
-        wait_until(lambda: server_info(widget_server.base_url)["num_running_reqs"] == 1, what="a running request")
+        wait_until(
+            lambda: server_info(widget_server.base_url)["num_running_reqs"] == 1, what="a running request"
+        )
         dashboard.refresh()
         assert dashboard.stats["num_running_reqs"] == 1
         assert dashboard.stats["num_used_tokens"] > 0

@@ -20,6 +20,8 @@ def create_attention_backend(name: str, device: str) -> AttentionBackend:
         return TorchNativeAttnBackend()
     if name in ("triton", "flashinfer"):
         if not str(device).startswith("cuda"):
-            raise ValueError(f"attention_backend={name!r} needs a CUDA device; use 'torch_native' on {device}.")
+            raise ValueError(
+                f"attention_backend={name!r} needs a CUDA device; use 'torch_native' on {device}."
+            )
         raise NotImplementedError(f"attention_backend={name!r} is not implemented yet; use 'torch_native'.")
     raise ValueError(f"Unknown attention_backend {name!r}; choose one of {ATTENTION_BACKENDS}.")

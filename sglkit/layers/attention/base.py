@@ -29,18 +29,24 @@ class AttentionBackend(ABC):
         """Prepare per-pass metadata (index tensors, masks) and store it on ``forward_batch.attn_metadata``."""
 
     @abstractmethod
-    def forward_extend(self, q: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch) -> torch.Tensor:
+    def forward_extend(
+        self, q: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch
+    ) -> torch.Tensor:
         """q: [num_tokens, num_heads, head_dim] -> out [num_tokens, num_heads, head_dim] (causal, with prefix)."""
 
     @abstractmethod
-    def forward_decode(self, q: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch) -> torch.Tensor:
+    def forward_decode(
+        self, q: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch
+    ) -> torch.Tensor:
         """q: [batch_size, num_heads, head_dim] -> out [batch_size, num_heads, head_dim]."""
 
 
 class RadixAttention(nn.Module):
     """The attention op of one layer: store this pass's K/V in the pool, then attend with the backend."""
 
-    def __init__(self, layer_id: int, num_heads: int, num_kv_heads: int, head_dim: int, scaling: float) -> None:
+    def __init__(
+        self, layer_id: int, num_heads: int, num_kv_heads: int, head_dim: int, scaling: float
+    ) -> None:
         super().__init__()
         self.layer_id = layer_id
         self.num_heads = num_heads
@@ -48,7 +54,9 @@ class RadixAttention(nn.Module):
         self.head_dim = head_dim
         self.scaling = scaling
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, forward_batch: ForwardBatch) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, forward_batch: ForwardBatch
+    ) -> torch.Tensor:
         """q: [T, Hq*D], k/v: [T, Hkv*D] -> [T, Hq*D]."""
         num_tokens = q.shape[0]
         q = q.view(num_tokens, self.num_heads, self.head_dim)

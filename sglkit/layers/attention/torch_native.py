@@ -26,7 +26,9 @@ def gather_kv(buf: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """buf: [S, Hkv, D], indices: [...] -> [..., Hkv, D]. index_select on a flat view: several times faster on
     CPU than advanced indexing."""
     flat = torch.index_select(buf.view(buf.shape[0], -1), 0, indices.reshape(-1))
-    return flat.view(*indices.shape, *buf.shape[1:])  # use the shared-prefix decode path from this many common KV slots
+    return flat.view(
+        *indices.shape, *buf.shape[1:]
+    )  # use the shared-prefix decode path from this many common KV slots
 
 
 WORKSPACE_MAX_BYTES = 1 << 30  # padded decode K/V kept across steps, all layers together
@@ -35,7 +37,9 @@ WORKSPACE_GROWTH = 64  # extra positions allocated when the workspace is (re)bui
 
 @dataclass
 class _DecodeMetadata:
-    kv_indices: torch.Tensor  # [B, L_max] pool slots (0 = padding sink); suffix only when common_indices is set
+    kv_indices: (
+        torch.Tensor
+    )  # [B, L_max] pool slots (0 = padding sink); suffix only when common_indices is set
     attn_mask: torch.Tensor  # [B, 1, 1, L_max] bool, True where attended (same layout as kv_indices)
     common_indices: torch.Tensor | None = None  # [P] pool slots every request of the batch starts with
     workspace: DecodeWorkspace | None = None
@@ -89,7 +93,10 @@ class TorchNativeAttnBackend(AttentionBackend):
             return ws
         capacity = max_len + WORKSPACE_GROWTH
         elem = torch.tensor([], dtype=pool.dtype).element_size()
-        if 2 * pool.num_layers * len(slots) * pool.num_kv_heads * capacity * pool.head_dim * elem > WORKSPACE_MAX_BYTES:
+        if (
+            2 * pool.num_layers * len(slots) * pool.num_kv_heads * capacity * pool.head_dim * elem
+            > WORKSPACE_MAX_BYTES
+        ):
             self.workspace = None
             return None
         self.workspace = DecodeWorkspace(slots, list(seq_lens), capacity, forward_batch.seq_lens - 1)
@@ -133,7 +140,9 @@ class TorchNativeAttnBackend(AttentionBackend):
                 masks.append(k_pos <= q_pos)
         forward_batch.attn_metadata = _ExtendMetadata(kv_indices=kv_indices, masks=masks)
 
-    def forward_extend(self, q: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch) -> torch.Tensor:
+    def forward_extend(
+        self, q: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch
+    ) -> torch.Tensor:
         """q: [T, Hq, D] -> [T, Hq, D]."""
         meta: _ExtendMetadata = forward_batch.attn_metadata
         k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
@@ -158,7 +167,9 @@ class TorchNativeAttnBackend(AttentionBackend):
             start += ext_len
         return out
 
-    def forward_decode(self, q: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch) -> torch.Tensor:
+    def forward_decode(
+        self, q: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch
+    ) -> torch.Tensor:
         """q: [B, Hq, D] -> [B, Hq, D]."""
         meta: _DecodeMetadata = forward_batch.attn_metadata
         k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
@@ -172,10 +183,11 @@ class TorchNativeAttnBackend(AttentionBackend):
             v = gather_kv(v_buf, meta.kv_indices).transpose(1, 2)
         k, v = k.to(q.dtype), v.to(q.dtype)
         # GQA without expanding K/V: the query heads of one KV head become that head's "query positions".
-        grouped_q = q.view(batch, layer.num_kv_heads, num_heads // layer.num_kv_heads, head_dim)  # [B, Hkv, G, D]
+        grouped_q = q.view(
+            batch, layer.num_kv_heads, num_heads // layer.num_kv_heads, head_dim
+        )  # [B, Hkv, G, D]
         out = F.scaled_dot_product_attention(grouped_q, k, v, attn_mask=meta.attn_mask, scale=layer.scaling)
         return out.reshape(batch, num_heads, head_dim)
-
 
     @staticmethod
     def _workspace_kv(meta: _DecodeMetadata, layer: RadixAttention, k_buf, v_buf, new_loc: torch.Tensor):
@@ -222,11 +234,18 @@ def _decode_with_shared_prefix(
     ks = gather_kv(k_buf, meta.kv_indices).to(q.dtype)  # [B, S, Hkv, D]
     vs = gather_kv(v_buf, meta.kv_indices).to(q.dtype)
     suffix_scores = torch.einsum("bhgd,bshd->bhgs", qg, ks)  # [B, Hkv, G, S]
-    suffix_scores = suffix_scores.masked_fill(~meta.attn_mask[:, :, :, :].view(batch, 1, 1, -1), float("-inf"))
+    suffix_scores = suffix_scores.masked_fill(
+        ~meta.attn_mask[:, :, :, :].view(batch, 1, 1, -1), float("-inf")
+    )
     probs = torch.softmax(torch.cat([prefix_scores, suffix_scores], dim=-1) * layer.scaling, dim=-1)
     prefix_probs, suffix_probs = probs[..., :prefix_len], probs[..., prefix_len:]
-    out = torch.bmm(
-        prefix_probs.permute(1, 0, 2, 3).reshape(num_kv_heads, batch * group, prefix_len), vc.permute(1, 0, 2)
-    ).view(num_kv_heads, batch, group, head_dim).permute(1, 0, 2, 3)
+    out = (
+        torch.bmm(
+            prefix_probs.permute(1, 0, 2, 3).reshape(num_kv_heads, batch * group, prefix_len),
+            vc.permute(1, 0, 2),
+        )
+        .view(num_kv_heads, batch, group, head_dim)
+        .permute(1, 0, 2, 3)
+    )
     out = out + torch.einsum("bhgs,bshd->bhgd", suffix_probs, vs)
     return out.reshape(batch, num_heads, head_dim)
