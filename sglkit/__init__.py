@@ -12,7 +12,7 @@ __all__ = ["Engine", "SamplingParams", "ServerArgs", "__version__"]
 
 _LAZY = {
     "Engine": ("sglkit.runtime.engine", "Engine"),
-    "SamplingParams": ("sglkit.runtime.sampling_params", "SamplingParams"),
+    "SamplingParams": ("sglkit.core.sampling_params", "SamplingParams"),
     "ServerArgs": ("sglkit.server_args", "ServerArgs"),
 }
 

@@ -48,7 +48,7 @@ import torch
 from sglkit.cache.memory_pool import ReqToTokenPool, TokenToKVPoolAllocator
 
 if TYPE_CHECKING:
-    from sglkit.runtime.req import Req
+    from sglkit.core.req import Req
 
 _node_ids = itertools.count()
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from sglkit.layers.linear import Linear
 from sglkit.layers.pooler import Pooler, PoolingType
-from sglkit.runtime.forward_batch import ForwardBatch
+from sglkit.core.forward_batch import ForwardBatch
 
 __all__ = ["BertModel"]
 

@@ -21,7 +21,7 @@ from sglkit.layers.attention.base import RadixAttention
 from sglkit.layers.linear import Linear
 from sglkit.layers.norm import RMSNorm
 from sglkit.layers.rotary import RotaryEmbedding, get_rope
-from sglkit.runtime.forward_batch import ForwardBatch
+from sglkit.core.forward_batch import ForwardBatch
 
 __all__ = ["AttentionOptions", "LlamaForCausalLM", "MistralForCausalLM"]
 

@@ -23,7 +23,7 @@ from sglkit.layers.pooler import Pooler, PoolingType
 from sglkit.models.llama import AttentionOptions, LlamaForCausalLM
 from sglkit.models.qwen2 import Qwen2ForCausalLM
 from sglkit.models.qwen3 import Qwen3ForCausalLM
-from sglkit.runtime.forward_batch import ForwardBatch
+from sglkit.core.forward_batch import ForwardBatch
 
 __all__ = [
     "LlamaEmbeddingModel",

@@ -19,8 +19,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
-from sglkit.runtime.embedding_input import EmbeddingInput
-from sglkit.runtime.input_processor import InvalidRequestError
+from sglkit.runtime.frontend.embedding_input import EmbeddingInput
+from sglkit.runtime.frontend.input_processor import InvalidRequestError
 from sglkit.server import embedding_client
 from sglkit.server.errors import error_response
 from sglkit.server.openai_format import model_error

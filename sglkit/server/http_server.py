@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from sglkit.log_utils import configure_logging
 from sglkit.server import embeddings_api, native_api, openai_api
 from sglkit.server.errors import error_body, install_error_handlers
-from sglkit.server.scheduler_process import PortArgs, run_scheduler_process
+from sglkit.runtime.scheduler.process import PortArgs, run_scheduler_process
 from sglkit.server.tokenizer_manager import TokenizerManager
 from sglkit.server_args import ServerArgs
 

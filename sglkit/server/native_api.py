@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, ConfigDict
 
 from sglkit import __version__
-from sglkit.runtime.input_processor import GenerateInput
+from sglkit.runtime.frontend.input_processor import GenerateInput
 from sglkit.server.errors import error_response
 from sglkit.server.protocol import Bool, Int, parse_json_object, validate_request
 

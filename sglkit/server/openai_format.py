@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sglkit.runtime.input_processor import GenerateInput, InvalidRequestError
+from sglkit.runtime.frontend.input_processor import GenerateInput, InvalidRequestError
 from sglkit.server.protocol import (
     ChatCompletionChoice,
     ChatCompletionRequest,

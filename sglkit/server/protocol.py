@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError
 
-from sglkit.runtime.input_processor import InvalidRequestError
+from sglkit.runtime.frontend.input_processor import InvalidRequestError
 
 MAX_CHAT_TOP_LOGPROBS = 20
 MAX_COMPLETION_LOGPROBS = 5

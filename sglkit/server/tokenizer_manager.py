@@ -17,8 +17,8 @@ import zmq
 import zmq.asyncio
 
 from sglkit.runtime.engine import format_logprobs
-from sglkit.runtime.input_processor import GenerateInput, build_requests
-from sglkit.runtime.messages import (
+from sglkit.runtime.frontend.input_processor import GenerateInput, build_requests
+from sglkit.core.messages import (
     AbortReq,
     ControlResult,
     FlushCacheReq,
@@ -27,8 +27,8 @@ from sglkit.runtime.messages import (
     TokenizedGenerateReq,
     UpdateWeightsReq,
 )
-from sglkit.runtime.tokenizer_utils import load_tokenizer
-from sglkit.server.scheduler_process import PortArgs
+from sglkit.runtime.frontend.tokenizer import load_tokenizer
+from sglkit.runtime.scheduler.process import PortArgs
 from sglkit.server_args import ServerArgs
 
 logger = logging.getLogger("sglkit.server")

@@ -9,8 +9,8 @@ import torch
 
 from sglkit.cache import RadixCache, ReqToTokenPool, TokenToKVPoolAllocator
 from sglkit.cache.radix_cache import TreeNode
-from sglkit.runtime.req import Req
-from sglkit.runtime.sampling_params import SamplingParams
+from sglkit.core.req import Req
+from sglkit.core.sampling_params import SamplingParams
 
 
 def make_cache(size: int = 64, num_reqs: int = 4, disable: bool = False):

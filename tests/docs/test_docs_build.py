@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import gen_reference  # noqa: E402
 
-from sglkit.runtime.sampling_params import SamplingParams  # noqa: E402
+from sglkit.core.sampling_params import SamplingParams  # noqa: E402
 from sglkit.server_args import ServerArgs  # noqa: E402
 
 REFERENCE_PAGES = ["index", "server_arguments", "sampling_params", "http_api", "python_api"]

@@ -11,7 +11,7 @@ import torch
 
 from sglkit.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TokenToKVPoolAllocator
 from sglkit.layers.attention.torch_native import TorchNativeAttnBackend
-from sglkit.runtime.forward_batch import ForwardBatch, ForwardMode
+from sglkit.core.forward_batch import ForwardBatch, ForwardMode
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from sglkit.layers.linear import pack_linear_weights
 from sglkit.models import load_model
 from sglkit.models.bert import BertModel
-from sglkit.runtime.forward_batch import ForwardBatch, ForwardMode
+from sglkit.core.forward_batch import ForwardBatch, ForwardMode
 from tests.embedding_reference import tiny_embedding_model  # noqa: F401 - fixture
 
 ATOL = 1e-4

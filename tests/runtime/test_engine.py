@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import sglkit
-from sglkit.runtime.messages import TokenizedGenerateReq
-from sglkit.runtime.sampling_params import SamplingParams
+from sglkit.core.messages import TokenizedGenerateReq
+from sglkit.core.sampling_params import SamplingParams
 
 
 @pytest.fixture(scope="module")

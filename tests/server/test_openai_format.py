@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from sglkit.runtime.input_processor import InvalidRequestError, build_requests
+from sglkit.runtime.frontend.input_processor import InvalidRequestError, build_requests
 from sglkit.server import openai_api
 from sglkit.server import openai_format as fmt
 from sglkit.server.errors import install_error_handlers

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from sglkit.runtime.forward_batch import ForwardBatch
+    from sglkit.core.forward_batch import ForwardBatch
 
 
 class AttentionBackend(ABC):

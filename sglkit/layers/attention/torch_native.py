@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from sglkit.layers.attention.base import AttentionBackend, RadixAttention
-from sglkit.runtime.forward_batch import ForwardBatch
+from sglkit.core.forward_batch import ForwardBatch
 
 SHARED_PREFIX_MIN_TOKENS = 32
 

@@ -10,8 +10,8 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sglkit.runtime.messages import TokenizedGenerateReq
-from sglkit.runtime.sampling_params import SamplingParamError, SamplingParams
+from sglkit.core.messages import TokenizedGenerateReq
+from sglkit.core.sampling_params import SamplingParamError, SamplingParams
 
 MAX_TOP_LOGPROBS = 20
 

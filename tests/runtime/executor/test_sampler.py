@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from sglkit.runtime.req import Req
-from sglkit.runtime.sampler import (
+from sglkit.core.req import Req
+from sglkit.runtime.executor.sampler import (
     Sampler,
     SamplingBatchInfo,
     apply_logit_processors,
@@ -16,7 +16,7 @@ from sglkit.runtime.sampler import (
     get_top_logprobs,
     make_generator,
 )
-from sglkit.runtime.sampling_params import SamplingParams
+from sglkit.core.sampling_params import SamplingParams
 
 NUM_DRAWS = 2000
 # A crafted distribution, deliberately not in sorted vocabulary order: token 3 is the most likely.

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 
 from sglkit.cache.memory_pool import ReqToTokenPool, TokenToKVPoolAllocator
-from sglkit.runtime.forward_batch import ForwardBatch, ForwardMode
-from sglkit.runtime.req import Req
+from sglkit.core.forward_batch import ForwardBatch, ForwardMode
+from sglkit.core.req import Req
 
 
 @dataclass

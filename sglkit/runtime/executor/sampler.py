@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sglkit.runtime.sampling_params import SamplingParams
+from sglkit.core.sampling_params import SamplingParams
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -163,7 +163,7 @@ class SamplingBatchInfo:
         eos_token_ids: set[int] | Sequence[int],
         device: torch.device | str,
     ) -> SamplingBatchInfo:
-        """Convenience over ``from_params`` for ``sglkit.runtime.req.Req`` objects."""
+        """Convenience over ``from_params`` for ``sglkit.core.req.Req`` objects."""
         return cls.from_params(
             [r.sampling_params for r in reqs],
             [r.origin_input_ids for r in reqs],

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from sglkit.runtime.sampling_params import SamplingParamError, SamplingParams
+from sglkit.core.sampling_params import SamplingParamError, SamplingParams
 
 VOCAB = 1000
 

@@ -21,11 +21,11 @@ from sglkit.layers.linear import pack_linear_weights
 from sglkit.layers.pooler import Pooler
 from sglkit.models.loader import load_model
 from sglkit.models.pooling_config import read_max_seq_length, read_pooling_config
-from sglkit.runtime.forward_batch import ForwardBatch, ForwardMode
-from sglkit.runtime.model_runner import GB, ModelRunner, available_memory_gb
+from sglkit.core.forward_batch import ForwardBatch, ForwardMode
+from sglkit.runtime.executor.model_runner import GB, ModelRunner, available_memory_gb
 from sglkit.server_args import ServerArgs
 
-logger = logging.getLogger("sglkit.runtime.model_runner")
+logger = logging.getLogger("sglkit.runtime.executor.model_runner")
 
 DEFAULT_MAX_BATCH_SIZE = 256  # inputs per pass when --max-running-requests is unset
 

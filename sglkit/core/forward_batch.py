@@ -13,13 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:
-    from sglkit.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
-    from sglkit.layers.attention.base import AttentionBackend
 
 
 class ForwardMode(Enum):
@@ -52,9 +48,9 @@ class ForwardBatch:
     extend_prefix_lens_cpu: list[int]  # [batch_size] cached tokens before this pass (0s for decode)
     extend_seq_lens_cpu: list[int]  # [batch_size] new tokens in this pass (1s for decode)
     logits_indices: torch.Tensor  # [num_logit_rows] packed-token rows whose logits are computed
-    req_to_token_pool: ReqToTokenPool
-    token_to_kv_pool: MHATokenToKVPool
-    attn_backend: AttentionBackend
+    req_to_token_pool: Any  # sglkit.cache.ReqToTokenPool (None for an encoder)
+    token_to_kv_pool: Any  # sglkit.cache.MHATokenToKVPool (None for an encoder)
+    attn_backend: Any  # sglkit.layers.attention.AttentionBackend
     # Backend-private metadata set by ``attn_backend.init_forward_metadata``.
     attn_metadata: Any = None
     extend_start_loc_cpu: list[int] = field(default_factory=list)

@@ -1,7 +1,7 @@
 """Scheduler process: the server's runtime process. A thin loop recv -> handle -> step -> send over ZMQ.
 
 The HTTP process never runs model compute; it talks to this process with the dataclasses of
-``sglkit.runtime.messages``. This process dies with its parent (PR_SET_PDEATHSIG) and kills itself when a
+``sglkit.core.messages``. This process dies with its parent (PR_SET_PDEATHSIG) and kills itself when a
 batch makes no progress for ``watchdog_timeout`` seconds, so a hung runtime never hangs the server.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import zmq
 
 from sglkit.log_utils import configure_logging
-from sglkit.runtime.messages import (
+from sglkit.core.messages import (
     AbortReq,
     ControlResult,
     FlushCacheReq,
@@ -126,8 +126,8 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_pi
 
     tqdm.tqdm.set_lock(threading.RLock())  # tqdm's default multiprocessing lock would be reported as leaked
     try:
-        from sglkit.runtime.embedding_scheduler import EmbeddingScheduler
-        from sglkit.runtime.scheduler import Scheduler
+        from sglkit.runtime.scheduler.embedding_scheduler import EmbeddingScheduler
+        from sglkit.runtime.scheduler.scheduler import Scheduler
 
         scheduler = EmbeddingScheduler(server_args) if server_args.is_embedding else Scheduler(server_args)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which exits with the message

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 
-from sglkit.runtime.req import Req
+from sglkit.core.req import Req
 
 logger = logging.getLogger("sglkit.runtime.scheduler")
 

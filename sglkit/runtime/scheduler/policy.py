@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sglkit.runtime.req import Req
+from sglkit.core.req import Req
 
 CLIP_MAX_NEW_TOKENS = 4096  # cap of one request's decode reserve, as in SGLang
 IN_BATCH_PREFIX_THRESHOLD = (

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sglkit.runtime.sampling_params import SamplingParams
+from sglkit.core.sampling_params import SamplingParams
 
 
 @dataclass

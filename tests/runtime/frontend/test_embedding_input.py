@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sglkit.runtime.embedding_input import EmbeddingInput, build_embedding_requests
-from sglkit.runtime.input_processor import InvalidRequestError
+from sglkit.runtime.frontend.embedding_input import EmbeddingInput, build_embedding_requests
+from sglkit.runtime.frontend.input_processor import InvalidRequestError
 from sglkit.testing.tiny_embedding_models import make_bert_tokenizer
 
 CONTEXT = 32

@@ -16,7 +16,7 @@ from sglkit.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TokenToKV
 from sglkit.layers.attention import create_attention_backend
 from sglkit.layers.linear import pack_linear_weights
 from sglkit.models.loader import iterate_weights, load_config, load_model
-from sglkit.runtime.forward_batch import ForwardBatch
+from sglkit.core.forward_batch import ForwardBatch
 from sglkit.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)

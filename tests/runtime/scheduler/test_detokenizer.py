@@ -6,7 +6,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from sglkit.runtime.detokenizer import (
+from sglkit.runtime.scheduler.detokenizer import (
     IncrementalDetokenizer,
     find_stop_str,
     partial_stop_len,

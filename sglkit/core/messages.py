@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sglkit.runtime.sampling_params import SamplingParams
+from sglkit.core.sampling_params import SamplingParams
 
 
 @dataclass
