@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import json
 import os
 import re
@@ -25,6 +24,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from sglkit.launch.parent_death import die_with_parent, parent_death_supported
 from sglkit.log_relay import LogRelay
 from sglkit.ports import unclaim_port, wait_port_free
 from sglkit.process_tree import ProcessTree, create_time_of, end_process_trees
@@ -41,7 +41,6 @@ USE_WATCHDOG: bool = True
 
 EXIT_GRACE_PERIOD = 2.0  # SIGTERM -> SIGKILL at exit; Jupyter SIGTERMs a kernel 2.5 s into its shutdown
 _PORT_FREE_WAIT = 3.0
-_PR_SET_PDEATHSIG = 1
 
 _ENV_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 _LINE_CONTINUATION = re.compile(r"\\[ \t]*\r?\n")
@@ -49,7 +48,6 @@ _LINE_CONTINUATION = re.compile(r"\\[ \t]*\r?\n")
 _registry: dict[int, subprocess.Popen] = {}  # pid -> process, in launch order
 _registry_lock = threading.RLock()
 _state_dir_path: Path | None = None
-_prctl = None
 _watchdog = SessionWatchdog()
 
 
@@ -151,35 +149,6 @@ def _remove_pidfile(pid: int) -> None:
 # -- launch ----------------------------------------------------------------------------------------------------
 
 
-def _load_prctl():
-    global _prctl
-    if _prctl is None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            prctl = libc.prctl
-            prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-            prctl.restype = ctypes.c_int
-            _prctl = prctl
-        except (OSError, AttributeError):
-            _prctl = False
-    return _prctl or None
-
-
-def die_with_parent(sig: int = signal.SIGKILL, parent_pid: int | None = None) -> bool:
-    """Make the calling process receive ``sig`` when the thread that created it exits (Linux prctl).
-
-    Call it first thing in a child process (e.g. a server's scheduler subprocess) so that a killed parent takes
-    the child down too. If ``parent_pid`` is given and the parent is already gone, ``sig`` is raised at once.
-    Returns False where unsupported (non-Linux).
-    """
-    prctl = _load_prctl() if sys.platform.startswith("linux") else None
-    if prctl is None or prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-        return False
-    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os.kill(os.getpid(), sig)
-    return True
-
-
 def _parent_death_preexec():
     """A preexec_fn applying :func:`die_with_parent` with PARENT_DEATH_SIGNAL (Linux, main thread only).
 
@@ -188,7 +157,7 @@ def _parent_death_preexec():
     """
     if PARENT_DEATH_SIGNAL is None or not sys.platform.startswith("linux"):
         return None
-    if threading.current_thread() is not threading.main_thread() or _load_prctl() is None:
+    if threading.current_thread() is not threading.main_thread() or not parent_death_supported():
         return None
     sig, parent_pid = int(PARENT_DEATH_SIGNAL), os.getpid()
 

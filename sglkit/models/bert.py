@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglkit.core.forward_batch import ForwardBatch
 from sglkit.layers.linear import Linear
 from sglkit.layers.pooler import Pooler, PoolingType
-from sglkit.core.forward_batch import ForwardBatch
 
 __all__ = ["BertModel"]
 

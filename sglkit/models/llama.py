@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglkit.core.forward_batch import ForwardBatch
 from sglkit.layers.activation import SiluAndMul
 from sglkit.layers.attention.base import RadixAttention
 from sglkit.layers.linear import Linear
 from sglkit.layers.norm import RMSNorm
 from sglkit.layers.rotary import RotaryEmbedding, get_rope
-from sglkit.core.forward_batch import ForwardBatch
 
 __all__ = ["AttentionOptions", "LlamaForCausalLM", "MistralForCausalLM"]
 

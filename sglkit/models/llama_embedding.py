@@ -18,12 +18,12 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from sglkit.core.forward_batch import ForwardBatch
 from sglkit.layers.linear import Linear
 from sglkit.layers.pooler import Pooler, PoolingType
 from sglkit.models.llama import AttentionOptions, LlamaForCausalLM
 from sglkit.models.qwen2 import Qwen2ForCausalLM
 from sglkit.models.qwen3 import Qwen3ForCausalLM
-from sglkit.core.forward_batch import ForwardBatch
 
 __all__ = [
     "LlamaEmbeddingModel",

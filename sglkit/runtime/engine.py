@@ -12,11 +12,11 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from sglkit.log_utils import configure_logging
-from sglkit.runtime.frontend.embedding_input import EmbeddingInput, build_embedding_requests
-from sglkit.runtime.scheduler.embedding_scheduler import EmbeddingScheduler
-from sglkit.runtime.frontend.input_processor import GenerateInput, build_requests
 from sglkit.core.messages import GenerateOutput
+from sglkit.launch.log_format import configure_logging
+from sglkit.runtime.frontend.embedding_input import EmbeddingInput, build_embedding_requests
+from sglkit.runtime.frontend.input_processor import GenerateInput, build_requests
+from sglkit.runtime.scheduler.embedding_scheduler import EmbeddingScheduler
 from sglkit.runtime.scheduler.scheduler import Scheduler
 from sglkit.server_args import ServerArgs
 

@@ -12,9 +12,9 @@ import asyncio
 import logging
 from typing import Any
 
+from sglkit.core.messages import AbortReq, EmbeddingOutput, TokenizedEmbeddingReq
 from sglkit.runtime.frontend.embedding_input import EmbeddingInput, build_embedding_requests
 from sglkit.runtime.frontend.input_processor import InvalidRequestError
-from sglkit.core.messages import AbortReq, EmbeddingOutput, TokenizedEmbeddingReq
 from sglkit.server.tokenizer_manager import ServerUnavailableError
 
 logger = logging.getLogger("sglkit.server")

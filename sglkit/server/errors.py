@@ -29,8 +29,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sglkit.runtime.frontend.input_processor import InvalidRequestError
 from sglkit.core.sampling_params import SamplingParamError
+from sglkit.runtime.frontend.input_processor import InvalidRequestError
 from sglkit.server.tokenizer_manager import ServerUnavailableError
 
 logger = logging.getLogger("sglkit.server")

@@ -26,10 +26,10 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sglkit.log_utils import configure_logging
+from sglkit.launch.log_format import configure_logging
+from sglkit.runtime.scheduler.process import PortArgs, run_scheduler_process
 from sglkit.server import embeddings_api, native_api, openai_api
 from sglkit.server.errors import error_body, install_error_handlers
-from sglkit.runtime.scheduler.process import PortArgs, run_scheduler_process
 from sglkit.server.tokenizer_manager import TokenizerManager
 from sglkit.server_args import ServerArgs
 

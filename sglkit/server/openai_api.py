@@ -19,8 +19,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from sglkit.runtime.frontend.input_processor import GenerateInput, InvalidRequestError
 from sglkit.core.messages import TokenizedGenerateReq
+from sglkit.runtime.frontend.input_processor import GenerateInput, InvalidRequestError
 from sglkit.server import openai_format as fmt
 from sglkit.server.errors import OpenAIError, error_body
 from sglkit.server.protocol import (

@@ -16,8 +16,6 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from sglkit.runtime.engine import format_logprobs
-from sglkit.runtime.frontend.input_processor import GenerateInput, build_requests
 from sglkit.core.messages import (
     AbortReq,
     ControlResult,
@@ -27,6 +25,8 @@ from sglkit.core.messages import (
     TokenizedGenerateReq,
     UpdateWeightsReq,
 )
+from sglkit.runtime.engine import format_logprobs
+from sglkit.runtime.frontend.input_processor import GenerateInput, build_requests
 from sglkit.runtime.frontend.tokenizer import load_tokenizer
 from sglkit.runtime.scheduler.process import PortArgs
 from sglkit.server_args import ServerArgs

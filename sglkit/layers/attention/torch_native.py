@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from sglkit.layers.attention.base import AttentionBackend, RadixAttention
 from sglkit.core.forward_batch import ForwardBatch
+from sglkit.layers.attention.base import AttentionBackend, RadixAttention
 
 SHARED_PREFIX_MIN_TOKENS = 32
 

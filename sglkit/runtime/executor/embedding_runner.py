@@ -16,12 +16,12 @@ import logging
 import torch
 
 from sglkit.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TokenToKVPoolAllocator
+from sglkit.core.forward_batch import ForwardBatch, ForwardMode
 from sglkit.layers.attention import create_attention_backend
 from sglkit.layers.linear import pack_linear_weights
 from sglkit.layers.pooler import Pooler
 from sglkit.models.loader import load_model
 from sglkit.models.pooling_config import read_max_seq_length, read_pooling_config
-from sglkit.core.forward_batch import ForwardBatch, ForwardMode
 from sglkit.runtime.executor.model_runner import GB, ModelRunner, available_memory_gb
 from sglkit.server_args import ServerArgs
 

@@ -13,10 +13,10 @@ import psutil
 import torch
 
 from sglkit.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TokenToKVPoolAllocator
+from sglkit.core.forward_batch import ForwardBatch
 from sglkit.layers.attention import create_attention_backend
 from sglkit.layers.linear import pack_linear_weights
 from sglkit.models.loader import iterate_weights, load_config, load_model
-from sglkit.core.forward_batch import ForwardBatch
 from sglkit.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)

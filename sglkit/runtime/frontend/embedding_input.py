@@ -10,8 +10,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sglkit.runtime.frontend.input_processor import InvalidRequestError, validate_input_ids
 from sglkit.core.messages import TokenizedEmbeddingReq
+from sglkit.runtime.frontend.input_processor import InvalidRequestError, validate_input_ids
 
 MAX_EMBEDDING_BATCH_SIZE = 2048  # inputs per call (OpenAI's limit for /v1/embeddings)
 

@@ -14,10 +14,10 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from sglkit.runtime.executor.embedding_runner import EmbeddingModelRunner
 from sglkit.core.messages import ControlResult, EmbeddingOutput, TokenizedEmbeddingReq
-from sglkit.runtime.scheduler.stats import SchedulerStats
+from sglkit.runtime.executor.embedding_runner import EmbeddingModelRunner
 from sglkit.runtime.frontend.tokenizer import load_tokenizer
+from sglkit.runtime.scheduler.stats import SchedulerStats
 from sglkit.server_args import ServerArgs
 
 logger = logging.getLogger("sglkit.runtime.scheduler")

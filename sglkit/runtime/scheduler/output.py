@@ -11,10 +11,10 @@ import time
 
 import torch
 
-from sglkit.runtime.scheduler.detokenizer import IncrementalDetokenizer, find_stop_str
 from sglkit.core.messages import GenerateOutput
 from sglkit.core.req import FinishReason, Req
 from sglkit.runtime.executor.sampler import compute_logprobs, get_token_logprobs, get_top_logprobs
+from sglkit.runtime.scheduler.detokenizer import IncrementalDetokenizer, find_stop_str
 
 
 def init_detokenizer(req: Req, tokenizer) -> None:

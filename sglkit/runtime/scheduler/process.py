@@ -7,7 +7,6 @@ batch makes no progress for ``watchdog_timeout`` seconds, so a hung runtime neve
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 import os
@@ -21,7 +20,6 @@ from dataclasses import dataclass
 
 import zmq
 
-from sglkit.log_utils import configure_logging
 from sglkit.core.messages import (
     AbortReq,
     ControlResult,
@@ -31,6 +29,8 @@ from sglkit.core.messages import (
     TokenizedGenerateReq,
     UpdateWeightsReq,
 )
+from sglkit.launch.log_format import configure_logging
+from sglkit.launch.parent_death import die_with_parent
 from sglkit.server_args import ServerArgs
 
 logger = logging.getLogger("sglkit.scheduler")
@@ -42,17 +42,6 @@ class PortArgs:
 
     scheduler_input: str  # HTTP -> scheduler (PUSH/PULL)
     scheduler_output: str  # scheduler -> HTTP (PUSH/PULL)
-
-
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """Ask Linux to send ``sig`` to this process when its parent dies (no-op elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def start_watchdog(get_progress, is_busy, timeout: float) -> None:
@@ -116,9 +105,7 @@ class ShutdownSignal:
 
 def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_pipe, parent_pid: int) -> None:
     """Entry point of the scheduler process: load the model, report readiness, then serve until SIGTERM."""
-    die_with_parent()
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
+    die_with_parent(signal.SIGKILL, parent_pid)  # a killed HTTP process takes this one down too
     configure_logging(server_args.log_level, prefix="TP0")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server stops us itself

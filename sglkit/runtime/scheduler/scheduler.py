@@ -16,9 +16,10 @@ import torch
 from sglkit.cache.radix_cache import RadixCache
 from sglkit.core.forward_batch import ForwardMode
 from sglkit.core.messages import ControlResult, GenerateOutput, TokenizedGenerateReq
-from sglkit.runtime.executor.model_runner import ModelRunner
 from sglkit.core.req import FinishReason, Req
+from sglkit.runtime.executor.model_runner import ModelRunner
 from sglkit.runtime.executor.sampler import Sampler, SamplingBatchInfo, compute_logprobs
+from sglkit.runtime.frontend.tokenizer import get_eos_token_ids, load_tokenizer
 from sglkit.runtime.scheduler.batch import (
     ScheduleBatch,
     alloc_token_slots,
@@ -27,12 +28,6 @@ from sglkit.runtime.scheduler.batch import (
     input_logprob_start,
     to_forward_batch,
 )
-from sglkit.runtime.scheduler.policy import (
-    PrefillAdder,
-    decode_reserve,
-    shares_uncached_prefix,
-    sort_waiting_queue,
-)
 from sglkit.runtime.scheduler.output import (
     append_token,
     collect_input_logprobs,
@@ -40,8 +35,13 @@ from sglkit.runtime.scheduler.output import (
     record_output_logprobs,
     should_stream,
 )
+from sglkit.runtime.scheduler.policy import (
+    PrefillAdder,
+    decode_reserve,
+    shares_uncached_prefix,
+    sort_waiting_queue,
+)
 from sglkit.runtime.scheduler.stats import SchedulerStats
-from sglkit.runtime.frontend.tokenizer import get_eos_token_ids, load_tokenizer
 from sglkit.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Launch: the notebook process lifecycle (spawning, ports, process trees, log relay, the session watchdog)."""
