@@ -1,9 +1,10 @@
-"""Offline front end: ``sglkit.Engine`` runs the scheduler in-process (same loop as the server, no HTTP, no IPC).
+"""Offline front end: ``sglkit.Engine`` drives the server's scheduler loop in-process (no HTTP, no IPC).
 
-generate() -> input_processor (validate, tokenize) -> Scheduler.add_request -> Scheduler.step() until done
--> outputs assembled into SGLang's {"text", "output_ids", "meta_info"} dicts (or streamed as chunks).
-With ``is_embedding=True``: encode() -> embedding_input -> EmbeddingScheduler (prefill-only passes)
--> {"embedding", "meta_info"} dicts.
+generate() -> frontend.input_processor (validate, tokenize) -> scheduler.handle(requests) -> scheduler.step()
+until done -> frontend.output_folder folds the deltas into SGLang's {"text", "output_ids", "meta_info"} dicts
+(or they are streamed as chunks). With ``is_embedding=True``: encode() -> frontend.embedding_input ->
+the embedding scheduler (prefill-only passes) -> {"embedding", "meta_info"} dicts. Every message goes through
+``SchedulerBase.handle``, exactly as the server's scheduler process dispatches what arrives over ZMQ.
 """
 
 from __future__ import annotations
@@ -12,63 +13,16 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from sglkit.core.messages import GenerateOutput
+from sglkit.core.messages import AbortReq, FlushCacheReq, GenerateOutput, GetStatsReq, UpdateWeightsReq
 from sglkit.launch.log_format import configure_logging
 from sglkit.runtime.frontend.embedding_input import EmbeddingInput, build_embedding_requests
 from sglkit.runtime.frontend.input_processor import GenerateInput, build_requests
-from sglkit.runtime.scheduler.embedding_scheduler import EmbeddingScheduler
-from sglkit.runtime.scheduler.scheduler import Scheduler
+from sglkit.runtime.frontend.output_folder import OutputFolder
+from sglkit.runtime.scheduler import create_scheduler
+from sglkit.runtime.scheduler.base import SchedulerBase
 from sglkit.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
-
-
-class OutputAccumulator:
-    """Folds a request's GenerateOutput deltas into SGLang's final response dict."""
-
-    def __init__(self, return_logprob: bool) -> None:
-        self.return_logprob = return_logprob
-        self.text = ""
-        self.output_ids: list[int] = []
-        self.meta_info: dict[str, Any] = {}
-        self.logprobs: dict[str, list] = {
-            "input_token_logprobs": [],
-            "input_top_logprobs": [],
-            "output_token_logprobs": [],
-            "output_top_logprobs": [],
-        }
-
-    def add(self, out: GenerateOutput) -> None:
-        """Fold one delta in."""
-        self.text += out.text_delta
-        self.output_ids.extend(out.output_ids_delta)
-        self.meta_info = dict(out.meta_info)
-        if self.return_logprob:
-            self.logprobs["input_token_logprobs"].extend(out.input_token_logprobs)
-            self.logprobs["input_top_logprobs"].extend(out.input_top_logprobs)
-            self.logprobs["output_token_logprobs"].extend(out.output_token_logprobs_delta)
-            self.logprobs["output_top_logprobs"].extend(out.output_top_logprobs_delta)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The response in SGLang's shape; logprobs as [logprob, token_id, None] triples in meta_info."""
-        meta = dict(self.meta_info)
-        if self.return_logprob:
-            meta.update(format_logprobs(self.logprobs))
-        return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
-
-
-def format_logprobs(logprobs: dict[str, list]) -> dict[str, list]:
-    """(logprob, id) pairs -> SGLang's [logprob, id, None] triples; top-k lists likewise."""
-
-    def triples(pairs):
-        return [[lp, tid, None] for lp, tid in pairs]
-
-    return {
-        "input_token_logprobs": triples(logprobs["input_token_logprobs"]),
-        "output_token_logprobs": triples(logprobs["output_token_logprobs"]),
-        "input_top_logprobs": [None if t is None else triples(t) for t in logprobs["input_top_logprobs"]],
-        "output_top_logprobs": [triples(t) for t in logprobs["output_top_logprobs"]],
-    }
 
 
 class Engine:
@@ -85,8 +39,7 @@ class Engine:
     def __init__(self, log_level: str | None = None, **kwargs: Any) -> None:
         self.server_args = ServerArgs(log_level=log_level or kwargs.pop("log_level", "error"), **kwargs)
         configure_logging(self.server_args.log_level)
-        scheduler_cls = EmbeddingScheduler if self.server_args.is_embedding else Scheduler
-        self.scheduler: Scheduler | EmbeddingScheduler | None = scheduler_cls(self.server_args)
+        self.scheduler: SchedulerBase | None = create_scheduler(self.server_args)
         self.tokenizer = self.scheduler.tokenizer
 
     # ----- generation -----
@@ -125,10 +78,10 @@ class Engine:
         )
         if stream:
             return self._stream(reqs, owners, is_batch)
-        accs = {r.rid: OutputAccumulator(r.return_logprob) for r in reqs}
+        folders = {r.rid: OutputFolder(r.return_logprob) for r in reqs}
         for out in self._run(reqs):
-            accs[out.rid].add(out)
-        results = [accs[r.rid].to_dict() for r in reqs]
+            folders[out.rid].add(out)
+        results = [folders[r.rid].response() for r in reqs]
         if is_batch or len(results) > 1:
             return results
         return results[0]
@@ -178,13 +131,9 @@ class Engine:
 
     def _run(self, reqs) -> Iterator[GenerateOutput]:
         scheduler = self._require_scheduler()
-        pending = set()
-        for req in reqs:
-            early = scheduler.add_request(req)
-            if early is not None:
-                yield early
-            else:
-                pending.add(req.rid)
+        early = {out.rid: out for out in scheduler.handle(list(reqs))}  # refused at once: final outputs
+        yield from early.values()
+        pending = {req.rid for req in reqs if req.rid not in early}
         try:
             while pending:
                 outputs = scheduler.step()
@@ -198,31 +147,31 @@ class Engine:
         finally:
             if pending:  # the caller stopped iterating (or an error): release the rest
                 for rid in list(pending):
-                    scheduler.abort_request(rid)
+                    scheduler.handle(AbortReq(rid=rid))
 
     # ----- control -----
     def flush_cache(self) -> bool:
         """Empty the radix cache; False (with a log line) while requests are in flight."""
-        result = self._require_scheduler().flush_cache()
+        result = self._require_scheduler().handle(FlushCacheReq())
         if not result.success:
             logger.warning(result.message)
         return result.success
 
     def update_weights_from_disk(self, model_path: str) -> tuple[bool, str]:
         """Load same-shaped weights from a folder; returns (success, message). The radix cache is flushed."""
-        result = self._require_scheduler().update_weights(model_path)
+        result = self._require_scheduler().handle(UpdateWeightsReq(model_path))
         return result.success, result.message
 
     def get_server_info(self) -> dict[str, Any]:
         """Server args plus live scheduler statistics."""
-        scheduler = self._require_scheduler()
-        return {**self.server_args.to_dict(), **scheduler.get_stats()}
+        stats = self._require_scheduler().handle(GetStatsReq()).payload
+        return {**self.server_args.to_dict(), **stats}
 
     def shutdown(self) -> None:
         """Release the model and the KV pool. Idempotent."""
         self.scheduler = None
 
-    def _require_scheduler(self) -> Scheduler | EmbeddingScheduler:
+    def _require_scheduler(self) -> SchedulerBase:
         if self.scheduler is None:
             raise RuntimeError("The engine has been shut down.")
         return self.scheduler

@@ -21,10 +21,10 @@ from pydantic import BaseModel, ConfigDict
 
 from sglkit.runtime.frontend.embedding_input import EmbeddingInput
 from sglkit.runtime.frontend.input_processor import InvalidRequestError
-from sglkit.server import embedding_client
 from sglkit.server.errors import error_response
 from sglkit.server.openai_format import model_error
 from sglkit.server.protocol import Int, parse_json_object, validate_request
+from sglkit.server.tokenizer_manager import ClientDisconnected
 
 router = APIRouter()
 
@@ -72,8 +72,8 @@ async def _native(request: Request, route: str) -> Response:
     tm = request.app.state.tokenizer_manager
     inp = EmbeddingInput(text=obj.text, input_ids=obj.input_ids, rid=obj.rid)
     try:
-        is_batch, outputs = await embedding_client.encode(tm, inp, request)
-    except embedding_client.ClientDisconnected:
+        is_batch, outputs = await tm.encode(inp, request)
+    except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     results = [{"embedding": out.embedding, "meta_info": out.meta_info} for out in outputs]
     return JSONResponse(results if is_batch else results[0])
@@ -131,8 +131,8 @@ async def openai_embeddings(request: Request) -> Response:
         return error_response(400, message, "model", code="model_not_found")
     inp = _openai_input(req.input)
     try:
-        _, outputs = await embedding_client.encode(tm, inp, request, text_param="input", ids_param="input")
-    except embedding_client.ClientDisconnected:
+        _, outputs = await tm.encode(inp, request, text_param="input", ids_param="input")
+    except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     dimension = len(outputs[0].embedding)
     if req.dimensions is not None and req.dimensions != dimension:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import zmq
@@ -19,14 +20,17 @@ import zmq.asyncio
 from sglkit.core.messages import (
     AbortReq,
     ControlResult,
+    EmbeddingOutput,
     FlushCacheReq,
     GenerateOutput,
     GetStatsReq,
+    TokenizedEmbeddingReq,
     TokenizedGenerateReq,
     UpdateWeightsReq,
 )
-from sglkit.runtime.engine import format_logprobs
-from sglkit.runtime.frontend.input_processor import GenerateInput, build_requests
+from sglkit.runtime.frontend.embedding_input import EmbeddingInput, build_embedding_requests
+from sglkit.runtime.frontend.input_processor import GenerateInput, InvalidRequestError, build_requests
+from sglkit.runtime.frontend.output_folder import OutputFolder
 from sglkit.runtime.frontend.tokenizer import load_tokenizer
 from sglkit.runtime.scheduler.process import PortArgs
 from sglkit.server_args import ServerArgs
@@ -45,43 +49,11 @@ class RequestFailedError(RuntimeError):
     """A request ended with an error inside the scheduler."""
 
 
-class _ChunkBuilder:
-    """Accumulates one request's deltas into cumulative chunks (text, ids, logprobs)."""
+class ClientDisconnected(Exception):
+    """The HTTP client went away before its requests finished (they were aborted)."""
 
-    def __init__(self, index: int, return_logprob: bool) -> None:
-        self.index = index
-        self.return_logprob = return_logprob
-        self.text = ""
-        self.output_ids: list[int] = []
-        self.logprobs = {
-            k: []
-            for k in (
-                "input_token_logprobs",
-                "input_top_logprobs",
-                "output_token_logprobs",
-                "output_top_logprobs",
-            )
-        }
 
-    def add(self, out: GenerateOutput) -> dict[str, Any]:
-        self.text += out.text_delta
-        self.output_ids.extend(out.output_ids_delta)
-        meta = dict(out.meta_info)
-        if self.return_logprob:
-            self.logprobs["input_token_logprobs"].extend(out.input_token_logprobs)
-            self.logprobs["input_top_logprobs"].extend(out.input_top_logprobs)
-            self.logprobs["output_token_logprobs"].extend(out.output_token_logprobs_delta)
-            self.logprobs["output_top_logprobs"].extend(out.output_top_logprobs_delta)
-            meta.update(format_logprobs(self.logprobs))
-        return {
-            "index": self.index,
-            "text": self.text,
-            "delta": out.text_delta,
-            "output_ids": list(self.output_ids),
-            "meta_info": meta,
-            "finished": out.finished,
-            "error": out.error,
-        }
+SCHEDULER_DIED = "The server is unhealthy: the scheduler process died."
 
 
 class TokenizerManager:
@@ -154,56 +126,112 @@ class TokenizerManager:
             self.control_future.set_exception(ServerUnavailableError("The scheduler process died."))
 
     # ----- generation -----
+    def _check_alive(self) -> None:
+        if not self.alive:
+            raise ServerUnavailableError(SCHEDULER_DIED)
+
     async def tokenize(self, inp: GenerateInput) -> tuple[bool, list[TokenizedGenerateReq], list[int]]:
         """Validate and tokenize off the event loop; raises InvalidRequestError for bad input."""
-        if not self.alive:
-            raise ServerUnavailableError("The server is unhealthy: the scheduler process died.")
+        self._check_alive()
         return await asyncio.to_thread(build_requests, inp, self.tokenizer, self.vocab_size, self.context_len)
+
+    async def _dispatch(
+        self, reqs: Sequence[TokenizedGenerateReq | TokenizedEmbeddingReq], request=None
+    ) -> AsyncIterator[GenerateOutput | EmbeddingOutput]:
+        """The one request path: send ``reqs``, yield each of their outputs until every one has finished.
+
+        Raises ClientDisconnected when ``request``'s client goes away and ServerUnavailableError when the
+        scheduler process died. Leaving early (disconnect, error, cancellation, the caller stopping) aborts
+        every unfinished request, so its KV is freed. Waits while /update_weights holds new requests.
+        """
+        await self.unpaused.wait()
+        self._check_alive()
+        for r in reqs:
+            if r.rid in self.rid_to_queue:
+                raise InvalidRequestError(f"Duplicate request id {r.rid!r}.", "rid")
+        queue: asyncio.Queue = asyncio.Queue()
+        for r in reqs:
+            self.rid_to_queue[r.rid] = queue
+        unfinished = {r.rid for r in reqs}
+        self.num_in_flight += len(reqs)
+        try:
+            self.send_sock.send_pyobj(list(reqs))
+            while unfinished:
+                try:
+                    out = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:
+                    if request is not None and await request.is_disconnected():
+                        logger.info(f"Client disconnected; aborting {len(unfinished)} request(s).")
+                        raise ClientDisconnected() from None
+                    continue
+                if out.finished:
+                    unfinished.discard(out.rid)
+                if out.error and not self.alive:
+                    raise ServerUnavailableError(out.error)
+                yield out
+        finally:
+            for rid in unfinished:
+                self.send_sock.send_pyobj(AbortReq(rid=rid))
+            for r in reqs:
+                self.rid_to_queue.pop(r.rid, None)
+            self.num_in_flight -= len(reqs)
 
     async def run(
         self, reqs: list[TokenizedGenerateReq], owners: list[int] | None = None, request=None
     ) -> AsyncIterator[dict[str, Any]]:
         """Send ``reqs`` and yield cumulative chunks (``index`` = position in ``reqs``) until all finish.
 
-        Streaming requests yield every chunk; others yield only their final chunk. Leaving early (client gone,
-        error, cancellation) aborts every unfinished request, so its KV is freed.
+        Streaming requests yield every chunk; others yield only their final chunk. A chunk is the request's
+        folded response (``text``, ``output_ids``, ``meta_info``) plus ``index``, ``delta``, ``finished`` and
+        ``error``. A client that goes away ends the iteration early (its requests are aborted).
         """
-        await self.unpaused.wait()
-        if not self.alive:
-            raise ServerUnavailableError("The server is unhealthy: the scheduler process died.")
-        queue: asyncio.Queue = asyncio.Queue()
-        builders = {r.rid: _ChunkBuilder(i, r.return_logprob) for i, r in enumerate(reqs)}
-        for r in reqs:
-            if r.rid in self.rid_to_queue:
-                raise ValueError(f"Duplicate request id {r.rid!r}.")
-            self.rid_to_queue[r.rid] = queue
-        unfinished = set(builders)
-        self.num_in_flight += len(reqs)
+        index_of = {r.rid: i for i, r in enumerate(reqs)}
+        folders = {r.rid: OutputFolder(r.return_logprob) for r in reqs}
         try:
-            self.send_sock.send_pyobj(list(reqs))
-            while unfinished:
-                try:
-                    out: GenerateOutput = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL_S)
-                except asyncio.TimeoutError:
-                    if request is not None and await request.is_disconnected():
-                        logger.info(f"Client disconnected; aborting {len(unfinished)} request(s).")
-                        return
-                    continue
-                chunk = builders[out.rid].add(out)
-                if out.finished:
-                    unfinished.discard(out.rid)
-                    if self.server_args.log_requests:
-                        self._log_request(reqs[chunk["index"]], chunk)
-                if out.error and not self.alive:
-                    raise ServerUnavailableError(out.error)
-                if out.finished or reqs[chunk["index"]].stream:
-                    yield chunk
-        finally:
-            for rid in unfinished:
-                self.send_sock.send_pyobj(AbortReq(rid=rid))
-            for rid in builders:
-                self.rid_to_queue.pop(rid, None)
-            self.num_in_flight -= len(reqs)
+            async with aclosing(self._dispatch(reqs, request)) as outputs:
+                async for out in outputs:
+                    folder = folders[out.rid]
+                    folder.add(out)
+                    index = index_of[out.rid]
+                    chunk = {
+                        **folder.response(),
+                        "index": index,
+                        "delta": out.text_delta,
+                        "finished": out.finished,
+                        "error": out.error,
+                    }
+                    if out.finished and self.server_args.log_requests:
+                        self._log_request(reqs[index], chunk)
+                    if out.finished or reqs[index].stream:
+                        yield chunk
+        except ClientDisconnected:
+            return
+
+    async def encode(
+        self, inp: EmbeddingInput, request=None, text_param: str = "text", ids_param: str = "input_ids"
+    ) -> tuple[bool, list[EmbeddingOutput]]:
+        """Tokenize (off the event loop) and embed ``inp``: (is_batch, one output per input, in order).
+
+        Raises InvalidRequestError (400, naming ``text_param``/``ids_param``) for bad input or an input the
+        scheduler refused, ServerUnavailableError when the scheduler process died, and ClientDisconnected.
+        """
+        self._check_alive()
+        is_batch, reqs = await asyncio.to_thread(
+            build_embedding_requests,
+            inp,
+            self.tokenizer,
+            self.vocab_size,
+            self.context_len,
+            text_param=text_param,
+            ids_param=ids_param,
+        )
+        finals: dict[str, EmbeddingOutput] = {}
+        async with aclosing(self._dispatch(reqs, request)) as outputs:
+            async for out in outputs:
+                if out.error:
+                    raise InvalidRequestError(out.error)
+                finals[out.rid] = out
+        return is_batch, [finals[r.rid] for r in reqs]
 
     @staticmethod
     def _log_request(req: TokenizedGenerateReq, chunk: dict[str, Any]) -> None:
@@ -233,11 +261,9 @@ class TokenizerManager:
     # ----- control -----
     async def control(self, msg, timeout: float = CONTROL_TIMEOUT_S) -> ControlResult:
         """Send one control message and wait for its ControlResult."""
-        if not self.alive:
-            raise ServerUnavailableError("The server is unhealthy: the scheduler process died.")
+        self._check_alive()
         async with self.control_lock:
-            if not self.alive:  # it died while we waited for the lock: nobody would answer
-                raise ServerUnavailableError("The server is unhealthy: the scheduler process died.")
+            self._check_alive()  # it died while we waited for the lock: nobody would answer
             self.control_future = asyncio.get_running_loop().create_future()
             self.send_sock.send_pyobj(msg)
             try:

@@ -1,4 +1,4 @@
-"""Embedding routes (sglkit/server/embeddings_api.py, embedding_client.py) against real ``--is-embedding`` servers.
+"""Embedding routes (sglkit/server/embeddings_api.py, tokenizer_manager.py) against real ``--is-embedding`` servers.
 
 Vectors and scores are checked against HF transformers (tiny models) and sentence-transformers (the real
 all-MiniLM-L6-v2); the seed's reward cell runs as written; refusals are 400s naming the field, after which the

@@ -11,8 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from sglkit.runtime.frontend.input_processor import InvalidRequestError
 from sglkit.core.sampling_params import SamplingParamError
+from sglkit.runtime.frontend.input_processor import InvalidRequestError
 from sglkit.server.errors import OpenAIError, error_response, install_error_handlers, loc_to_param
 from sglkit.server.protocol import (
     ChatCompletionRequest,

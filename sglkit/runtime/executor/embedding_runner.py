@@ -6,7 +6,7 @@ needs room for one batch (``max(max_prefill_tokens, context_len)`` tokens, or ``
 Encoders (BERT, ``uses_kv_cache = False``) need no pool at all. A sentence-transformers folder's pooling
 (``modules.json``) replaces the model's default pooling, and its ``max_seq_length`` caps the context.
 
-Shares ModelRunner's context-length rule and weight swapping; sizes its own (small) pools.
+``ModelRunner``'s loading path, weight swapping and context-length rule; only the sizing hooks differ.
 """
 
 from __future__ import annotations
@@ -15,15 +15,10 @@ import logging
 
 import torch
 
-from sglkit.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TokenToKVPoolAllocator
 from sglkit.core.forward_batch import ForwardBatch, ForwardMode
-from sglkit.layers.attention import create_attention_backend
-from sglkit.layers.linear import pack_linear_weights
 from sglkit.layers.pooler import Pooler
-from sglkit.models.loader import load_model
 from sglkit.models.pooling_config import read_max_seq_length, read_pooling_config
-from sglkit.runtime.executor.model_runner import GB, ModelRunner, available_memory_gb
-from sglkit.server_args import ServerArgs
+from sglkit.runtime.executor.model_runner import ModelRunner
 
 logger = logging.getLogger("sglkit.runtime.executor.model_runner")
 
@@ -33,60 +28,33 @@ DEFAULT_MAX_BATCH_SIZE = 256  # inputs per pass when --max-running-requests is u
 class EmbeddingModelRunner(ModelRunner):
     """Loads an embedding / reward model and turns batches of token id lists into vectors."""
 
-    def __init__(self, server_args: ServerArgs) -> None:
-        self.server_args = server_args
-        self.device = server_args.resolved_device()
-        self.model_path = server_args.model_path
-        torch.manual_seed(server_args.random_seed)
-        logger.info(f"Load weight begin. avail mem={available_memory_gb(self.device):.2f} GB")
-        self.model, self.model_config = load_model(
-            self.model_path, dtype=server_args.dtype, device=self.device, is_embedding=True
-        )
-        self.dtype = next(self.model.parameters()).dtype
-        pack_linear_weights(self.model)
-        logger.info(
-            f"Load weight end. type={type(self.model).__name__}, dtype={self.dtype}, "
-            f"avail mem={available_memory_gb(self.device):.2f} GB"
-        )
+    def _after_load(self) -> None:
+        """A sentence-transformers folder's pooling replaces the model's default."""
         pooling = read_pooling_config(self.model_path)
         if pooling is not None:
             self.model.pooler = Pooler.from_config(pooling)
-        cfg = self.model_config
-        self.vocab_size = cfg.vocab_size
-        self.uses_kv_cache = bool(getattr(self.model, "uses_kv_cache", True))
-        self.context_len = self._resolve_context_len()
+
+    def _resolve_context_len(self) -> int:
+        """The generation rule, then the sentence-transformers ``max_seq_length`` cap."""
+        context_len = super()._resolve_context_len()
         max_seq_length = read_max_seq_length(self.model_path)
-        if max_seq_length and max_seq_length < self.context_len:
+        if max_seq_length and max_seq_length < context_len:
             logger.info(
                 f"Context length capped to the sentence-transformers max_seq_length ({max_seq_length})."
             )
-            self.context_len = max_seq_length
-        self.max_running_requests = server_args.max_running_requests or DEFAULT_MAX_BATCH_SIZE
-        if self.uses_kv_cache:
-            self.max_total_num_tokens = server_args.max_total_tokens or max(
-                server_args.max_prefill_tokens, self.context_len
-            )
-            num_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-            head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-            self.req_to_token_pool = ReqToTokenPool(
-                self.max_running_requests, self.context_len + 1, self.device
-            )
-            self.token_to_kv_pool_allocator = TokenToKVPoolAllocator(self.max_total_num_tokens, self.device)
-            self.token_to_kv_pool = MHATokenToKVPool(
-                self.max_total_num_tokens,
-                cfg.num_hidden_layers,
-                num_kv_heads,
-                head_dim,
-                self.dtype,
-                self.device,
-            )
-            size_gb = self.token_to_kv_pool.total_bytes() / 2 / GB
-            logger.info(f"KV Cache is allocated. K size: {size_gb:.2f} GB, V size: {size_gb:.2f} GB.")
-        else:
-            self.max_total_num_tokens = self.context_len  # bookkeeping only: an encoder keeps no KV
-            self.req_to_token_pool = self.token_to_kv_pool_allocator = self.token_to_kv_pool = None
-        self.attn_backend = create_attention_backend(server_args.attention_backend, self.device)
-        logger.info(f"Memory pool end. avail mem={available_memory_gb(self.device):.2f} GB")
+            context_len = max_seq_length
+        return context_len
+
+    def _resolve_pool_size(self) -> int:
+        """Room for one batch; an encoder keeps no KV (the context length, for bookkeeping only)."""
+        if not self.uses_kv_cache:
+            return self.context_len
+        args = self.server_args
+        return args.max_total_tokens or max(args.max_prefill_tokens, self.context_len)
+
+    def _resolve_max_running_requests(self) -> int:
+        """Inputs per pass: --max-running-requests, else DEFAULT_MAX_BATCH_SIZE."""
+        return self.server_args.max_running_requests or DEFAULT_MAX_BATCH_SIZE
 
     @property
     def max_input_len(self) -> int:
@@ -102,15 +70,6 @@ class EmbeddingModelRunner(ModelRunner):
         if pooler is None:
             return "model-defined"
         return f"{pooler.pooling_type.value}" + (", normalized" if pooler.normalize else "")
-
-    def is_pool_free(self) -> bool:
-        """True when no KV slot or request slot is held (always, between passes)."""
-        if not self.uses_kv_cache:
-            return True
-        return (
-            self.token_to_kv_pool_allocator.available_size() == self.max_total_num_tokens
-            and self.req_to_token_pool.available_size() == self.req_to_token_pool.size
-        )
 
     @torch.inference_mode()
     def embed(self, input_ids: list[list[int]]) -> torch.Tensor:

@@ -1,7 +1,9 @@
-"""Model runner: owns the model, the KV pools and the attention backend; runs one ForwardBatch -> logits.
+"""Model runner: owns the model, the KV pools, the attention backend and the sampler (scheduler -> here -> model).
 
-Sits between the scheduler (which builds batches of Req) and the model (sglkit.models). It also sizes
-the KV pool from ``max_total_tokens`` or ``mem_fraction_static`` and swaps weights for /update_weights.
+Sits between the scheduler (which builds batches of Req) and the model (sglkit.models): ``forward`` runs one
+ForwardBatch to logits and ``sample`` turns logits into next tokens. It sizes the KV pool from
+``max_total_tokens`` or ``mem_fraction_static`` and swaps weights for /update_weights. The embedding runner
+(``embedding_runner.py``) is the same class with other sizing rules and ``embed`` instead of logits.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ import torch
 
 from sglkit.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TokenToKVPoolAllocator
 from sglkit.core.forward_batch import ForwardBatch
+from sglkit.core.model_config import ModelConfig
 from sglkit.layers.attention import create_attention_backend
 from sglkit.layers.linear import pack_linear_weights
 from sglkit.models.loader import iterate_weights, load_config, load_model
+from sglkit.runtime.executor.sampler import Sampler, SamplingBatchInfo, make_generator
 from sglkit.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
 
 GB = 1 << 30
+CUDA_DEFAULT_MEM_FRACTION = 0.88  # share of the GPU's memory for weights + KV pool (the rest: activations)
 CPU_DEFAULT_MEM_FRACTION = 0.1  # share of available RAM for the KV pool on CPU
 CPU_MAX_AUTO_TOKENS = 1 << 18  # cap of an automatically sized CPU pool (a bigger one only costs RAM)
 MAX_REQ_TO_TOKEN_BYTES = 512 << 20
@@ -36,7 +41,12 @@ def available_memory_gb(device: str) -> float:
 
 
 class ModelRunner:
-    """Loads the model and runs forward passes over the paged KV pool."""
+    """Loads the model and runs forward passes over the paged KV pool.
+
+    Construction order (one path for generation and embedding models): load weights -> ``_after_load`` hook ->
+    context length -> pool size and request slots (overridable ``_resolve_*``) -> KV pools (skipped for models
+    without a KV cache) -> attention backend.
+    """
 
     def __init__(self, server_args: ServerArgs) -> None:
         self.server_args = server_args
@@ -45,8 +55,14 @@ class ModelRunner:
         torch.manual_seed(server_args.random_seed)
 
         logger.info(f"Load weight begin. avail mem={available_memory_gb(self.device):.2f} GB")
-        self.model, self.model_config = load_model(
-            self.model_path, dtype=server_args.dtype, device=self.device
+        self.model, model_config = load_model(
+            self.model_path,
+            dtype=server_args.dtype,
+            device=self.device,
+            is_embedding=server_args.is_embedding,
+        )
+        self.model_config = (
+            model_config if isinstance(model_config, ModelConfig) else ModelConfig.from_hf(model_config)
         )
         self.dtype = next(self.model.parameters()).dtype
         pack_linear_weights(self.model)
@@ -54,33 +70,27 @@ class ModelRunner:
             f"Load weight end. type={type(self.model).__name__}, dtype={self.dtype}, "
             f"avail mem={available_memory_gb(self.device):.2f} GB"
         )
-        cfg = self.model_config
-        self.vocab_size = cfg.vocab_size
-        self.num_layers = cfg.num_hidden_layers
-        self.num_kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self._after_load()
+        self.vocab_size = self.model_config.vocab_size
+        self.uses_kv_cache = bool(getattr(self.model, "uses_kv_cache", True))
         self.context_len = self._resolve_context_len()
         self.max_total_num_tokens = self._resolve_pool_size()
         self.max_running_requests = self._resolve_max_running_requests()
-        self.req_to_token_pool = ReqToTokenPool(self.max_running_requests, self.context_len + 1, self.device)
-        self.token_to_kv_pool_allocator = TokenToKVPoolAllocator(self.max_total_num_tokens, self.device)
-        self.token_to_kv_pool = MHATokenToKVPool(
-            self.max_total_num_tokens,
-            self.num_layers,
-            self.num_kv_heads,
-            self.head_dim,
-            self.dtype,
-            self.device,
-        )
-        size_gb = self.token_to_kv_pool.total_bytes() / 2 / GB
-        logger.info(f"KV Cache is allocated. K size: {size_gb:.2f} GB, V size: {size_gb:.2f} GB.")
+        self.req_to_token_pool = self.token_to_kv_pool_allocator = self.token_to_kv_pool = None
+        if self.uses_kv_cache:
+            self._init_memory_pools()
         logger.info(f"Memory pool end. avail mem={available_memory_gb(self.device):.2f} GB")
         self.attn_backend = create_attention_backend(server_args.attention_backend, self.device)
+        self.sampler = Sampler()
+        self.generator = make_generator(server_args.random_seed, self.device)  # for rows without a seed
 
-    # ----- sizing -----
+    # ----- sizing (hooks the embedding runner overrides) -----
+    def _after_load(self) -> None:
+        """Adjust the freshly loaded model before sizing (nothing for generation models)."""
+
     def _resolve_context_len(self) -> int:
-        cfg = self.model_config
-        model_len = getattr(cfg, "max_position_embeddings", None) or 2048
+        """--context-length, capped by the model's max_position_embeddings and its sliding window."""
+        model_len = self.model_config.context_len
         context_len = self.server_args.context_length or model_len
         if context_len > model_len:
             logger.warning(
@@ -88,24 +98,24 @@ class ModelRunner:
                 f"using {model_len}."
             )
             context_len = model_len
-        window = getattr(self.model, "sliding_window", None)
+        window = self.model_config.sliding_window
         if window and window < context_len:
             logger.warning(f"Capping context length to the sliding window ({window} tokens).")
             context_len = window
         return int(context_len)
 
     def _resolve_pool_size(self) -> int:
-        args = self.server_args
+        """KV pool size in tokens: --max-total-tokens, else ``mem_fraction_static`` of the device's memory."""
+        args, cfg = self.server_args, self.model_config
         if args.max_total_tokens:
             return args.max_total_tokens
         per_token = MHATokenToKVPool.bytes_per_token(
-            self.num_layers, self.num_kv_heads, self.head_dim, self.dtype
+            cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, self.dtype
         )
         if self.device.startswith("cuda"):
             free, total = torch.cuda.mem_get_info()
-            fraction = args.mem_fraction_static or 0.88
-            budget = free - total * (1.0 - fraction)
-            num_tokens = int(budget // per_token)
+            fraction = args.mem_fraction_static or CUDA_DEFAULT_MEM_FRACTION
+            num_tokens = int((free - total * (1.0 - fraction)) // per_token)
         else:
             fraction = args.mem_fraction_static or CPU_DEFAULT_MEM_FRACTION
             num_tokens = min(
@@ -119,11 +129,33 @@ class ModelRunner:
         return num_tokens
 
     def _resolve_max_running_requests(self) -> int:
+        """--max-running-requests, else a device default bounded by the pool; capped by the request table size."""
         args = self.server_args
         default_cap = 4096 if self.device.startswith("cuda") else 256
         value = args.max_running_requests or min(default_cap, max(1, self.max_total_num_tokens // 2))
         table_cap = max(1, MAX_REQ_TO_TOKEN_BYTES // (8 * (self.context_len + 1)))
         return int(min(value, table_cap))
+
+    def _init_memory_pools(self) -> None:
+        """Request-to-token table, slot allocator and the K/V buffers of every layer."""
+        cfg = self.model_config
+        self.req_to_token_pool = ReqToTokenPool(self.max_running_requests, self.context_len + 1, self.device)
+        self.token_to_kv_pool_allocator = TokenToKVPoolAllocator(self.max_total_num_tokens, self.device)
+        self.token_to_kv_pool = MHATokenToKVPool(
+            self.max_total_num_tokens,
+            cfg.num_hidden_layers,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            self.dtype,
+            self.device,
+        )
+        size_gb = self.token_to_kv_pool.total_bytes() / 2 / GB
+        logger.info(f"KV Cache is allocated. K size: {size_gb:.2f} GB, V size: {size_gb:.2f} GB.")
+
+    @property
+    def max_input_len(self) -> int:
+        """Longest input the scheduler may accept: the context length."""
+        return self.context_len
 
     # ----- compute -----
     @torch.inference_mode()
@@ -135,27 +167,31 @@ class ModelRunner:
             return torch.empty((0, self.vocab_size), dtype=torch.float32, device=hidden.device)
         return self.model.compute_logits(hidden[forward_batch.logits_indices])
 
+    def sample(self, logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
+        """logits: [B, V] float32 -> next token ids [B] int64 (unseeded rows draw from the runner's generator)."""
+        return self.sampler.sample(logits, info, self.generator)
+
     # ----- weights -----
+    def _load_weights_from(self, model_path: str) -> None:
+        with torch.inference_mode():
+            self.model.load_weights(iterate_weights(model_path))
+            pack_linear_weights(self.model)
+
     def update_weights(self, model_path: str) -> tuple[bool, str]:
         """Load same-shaped weights from ``model_path``; on any failure restore the current weights."""
         logger.info(f"Update weights begin. avail mem={available_memory_gb(self.device):.2f} GB")
         start = time.perf_counter()
         try:
-            new_config = load_config(model_path)
-            old_arch = list(getattr(self.model_config, "architectures", None) or [])
-            new_arch = list(getattr(new_config, "architectures", None) or [])
+            new_arch = list(getattr(load_config(model_path), "architectures", None) or [])
+            old_arch = list(self.model_config.architectures)
             if old_arch and new_arch and old_arch != new_arch:
                 raise ValueError(f"architecture {new_arch} differs from the served {old_arch}")
-            with torch.inference_mode():
-                self.model.load_weights(iterate_weights(model_path))
-                pack_linear_weights(self.model)
+            self._load_weights_from(model_path)
         except Exception as e:  # noqa: BLE001 - every failure is reported and rolled back
             reason = str(e).rstrip(".")
             message = f"Failed to update weights: {reason}.\nRolling back to original weights."
             logger.error(message)
-            with torch.inference_mode():
-                self.model.load_weights(iterate_weights(self.model_path))
-                pack_linear_weights(self.model)
+            self._load_weights_from(self.model_path)
             return False, message
         self.model_path = model_path
         logger.info(f"Update weights end. Time elapsed: {time.perf_counter() - start:.2f} s")

@@ -1,7 +1,7 @@
 """Embedding scheduler: the engine loop body for ``--is-embedding``. Queue -> prefill batch -> pooled vectors.
 
-Same public surface as ``Scheduler`` (add_request, step, abort_request, is_idle, flush_cache, update_weights,
-get_stats, check_memory_leak), so the offline Engine and the server's scheduler process drive either one.
+A ``SchedulerBase`` like the generation ``Scheduler`` (same handle / step / control surface), so the offline
+Engine and the server's scheduler process drive either one.
 Prefill only: each ``step()`` takes waiting inputs in arrival order up to ``max_prefill_tokens`` tokens and
 ``max_running_requests`` inputs (always at least one), runs one pass, and returns one final EmbeddingOutput per
 input. Nothing stays in the KV pool between steps, so there is no prefix cache to flush.
@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 from sglkit.core.messages import ControlResult, EmbeddingOutput, TokenizedEmbeddingReq
 from sglkit.runtime.executor.embedding_runner import EmbeddingModelRunner
-from sglkit.runtime.frontend.tokenizer import load_tokenizer
-from sglkit.runtime.scheduler.stats import SchedulerStats
+from sglkit.runtime.scheduler.base import SchedulerBase
 from sglkit.server_args import ServerArgs
 
 logger = logging.getLogger("sglkit.runtime.scheduler")
@@ -33,28 +32,13 @@ class _Waiting:
     created_time: float
 
 
-class EmbeddingScheduler:
+class EmbeddingScheduler(SchedulerBase):
     """Batches embedding / reward inputs into prefill passes over one EmbeddingModelRunner."""
 
     def __init__(self, server_args: ServerArgs, tokenizer=None) -> None:
-        self.server_args = server_args
-        self.model_runner = EmbeddingModelRunner(server_args)
-        self.tokenizer = tokenizer or load_tokenizer(server_args.tokenizer_path, server_args.chat_template)
-        runner = self.model_runner
-        self.device = runner.device
-        self.context_len = runner.max_input_len
-        self.max_total_num_tokens = runner.max_total_num_tokens
-        self.max_running_requests = runner.max_running_requests
-        self.max_prefill_tokens = server_args.max_prefill_tokens
+        super().__init__(server_args, EmbeddingModelRunner(server_args), tokenizer)
         self.waiting_queue: deque[_Waiting] = deque()
-        self.stats = SchedulerStats(self.max_total_num_tokens, server_args.decode_log_interval)
-        self.forward_ct = 0
-        self._pending_outputs: list[EmbeddingOutput] = []
-        logger.info(
-            f"max_total_num_tokens={self.max_total_num_tokens}, max_prefill_tokens={self.max_prefill_tokens}, "
-            f"max_running_requests={self.max_running_requests}, context_len={self.context_len}, "
-            f"pooling={runner.pooling_description}"
-        )
+        self.log_limits(pooling=self.model_runner.pooling_description)
 
     # ------------------------------------------------------------------ intake
     def add_request(self, recv: TokenizedEmbeddingReq) -> EmbeddingOutput | None:
@@ -173,41 +157,14 @@ class EmbeddingScheduler:
         logger.info("Cache flushed successfully!")
         return ControlResult(True, "Cache flushed.")
 
-    def update_weights(self, model_path: str) -> ControlResult:
-        """Swap in same-shaped weights. Needs an idle scheduler."""
-        if not self.is_idle():
-            return ControlResult(False, "Failed to update weights: requests are in flight.")
-        success, message = self.model_runner.update_weights(model_path)
-        return ControlResult(success, message, {"model_path": self.model_runner.model_path})
+    def live_counts(self) -> dict[str, int]:
+        """Nothing runs between steps; only the queue is live."""
+        return {"num_running": 0, "num_queued": len(self.waiting_queue), "num_used_tokens": 0}
 
-    def check_memory_leak(self) -> tuple[bool, str]:
-        """When idle: every KV slot and request slot is free."""
-        runner = self.model_runner
-        if not runner.uses_kv_cache:
-            return True, "encoder model: no KV pool"
-        free = runner.token_to_kv_pool_allocator.available_size()
-        slots = runner.req_to_token_pool.available_size()
-        return runner.is_pool_free(), (
-            f"available={free}, total={self.max_total_num_tokens}, "
-            f"free req slots={slots}/{runner.req_to_token_pool.size}"
-        )
-
-    def get_stats(self) -> dict:
-        """Live statistics for /get_server_info (same keys as the generation scheduler's)."""
-        return self.stats.snapshot(
-            num_running=0,
-            num_queued=len(self.waiting_queue),
-            num_used_tokens=0,
-            num_cached_tokens=0,
-            extra={
-                "max_total_num_tokens": self.max_total_num_tokens,
-                "max_running_requests": self.max_running_requests,
-                "max_prefill_tokens": self.max_prefill_tokens,
-                "context_len": self.context_len,
-                "chunked_prefill_size": None,
-                "model_path": self.model_runner.model_path,
-                "vocab_size": self.model_runner.vocab_size,
-                "is_embedding": True,
-                "pooling": self.model_runner.pooling_description,
-            },
-        )
+    def stats_extra(self) -> dict:
+        """No chunked prefill; the pooling in force."""
+        return {
+            "chunked_prefill_size": None,
+            "is_embedding": True,
+            "pooling": self.model_runner.pooling_description,
+        }

@@ -44,8 +44,7 @@ def append_token(req: Req, token_id: int, eos_token_ids: set[int], context_len: 
     elif (not params.ignore_eos and token_id in eos_token_ids) or token_id in (params.stop_token_ids or ()):
         req.finished_reason = FinishReason("stop", matched=token_id)
     if req.finished_reason is None and params.stop:
-        max_stop_len = max(len(s) for s in params.stop)
-        found = find_stop_str(req.text, params.stop, max(0, prev_len - max_stop_len + 1))
+        found = find_stop_str(req.text, params.stop, max(0, prev_len - params.max_stop_str_len + 1))
         if found is not None:
             index, matched = found
             req.text = req.text[: index + (len(matched) if params.no_stop_trim else 0)]
@@ -60,7 +59,7 @@ def streamable_text_end(req: Req) -> int:
     """How much of ``req.text`` may be sent now (all of it once finished)."""
     if req.finished() or not req.sampling_params.stop:
         return len(req.text)
-    hold = max(len(s) for s in req.sampling_params.stop) - 1
+    hold = req.sampling_params.max_stop_str_len - 1
     return max(req.sent_text_len, len(req.text) - hold)
 
 

@@ -17,21 +17,17 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import zmq
 
-from sglkit.core.messages import (
-    AbortReq,
-    ControlResult,
-    FlushCacheReq,
-    GetStatsReq,
-    TokenizedEmbeddingReq,
-    TokenizedGenerateReq,
-    UpdateWeightsReq,
-)
+from sglkit.core.messages import ControlResult
 from sglkit.launch.log_format import configure_logging
 from sglkit.launch.parent_death import die_with_parent
 from sglkit.server_args import ServerArgs
+
+if TYPE_CHECKING:
+    from sglkit.runtime.scheduler.base import SchedulerBase
 
 logger = logging.getLogger("sglkit.scheduler")
 
@@ -44,8 +40,12 @@ class PortArgs:
     scheduler_output: str  # scheduler -> HTTP (PUSH/PULL)
 
 
-def start_watchdog(get_progress, is_busy, timeout: float) -> None:
-    """Kill this process if the scheduler is busy but its forward counter stalls for ``timeout`` seconds."""
+def start_progress_watchdog(get_progress, is_busy, timeout: float) -> None:
+    """Kill this process if the scheduler is busy but its forward counter stalls for ``timeout`` seconds.
+
+    Not the notebook-session watchdog (``sglkit.launch.session_watchdog``): this one guards the scheduler's
+    progress (``--watchdog-timeout``), as SGLang's scheduler watchdog does.
+    """
 
     def watch() -> None:
         last, since = get_progress(), time.monotonic()
@@ -60,7 +60,7 @@ def start_watchdog(get_progress, is_busy, timeout: float) -> None:
                 )
                 os._exit(1)
 
-    threading.Thread(target=watch, daemon=True, name="sglkit-watchdog").start()
+    threading.Thread(target=watch, daemon=True, name="sglkit-progress-watchdog").start()
 
 
 def _exit_on_sigterm(*_) -> None:
@@ -113,10 +113,9 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_pi
 
     tqdm.tqdm.set_lock(threading.RLock())  # tqdm's default multiprocessing lock would be reported as leaked
     try:
-        from sglkit.runtime.scheduler.embedding_scheduler import EmbeddingScheduler
-        from sglkit.runtime.scheduler.scheduler import Scheduler
+        from sglkit.runtime.scheduler import create_scheduler
 
-        scheduler = EmbeddingScheduler(server_args) if server_args.is_embedding else Scheduler(server_args)
+        scheduler = create_scheduler(server_args)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which exits with the message
         ready_pipe.send(
             {"status": "error", "message": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
@@ -130,7 +129,7 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_pi
     gc.collect()
     gc.freeze()  # the model and pools are long-lived: keep them out of every later collection (no pauses)
     ready_pipe.send({"status": "ready", **scheduler.get_stats()})
-    start_watchdog(
+    start_progress_watchdog(
         lambda: scheduler.forward_ct, lambda: not scheduler.is_idle(), server_args.watchdog_timeout
     )
     shutdown = ShutdownSignal()
@@ -157,25 +156,8 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_pi
     gc.freeze()
 
 
-def handle_message(scheduler, msg, send_sock) -> None:
-    """Dispatch one message from the HTTP process; control requests get a ControlResult back."""
-    if isinstance(msg, list):  # a batch of generate (or embedding) requests
-        early = [out for req in msg if (out := scheduler.add_request(req)) is not None]
-        if early:
-            send_sock.send_pyobj(early)
-    elif isinstance(msg, (TokenizedGenerateReq, TokenizedEmbeddingReq)):
-        out = scheduler.add_request(msg)
-        if out is not None:
-            send_sock.send_pyobj([out])
-    elif isinstance(msg, AbortReq):
-        outputs = scheduler.abort_request(msg.rid, msg.abort_all)
-        if outputs:
-            send_sock.send_pyobj(outputs)
-    elif isinstance(msg, FlushCacheReq):
-        send_sock.send_pyobj(scheduler.flush_cache())
-    elif isinstance(msg, UpdateWeightsReq):
-        send_sock.send_pyobj(scheduler.update_weights(msg.model_path))
-    elif isinstance(msg, GetStatsReq):
-        send_sock.send_pyobj(ControlResult(True, payload=scheduler.get_stats()))
-    else:
-        logger.error(f"Unknown message {type(msg).__name__}")
+def handle_message(scheduler: SchedulerBase, msg, send_sock) -> None:
+    """Dispatch one message from the HTTP process (``SchedulerBase.handle``) and send back what it produced."""
+    result = scheduler.handle(msg)
+    if isinstance(result, ControlResult) or result:
+        send_sock.send_pyobj(result)

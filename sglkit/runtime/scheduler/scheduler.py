@@ -1,7 +1,8 @@
 """Scheduler: the engine loop body. Queue -> radix match -> admit (KV budget) -> prefill / decode -> sample -> finish.
 
 ``step()`` runs one forward pass and returns the GenerateOutputs it produced. The offline Engine calls it
-in-process; the server's scheduler process wraps it in recv -> handle -> step -> send (``scheduler_process``).
+in-process; the server's scheduler process wraps it in recv -> handle -> step -> send (``process.py``). Setup,
+message dispatch, weight updates and statistics are ``SchedulerBase``'s (shared with the embedding scheduler).
 Prefill has priority over decode; decode batches hold every running request; when the KV pool runs out a
 running request is retracted to the waiting queue (its KV goes to the radix cache) and later resumes.
 """
@@ -18,8 +19,9 @@ from sglkit.core.forward_batch import ForwardMode
 from sglkit.core.messages import ControlResult, GenerateOutput, TokenizedGenerateReq
 from sglkit.core.req import FinishReason, Req
 from sglkit.runtime.executor.model_runner import ModelRunner
-from sglkit.runtime.executor.sampler import Sampler, SamplingBatchInfo, compute_logprobs
-from sglkit.runtime.frontend.tokenizer import get_eos_token_ids, load_tokenizer
+from sglkit.runtime.executor.sampler import SamplingBatchInfo, compute_logprobs, make_generator
+from sglkit.runtime.frontend.tokenizer import get_eos_token_ids
+from sglkit.runtime.scheduler.base import SchedulerBase
 from sglkit.runtime.scheduler.batch import (
     ScheduleBatch,
     alloc_token_slots,
@@ -41,7 +43,6 @@ from sglkit.runtime.scheduler.policy import (
     shares_uncached_prefix,
     sort_waiting_queue,
 )
-from sglkit.runtime.scheduler.stats import SchedulerStats
 from sglkit.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
@@ -51,43 +52,28 @@ MIN_NEW_TOKEN_RATIO = 0.1
 NEW_TOKEN_RATIO_DECAY = 0.001
 
 
-class Scheduler:
-    """Continuous-batching scheduler over one ModelRunner."""
+class Scheduler(SchedulerBase):
+    """Continuous-batching scheduler for generation over one ModelRunner."""
 
     def __init__(self, server_args: ServerArgs, tokenizer=None) -> None:
-        self.server_args = server_args
-        self.model_runner = ModelRunner(server_args)
-        self.tokenizer = tokenizer or load_tokenizer(server_args.tokenizer_path, server_args.chat_template)
-        runner = self.model_runner
-        self.device = runner.device
-        self.context_len = runner.context_len
-        self.max_total_num_tokens = runner.max_total_num_tokens
-        self.max_running_requests = runner.max_running_requests
-        self.max_prefill_tokens = server_args.max_prefill_tokens
+        super().__init__(server_args, ModelRunner(server_args), tokenizer)
         chunk = server_args.chunked_prefill_size
         if chunk is None:
             chunk = 8192 if self.device.startswith("cuda") else 2048
         self.chunked_prefill_size = None if chunk == -1 else chunk
-        self.req_to_token_pool = runner.req_to_token_pool
-        self.allocator = runner.token_to_kv_pool_allocator
+        self.req_to_token_pool = self.model_runner.req_to_token_pool
+        self.allocator = self.model_runner.token_to_kv_pool_allocator
         self.tree_cache = RadixCache(
             self.req_to_token_pool, self.allocator, disable=server_args.disable_radix_cache
         )
-        self.eos_token_ids = get_eos_token_ids(runner.model_config, self.tokenizer, server_args.model_path)
-        self.sampler = Sampler()
-        self.generator = torch.Generator(device=self.device).manual_seed(server_args.random_seed)
-
+        self.eos_token_ids = get_eos_token_ids(
+            self.model_runner.model_config.hf_config, self.tokenizer, server_args.model_path
+        )
         self.waiting_queue: list[Req] = []
         self.running_reqs: list[Req] = []
         self.chunked_req: Req | None = None
         self.new_token_ratio = INIT_NEW_TOKEN_RATIO
-        self.stats = SchedulerStats(self.max_total_num_tokens, server_args.decode_log_interval)
-        self.forward_ct = 0
-        self._pending_outputs: list[GenerateOutput] = []  # outputs produced outside a forward pass
-        logger.info(
-            f"max_total_num_tokens={self.max_total_num_tokens}, max_prefill_tokens={self.max_prefill_tokens}, "
-            f"max_running_requests={self.max_running_requests}, context_len={self.context_len}"
-        )
+        self.log_limits()
 
     # ------------------------------------------------------------------ intake
     def add_request(self, recv: TokenizedGenerateReq) -> GenerateOutput | None:
@@ -105,7 +91,7 @@ class Scheduler:
         )
         req.created_time = time.perf_counter()
         if params.sampling_seed is not None:
-            req.generator = torch.Generator(device=self.device).manual_seed(params.sampling_seed)
+            req.generator = make_generator(params.sampling_seed, self.device)
         error = self._check_fits(req)
         if error:
             req.finished_reason = FinishReason("abort", message=error)
@@ -308,16 +294,10 @@ class Scheduler:
         zero_len = [r for r in reqs if r.sampling_params.max_new_tokens == 0]
         for req in zero_len:
             req.finished_reason = FinishReason("length", length=0)
-        info = SamplingBatchInfo.from_params(
-            [r.sampling_params for r in reqs],
-            [r.origin_input_ids for r in reqs],
-            [r.output_ids for r in reqs],
-            [r.generator for r in reqs],
-            self.model_runner.vocab_size,
-            self.eos_token_ids,
-            logits.device,
+        info = SamplingBatchInfo.from_reqs(
+            reqs, self.model_runner.vocab_size, self.eos_token_ids, logits.device
         )
-        next_ids = self.sampler.sample(logits, info, self.generator).tolist()
+        next_ids = self.model_runner.sample(logits, info).tolist()
         logprobs = compute_logprobs(logits) if any(r.return_logprob for r in reqs) else None
         for i, req in enumerate(reqs):
             if req.finished():
@@ -364,7 +344,7 @@ class Scheduler:
             return ControlResult(
                 False,
                 f"Cache not flushed because there are pending requests. #queue-req: {len(self.waiting_queue)}, "
-                f"#running-req: {len(self.running_reqs) + (1 if self.chunked_req else 0)}",
+                f"#running-req: {self._num_running()}",
             )
         self.tree_cache.reset()
         self.req_to_token_pool.clear()
@@ -372,39 +352,21 @@ class Scheduler:
         logger.info("Cache flushed successfully!")
         return ControlResult(True, "Cache flushed.")
 
-    def update_weights(self, model_path: str) -> ControlResult:
-        """Swap in same-shaped weights; flushes the radix cache on success. Needs an idle scheduler."""
-        if not self.is_idle():
-            return ControlResult(False, "Failed to update weights: requests are in flight.")
-        success, message = self.model_runner.update_weights(model_path)
-        if success:
-            self.flush_cache()
-        return ControlResult(success, message, {"model_path": self.model_runner.model_path})
+    def _num_running(self) -> int:
+        return len(self.running_reqs) + (1 if self.chunked_req else 0)
 
-    def check_memory_leak(self) -> tuple[bool, str]:
-        """When idle: free + cached == total and all request slots free."""
-        free, cached = self.allocator.available_size(), self.tree_cache.total_size()
-        ok = free + cached == self.max_total_num_tokens and (
-            self.req_to_token_pool.available_size() == self.req_to_token_pool.size
-        )
-        return ok, (
-            f"available={free}, cached={cached}, total={self.max_total_num_tokens}, "
-            f"free req slots={self.req_to_token_pool.available_size()}/{self.req_to_token_pool.size}"
-        )
+    def num_cached_tokens(self) -> int:
+        """KV slots held by the radix cache."""
+        return self.tree_cache.total_size()
 
-    def get_stats(self) -> dict:
-        """Live statistics for /get_server_info and the dashboard."""
-        return self.stats.snapshot(
-            num_running=len(self.running_reqs) + (1 if self.chunked_req else 0),
-            num_queued=len(self.waiting_queue),
-            num_used_tokens=self._num_used_tokens(),
-            num_cached_tokens=self.tree_cache.total_size(),
-            extra={
-                "max_total_num_tokens": self.max_total_num_tokens,
-                "max_running_requests": self.max_running_requests,
-                "max_prefill_tokens": self.max_prefill_tokens,
-                "context_len": self.context_len,
-                "chunked_prefill_size": self.chunked_prefill_size,
-                "model_path": self.model_runner.model_path,
-            },
-        )
+    def live_counts(self) -> dict[str, int]:
+        """Running (incl. a half-prefilled chunked request), queued, and KV slots in use."""
+        return {
+            "num_running": self._num_running(),
+            "num_queued": len(self.waiting_queue),
+            "num_used_tokens": self._num_used_tokens(),
+        }
+
+    def stats_extra(self) -> dict:
+        """The chunked-prefill size in force."""
+        return {"chunked_prefill_size": self.chunked_prefill_size}

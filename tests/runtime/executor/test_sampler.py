@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sglkit.core.req import Req
+from sglkit.core.sampling_params import SamplingParams
 from sglkit.runtime.executor.sampler import (
     Sampler,
     SamplingBatchInfo,
@@ -16,7 +17,6 @@ from sglkit.runtime.executor.sampler import (
     get_top_logprobs,
     make_generator,
 )
-from sglkit.core.sampling_params import SamplingParams
 
 NUM_DRAWS = 2000
 # A crafted distribution, deliberately not in sorted vocabulary order: token 3 is the most likely.

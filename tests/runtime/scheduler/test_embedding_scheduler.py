@@ -10,9 +10,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from sglkit.runtime.scheduler.embedding_scheduler import EmbeddingScheduler
 from sglkit.core.messages import EmbeddingOutput, TokenizedEmbeddingReq, TokenizedGenerateReq
 from sglkit.core.sampling_params import SamplingParams
+from sglkit.runtime.scheduler.embedding_scheduler import EmbeddingScheduler
 from sglkit.server_args import ServerArgs
 from tests.embedding_reference import tiny_embedding_model  # noqa: F401 - fixture
 

@@ -1,0 +1,64 @@
+"""Output folding (front end, after the scheduler): one request's GenerateOutput deltas -> SGLang's response dict.
+
+The scheduler sends news only (text, token ids and logprobs since the last output). ``OutputFolder`` adds them up
+for one request; the offline Engine returns ``response()`` at the end (or streams the deltas), and the HTTP
+tokenizer manager sends ``response()`` as the cumulative chunk of every step. Imports no scheduler code, so the
+HTTP process stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sglkit.core.messages import GenerateOutput
+
+__all__ = ["OutputFolder", "format_logprobs"]
+
+LOGPROB_KEYS = ("input_token_logprobs", "input_top_logprobs", "output_token_logprobs", "output_top_logprobs")
+
+
+def _triples(pairs: list) -> list[list]:
+    return [[logprob, token_id, None] for logprob, token_id in pairs]
+
+
+def format_logprobs(logprobs: dict[str, list]) -> dict[str, list]:
+    """(logprob, id) pairs -> SGLang's [logprob, id, None] triples; top-k lists likewise (None rows kept)."""
+    return {
+        "input_token_logprobs": _triples(logprobs["input_token_logprobs"]),
+        "output_token_logprobs": _triples(logprobs["output_token_logprobs"]),
+        "input_top_logprobs": [None if t is None else _triples(t) for t in logprobs["input_top_logprobs"]],
+        "output_top_logprobs": [_triples(t) for t in logprobs["output_top_logprobs"]],
+    }
+
+
+class OutputFolder:
+    """Folds one request's GenerateOutput deltas into its cumulative text, token ids, meta_info and logprobs."""
+
+    def __init__(self, return_logprob: bool) -> None:
+        self.return_logprob = return_logprob
+        self.text = ""
+        self.output_ids: list[int] = []
+        self.meta_info: dict[str, Any] = {}
+        self.finished = False
+        self.error: str | None = None
+        self.logprobs: dict[str, list] = {key: [] for key in LOGPROB_KEYS}
+
+    def add(self, out: GenerateOutput) -> None:
+        """Fold one delta in (the latest meta_info replaces the previous one)."""
+        self.text += out.text_delta
+        self.output_ids.extend(out.output_ids_delta)
+        self.meta_info = dict(out.meta_info)
+        self.finished = out.finished
+        self.error = out.error
+        if self.return_logprob:
+            self.logprobs["input_token_logprobs"].extend(out.input_token_logprobs)
+            self.logprobs["input_top_logprobs"].extend(out.input_top_logprobs)
+            self.logprobs["output_token_logprobs"].extend(out.output_token_logprobs_delta)
+            self.logprobs["output_top_logprobs"].extend(out.output_top_logprobs_delta)
+
+    def response(self) -> dict[str, Any]:
+        """SGLang's ``{"text", "output_ids", "meta_info"}``; logprobs as [logprob, id, None] triples in meta_info."""
+        meta = dict(self.meta_info)
+        if self.return_logprob:
+            meta.update(format_logprobs(self.logprobs))
+        return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
