@@ -11,7 +11,8 @@ notebook written for SGLang ports by changing its import::
     terminate_process(server_process)
 
 Unlike SGLang's, these never hang (every wait has a deadline and notices a dead server at once) and never
-leak a process (own session, parent-death signal, whole-tree termination, atexit cleanup).
+leak a process (own session, parent-death signal, whole-tree termination, atexit cleanup). The lifecycle
+itself lives in :mod:`sglkit.launch`; this module keeps SGLang's names and re-exports the rest from there.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import urllib.parse
 import psutil
 import requests
 
-from sglkit.ports import (
+from sglkit.launch.ports import (
     claim_port,
     is_port_free,
     pick_free_port,
@@ -36,7 +37,7 @@ from sglkit.ports import (
     reserve_port,
     unclaim_port,
 )
-from sglkit.process import (
+from sglkit.launch.process import (
     execute_shell_command,
     find_option,
     find_process,
@@ -47,7 +48,7 @@ from sglkit.process import (
     tail_log,
     terminate_process,
 )
-from sglkit.process_tree import ProcessTree
+from sglkit.launch.process_tree import ProcessTree
 
 __all__ = [
     "execute_shell_command",
@@ -252,7 +253,7 @@ def _in_notebook() -> bool:
         return False
     try:
         shell = sys.modules["IPython"].get_ipython()
-    except Exception:
+    except Exception:  # noqa: BLE001 - a half-initialised or stubbed IPython just means "not a notebook"
         return False
     return getattr(shell, "kernel", None) is not None  # a Jupyter kernel, not the terminal IPython
 

@@ -1,7 +1,7 @@
-"""Server-log relay: child stdout pipe -> log file + in-memory tail + (optional) echo to the notebook.
+"""Launch, output side: a launched child's stdout pipe -> log file + in-memory tail + optional notebook echo.
 
-Sits between a launched process (``sglkit.process``) and the notebook. A daemon thread always drains the
-child's pipe, so the child never blocks on a full pipe. The echo to ``sys.stdout`` runs on a second thread
+Sits between a launched process (``sglkit.launch.process``) and the notebook. A daemon thread always drains
+the child's pipe, so the child never blocks on a full pipe. The echo to ``sys.stdout`` runs on a second thread
 behind a bounded queue: if the notebook or terminal cannot keep up, echo lines are dropped (and counted)
 instead of stalling the reader. The log file always gets every byte.
 """
@@ -159,5 +159,5 @@ def _write_stdout(text: str) -> None:
     try:
         stream.write(text)
         stream.flush()
-    except Exception:  # a closed or replaced stream (kernel restart, pytest capture) must not kill the thread
-        pass
+    except Exception:  # noqa: BLE001 - any stream may be closed or replaced (kernel restart, pytest capture)
+        pass  # a failing echo must not kill the relay thread

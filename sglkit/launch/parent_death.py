@@ -1,7 +1,7 @@
 """Parent-death signal: a child process asks Linux to signal it when its parent goes (launch and scheduler processes).
 
-One definition for both users: ``sglkit.process`` applies it in a launched server's ``preexec_fn``; the server's
-scheduler process calls it first thing, so a killed server takes its scheduler down too.
+One definition for both users: ``sglkit.launch.process`` applies it in a launched server's ``preexec_fn``;
+the server's scheduler process calls it first thing, so a killed server takes its scheduler down too.
 """
 
 from __future__ import annotations

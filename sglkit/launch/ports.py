@@ -1,9 +1,10 @@
-"""Port bookkeeping for notebook-launched servers: pick a free port, claim it for one launch, free it again.
+"""Launch, around a server: pick/claim a free port before the launch, name who holds one, wait until it is free.
 
-Used by ``launch_server_cmd`` (pick/claim before launch) and ``terminate_process`` (release, wait until the
-port is bindable again). A claimed port is never handed to a second server launched from the same
-interpreter, even before the first server has bound it. We do not hold a bound socket during launch, so the
-server can bind the port whatever socket options it uses.
+Used by ``launch_server_cmd`` (pick/claim before launch), ``terminate_process`` (release, wait until the
+port is bindable again) and the server's own start-up check (``sglkit.server.http_server``). A claimed port
+is never handed to a second server launched from the same interpreter, even before the first server has bound
+it. We do not hold a bound socket during launch, so the server can bind the port whatever socket options it
+uses. ``reserve_port`` / ``release_port`` exist for SGLang compatibility (``sglang.utils`` has them).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _bind_family(host: str) -> tuple[socket.AddressFamily, str]:
     return socket.AF_INET, host
 
 
-def _can_bind(port: int, host: str, *, reuse_address: bool) -> bool:
+def _bind_error(port: int, host: str, *, reuse_address: bool) -> OSError | None:
     family, bind_host = _bind_family(host)
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         if reuse_address:
@@ -38,10 +39,22 @@ def _can_bind(port: int, host: str, *, reuse_address: bool) -> bool:
         try:
             sock.bind((bind_host, port))
         except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            return True  # e.g. EADDRNOTAVAIL: not a local address; the server will report it itself
-    return True
+            return exc
+    return None
+
+
+def _can_bind(port: int, host: str, *, reuse_address: bool) -> bool:
+    error = _bind_error(port, host, reuse_address=reuse_address)
+    # Other errors (e.g. EADDRNOTAVAIL: not a local address) are for the server to report itself.
+    return error is None or error.errno not in (errno.EADDRINUSE, errno.EACCES)
+
+
+def port_bind_error(port: int, host: str = "127.0.0.1") -> OSError | None:
+    """The OSError binding ``host:port`` raises as a server binds it (SO_REUSEADDR), or None if it binds.
+
+    The server's start-up check uses it to fail fast, before loading a model, with the reason in its message.
+    """
+    return _bind_error(port, host, reuse_address=True)
 
 
 def is_port_free(port: int, host: str = "127.0.0.1") -> bool:

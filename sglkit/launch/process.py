@@ -1,8 +1,8 @@
-"""Process lifetime for notebook-launched servers: start a command in its own session tied to this interpreter's
-life, relay its log, keep a registry, and end whole process trees.
+"""Launch hub: notebook cell -> execute_shell_command/spawn -> Popen (+ LogRelay, pid file) -> registry -> end.
 
-Data flow: notebook cell -> execute_shell_command -> Popen (+ LogRelay, pid file) -> registry
--> terminate_process / kill_all_servers / atexit. POSIX only (process groups, sessions).
+Process lifetime for notebook-launched servers: start a command in its own session tied to this interpreter's
+life (parent-death signal, session watchdog), relay its log, keep a registry, and end whole process trees
+(terminate_process / kill_all_servers / atexit). POSIX only (process groups, sessions).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from sglkit.launch.log_relay import LogRelay
 from sglkit.launch.parent_death import die_with_parent, parent_death_supported
-from sglkit.log_relay import LogRelay
-from sglkit.ports import unclaim_port, wait_port_free
-from sglkit.process_tree import ProcessTree, create_time_of, end_process_trees
-from sglkit.watchdog import SessionWatchdog
+from sglkit.launch.ports import unclaim_port, wait_port_free
+from sglkit.launch.process_tree import ProcessTree, create_time_of, end_process_trees
+from sglkit.launch.session_watchdog import SessionWatchdog
 
 ECHO_LOGS: bool = os.environ.get("SGLKIT_ECHO_LOGS", "1").lower() not in ("0", "false", "no", "off")
 """Default for ``echo=``: relay server output to ``sys.stdout`` (env ``SGLKIT_ECHO_LOGS=0`` turns it off)."""
@@ -37,7 +37,7 @@ PARENT_DEATH_SIGNAL: int | None = signal.SIGKILL
 """Signal a launched child receives when this interpreter dies (Linux ``PR_SET_PDEATHSIG``); None disables."""
 
 USE_WATCHDOG: bool = True
-"""Start one helper process (sglkit.watchdog) that ends launched sessions if this interpreter dies."""
+"""Start one helper process (``session_watchdog``) that ends launched sessions if this interpreter dies."""
 
 EXIT_GRACE_PERIOD = 2.0  # SIGTERM -> SIGKILL at exit; Jupyter SIGTERMs a kernel 2.5 s into its shutdown
 _PORT_FREE_WAIT = 3.0

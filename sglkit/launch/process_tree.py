@@ -1,6 +1,7 @@
-"""Ending process trees: find a process's descendants and session members, SIGTERM, grace period, SIGKILL, reap.
+"""Launch, last step: end a launched process's tree (descendants + session): SIGTERM, grace, SIGKILL, reap.
 
-Used by ``sglkit.process`` (terminate_process, kill_all_servers, atexit). Knows nothing about the registry;
+Used by ``sglkit.launch.process`` (terminate_process, kill_all_servers, atexit) and ``sglkit.utils``
+(wait_for_server: is the port held by our tree?). Knows nothing about the registry;
 careful about pid reuse: a pid or session id is only trusted while our child is unreaped or its creation time
 still matches.
 """

@@ -1,9 +1,10 @@
-"""Session watchdog: a tiny helper process that ends the launched servers' sessions if their launcher dies.
+"""Launch, safety net: a helper process ends the launched servers' sessions if their launcher (kernel) dies.
 
-Where it sits: ``sglkit.process`` keeps one :class:`SessionWatchdog` per interpreter, which starts this file as a
-script (stdlib + psutil only) and writes ``watch SID CREATE_TIME`` / ``unwatch SID`` lines to its stdin. When stdin reaches end-of-file — the
-launcher exited, however it died (kernel SIGKILL, OOM, crash) — it SIGTERMs every process left in the
-watched sessions, waits a grace period, SIGKILLs survivors and exits. This covers what the parent-death
+Where it sits: ``sglkit.launch.process`` keeps one :class:`SessionWatchdog` per interpreter, which starts this
+file as a script (stdlib + psutil only: it must not import sglkit) and writes ``watch SID CREATE_TIME`` /
+``unwatch SID`` lines to its stdin. When stdin reaches end-of-file — the launcher exited, however it died
+(kernel SIGKILL, OOM, crash) — it SIGTERMs every process left in the watched sessions, waits a grace period,
+SIGKILLs survivors and exits. This covers what the parent-death
 signal cannot: grandchildren (a server's scheduler) that outlive a killed server.
 """
 

@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -27,6 +26,7 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sglkit.launch.log_format import configure_logging
+from sglkit.launch.ports import port_bind_error
 from sglkit.runtime.scheduler.process import PortArgs, run_scheduler_process
 from sglkit.server import embeddings_api, native_api, openai_api
 from sglkit.server.errors import error_body, install_error_handlers
@@ -161,15 +161,11 @@ def uvicorn_log_config(level: str) -> dict:
 
 def check_port_free(host: str, port: int) -> None:
     """Fail fast (before loading the model) when the port is taken."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as e:
-            raise RuntimeError(
-                f"Port {port} on {host} is already in use ({e.strerror}). Pick another --port."
-            ) from e
+    error = port_bind_error(port, host)
+    if error is not None:
+        raise RuntimeError(
+            f"Port {port} on {host} is already in use ({error.strerror}). Pick another --port."
+        ) from error
 
 
 def local_base_url(host: str, port: int) -> str:

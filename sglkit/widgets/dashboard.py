@@ -16,7 +16,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from sglkit.process import tail_log, terminate_process
+from sglkit.launch.process import tail_log, terminate_process
 from sglkit.widgets.chat import ChatPlayground
 from sglkit.widgets.client import Reply, ServerClient
 from sglkit.widgets.controls import CacheControls, WeightControls

@@ -1,5 +1,6 @@
-"""Server process lifecycle with the notebook helpers (sglkit/utils.py, process.py, watchdog.py) and the server's
-own process handling (sglkit/server/http_server.py, scheduler_process.py, tokenizer_manager.py).
+"""Server process lifecycle with the notebook helpers (sglkit/utils.py, launch/process.py,
+launch/session_watchdog.py) and the server's own process handling (sglkit/server/http_server.py,
+scheduler_process.py, tokenizer_manager.py).
 
 Every test here destroys server state, so each starts its own server (never the shared one) and ends it.
 """
