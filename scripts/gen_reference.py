@@ -174,7 +174,7 @@ def sampling_range(name: str) -> str:
 
 def openai_names() -> dict[str, str]:
     """SamplingParams field -> its name in an OpenAI completions request ("" when OpenAI requests lack it)."""
-    from sglkit.server.openai_format import param_names
+    from sglkit.server.openai_request import param_names
     from sglkit.server.protocol import CompletionRequest
 
     renames = param_names(CompletionRequest(prompt="x"))

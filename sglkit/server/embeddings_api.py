@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from sglkit.runtime.frontend.embedding_input import EmbeddingInput
 from sglkit.runtime.frontend.input_processor import InvalidRequestError
 from sglkit.server.errors import error_response
-from sglkit.server.openai_format import model_error
+from sglkit.server.openai_request import model_error
 from sglkit.server.protocol import Int, parse_json_object, validate_request
 from sglkit.server.tokenizer_manager import ClientDisconnected
 

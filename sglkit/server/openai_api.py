@@ -21,8 +21,23 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from sglkit.core.messages import TokenizedGenerateReq
 from sglkit.runtime.frontend.input_processor import GenerateInput, InvalidRequestError
-from sglkit.server import openai_format as fmt
 from sglkit.server.errors import OpenAIError, error_body
+from sglkit.server.openai_logprobs import TokenText
+from sglkit.server.openai_prompt import apply_chat_template, prompt_texts, template_messages
+from sglkit.server.openai_request import (
+    chat_to_generate_input,
+    check_supported,
+    completion_to_generate_input,
+    model_error,
+    param_names,
+    to_public_error,
+)
+from sglkit.server.openai_response import (
+    ChatStreamFormatter,
+    CompletionStreamFormatter,
+    build_chat_response,
+    build_completion_response,
+)
 from sglkit.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -73,10 +88,10 @@ async def _parse(request: Request, model: type[SamplingRequest]) -> SamplingRequ
     args = request.app.state.server_args
     if getattr(args, "is_embedding", False):
         raise OpenAIError(400, "This model is an embedding model; use /v1/embeddings.", "model")
-    message = fmt.model_error(req.model, args.served_model_name, _model_paths(request))
+    message = model_error(req.model, args.served_model_name, _model_paths(request))
     if message:
         raise OpenAIError(400, message, "model", code="model_not_found")
-    fmt.check_supported(req)
+    check_supported(req)
     return req
 
 
@@ -87,7 +102,7 @@ async def _tokenize(
     try:
         _, reqs, owners = await tm.tokenize(inp)
     except InvalidRequestError as e:
-        err = fmt.to_public_error(e, names)
+        err = to_public_error(e, names)
         code = "context_length_exceeded" if "context length" in str(err) else None
         raise OpenAIError(400, str(err), err.param, code=code) from None
     seen: set[str] = set()
@@ -165,7 +180,7 @@ async def list_models(request: Request) -> dict[str, Any]:
 async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
     """One model card; 404 ``model_not_found`` for a name this server does not serve."""
     served = request.app.state.server_args.served_model_name
-    if fmt.model_error(model_id, served, _model_paths(request)):
+    if model_error(model_id, served, _model_paths(request)):
         raise OpenAIError(
             404,
             f"The model {model_id!r} does not exist. This server serves {served!r}.",
@@ -183,24 +198,22 @@ async def chat_completions(request: Request) -> Response:
     if not tm.alive:
         raise ServerUnavailableError("The server is unhealthy: the scheduler process died.")
     input_ids = await asyncio.to_thread(
-        fmt.apply_chat_template, tm.tokenizer, fmt.template_messages(req), req.tools, req.chat_template_kwargs
+        apply_chat_template, tm.tokenizer, template_messages(req), req.tools, req.chat_template_kwargs
     )
-    inp = fmt.chat_to_generate_input(req, input_ids, min(tm.context_len, tm.max_total_num_tokens))
-    reqs, owners = await _tokenize(tm, inp, fmt.param_names(req), "messages")
+    inp = chat_to_generate_input(req, input_ids, min(tm.context_len, tm.max_total_num_tokens))
+    reqs, owners = await _tokenize(tm, inp, param_names(req), "messages")
     rid, created, model = (
         _response_id(req, reqs),
         int(time.time()),
         request.app.state.server_args.served_model_name,
     )
-    decode = fmt.TokenText(tm.tokenizer) if req.logprobs else None
+    decode = TokenText(tm.tokenizer) if req.logprobs else None
     if req.stream:
-        formatter = fmt.ChatStreamFormatter(rid, created, model, owners, decode, bool(req.logprobs))
+        formatter = ChatStreamFormatter(rid, created, model, owners, decode, bool(req.logprobs))
         usage = formatter.usage_event if req.include_usage else None
         return _sse_response(_stream(tm, reqs, request, formatter.on_chunk, usage))
     finals = await _collect(tm, reqs, request)
-    return JSONResponse(
-        fmt.build_chat_response(rid, created, model, finals, owners, decode, bool(req.logprobs))
-    )
+    return JSONResponse(build_chat_response(rid, created, model, finals, owners, decode, bool(req.logprobs)))
 
 
 @router.post("/v1/completions")
@@ -208,26 +221,24 @@ async def completions(request: Request) -> Response:
     """OpenAI (legacy) text completions: one or many prompts, text or token ids, echo, logprobs, streaming."""
     req: CompletionRequest = await _parse(request, CompletionRequest)  # type: ignore[assignment]
     tm = request.app.state.tokenizer_manager
-    inp = fmt.completion_to_generate_input(req)
-    reqs, owners = await _tokenize(tm, inp, fmt.param_names(req), "prompt")
+    inp = completion_to_generate_input(req)
+    reqs, owners = await _tokenize(tm, inp, param_names(req), "prompt")
     echo_texts = None
     if req.echo:
         echo_texts = await asyncio.to_thread(
-            fmt.prompt_texts, req, lambda ids: tm.tokenizer.decode(ids, skip_special_tokens=False)
+            prompt_texts, req, lambda ids: tm.tokenizer.decode(ids, skip_special_tokens=False)
         )
     rid, created, model = (
         _response_id(req, reqs),
         int(time.time()),
         request.app.state.server_args.served_model_name,
     )
-    decode = fmt.TokenText(tm.tokenizer) if req.logprobs is not None else None
+    decode = TokenText(tm.tokenizer) if req.logprobs is not None else None
     if req.stream:
-        formatter = fmt.CompletionStreamFormatter(
-            rid, created, model, owners, echo_texts, decode, req.logprobs
-        )
+        formatter = CompletionStreamFormatter(rid, created, model, owners, echo_texts, decode, req.logprobs)
         usage = formatter.usage_event if req.include_usage else None
         return _sse_response(_stream(tm, reqs, request, formatter.on_chunk, usage))
     finals = await _collect(tm, reqs, request)
     return JSONResponse(
-        fmt.build_completion_response(rid, created, model, finals, owners, echo_texts, decode, req.logprobs)
+        build_completion_response(rid, created, model, finals, owners, echo_texts, decode, req.logprobs)
     )

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from sglkit.bench.serving import main, make_workload
+from sglkit.bench.serving import main
+from sglkit.bench.workloads import make_workload
 
 NUM_PROMPTS = 4
 INPUT_LEN = 16

@@ -1,5 +1,6 @@
-"""Tests for sglkit/server/openai_format.py (request -> GenerateInput, chunks -> OpenAI objects and stream events)
-and the routes of sglkit/server/openai_api.py, driven by the official ``openai`` client through TestClient.
+"""Tests for the OpenAI formatting (openai_request, openai_prompt: request -> GenerateInput; openai_response,
+openai_logprobs: chunks -> OpenAI objects and stream events) and the routes of sglkit/server/openai_api.py,
+driven by the official ``openai`` client through TestClient.
 
 No model and no server: the routes run against ``ScriptedTokenizerManager``, which validates and tokenizes with
 the real ``build_requests`` and the tiny test tokenizer, then "generates" a fixed reply in the tokenizer manager's
@@ -23,8 +24,26 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from sglkit.runtime.frontend.input_processor import InvalidRequestError, build_requests
 from sglkit.server import openai_api
-from sglkit.server import openai_format as fmt
 from sglkit.server.errors import install_error_handlers
+from sglkit.server.openai_logprobs import MIN_LOGPROB, chat_logprobs, clamp_logprob
+from sglkit.server.openai_prompt import apply_chat_template, prompt_texts, template_messages
+from sglkit.server.openai_request import (
+    chat_to_generate_input,
+    check_supported,
+    completion_to_generate_input,
+    model_error,
+    param_names,
+    sampling_params_dict,
+    to_public_error,
+)
+from sglkit.server.openai_response import (
+    ChatStreamFormatter,
+    CompletionStreamFormatter,
+    build_chat_response,
+    build_completion_response,
+    finish_fields,
+    usage_from,
+)
 from sglkit.server.protocol import ChatCompletionRequest, CompletionRequest, validate_request
 from sglkit.server.tokenizer_manager import ServerUnavailableError
 from sglkit.testing.tiny_models import make_tokenizer
@@ -69,7 +88,7 @@ def test_sampling_params_use_sglang_names_and_leave_unset_fields_out():
             "logit_bias": {"9": 2.0},
         }
     )
-    assert fmt.sampling_params_dict(req, 10) == {
+    assert sampling_params_dict(req, 10) == {
         "max_new_tokens": 10,
         "temperature": 0.0,
         "top_p": 0.9,
@@ -88,21 +107,19 @@ def test_sampling_params_use_sglang_names_and_leave_unset_fields_out():
         "no_stop_trim": True,
         "logit_bias": {"9": 2.0},
     }
-    assert fmt.sampling_params_dict(chat({}), 3) == {"max_new_tokens": 3}
+    assert sampling_params_dict(chat({}), 3) == {"max_new_tokens": 3}
 
 
 def test_chat_max_tokens_default_is_the_remaining_context():
-    inp = fmt.chat_to_generate_input(chat({}), [1, 2, 3], max_context=100)
+    inp = chat_to_generate_input(chat({}), [1, 2, 3], max_context=100)
     assert inp.input_ids == [1, 2, 3] and inp.sampling_params["max_new_tokens"] == 97
-    assert (
-        fmt.chat_to_generate_input(chat({"max_tokens": 5}), [1], 100).sampling_params["max_new_tokens"] == 5
-    )
+    assert chat_to_generate_input(chat({"max_tokens": 5}), [1], 100).sampling_params["max_new_tokens"] == 5
     both = chat({"max_tokens": 5, "max_completion_tokens": 7})
-    assert fmt.chat_to_generate_input(both, [1], 100).sampling_params["max_new_tokens"] == 7
+    assert chat_to_generate_input(both, [1], 100).sampling_params["max_new_tokens"] == 7
 
 
 def test_chat_logprobs_and_stream_flags():
-    inp = fmt.chat_to_generate_input(
+    inp = chat_to_generate_input(
         chat({"logprobs": True, "top_logprobs": 3, "stream": True, "rid": "r1"}), [1], 9
     )
     assert (inp.return_logprob, inp.top_logprobs_num, inp.logprob_start_len, inp.stream, inp.rid) == (
@@ -112,7 +129,7 @@ def test_chat_logprobs_and_stream_flags():
         True,
         "r1",
     )
-    inp = fmt.chat_to_generate_input(chat({}), [1], 9)
+    inp = chat_to_generate_input(chat({}), [1], 9)
     assert (inp.return_logprob, inp.top_logprobs_num, inp.stream) == (False, 0, False)
 
 
@@ -127,34 +144,31 @@ def test_chat_logprobs_and_stream_flags():
     ],
 )
 def test_completion_prompt_forms(prompt, text, input_ids):
-    inp = fmt.completion_to_generate_input(completion({"prompt": prompt}))
+    inp = completion_to_generate_input(completion({"prompt": prompt}))
     assert (inp.text, inp.input_ids) == (text, input_ids)
     assert inp.sampling_params == {"max_new_tokens": 16}
 
 
 def test_completion_echo_with_logprobs_scores_the_prompt():
-    inp = fmt.completion_to_generate_input(
+    inp = completion_to_generate_input(
         completion({"prompt": "a", "echo": True, "logprobs": 2, "max_tokens": 0})
     )
     assert (inp.return_logprob, inp.logprob_start_len, inp.top_logprobs_num) == (True, 0, 2)
     assert inp.sampling_params["max_new_tokens"] == 0
-    inp = fmt.completion_to_generate_input(completion({"prompt": "a", "logprobs": 0}))
+    inp = completion_to_generate_input(completion({"prompt": "a", "logprobs": 0}))
     assert (inp.return_logprob, inp.logprob_start_len, inp.top_logprobs_num) == (True, -1, 0)
 
 
 def test_internal_names_in_errors_become_openai_names():
     err = InvalidRequestError("min_new_tokens must be in [0, max_new_tokens=5], got 7", "min_new_tokens")
-    public = fmt.to_public_error(err, fmt.param_names(chat({})))
+    public = to_public_error(err, param_names(chat({})))
     assert (str(public), public.param) == ("min_tokens must be in [0, max_tokens=5], got 7", "min_tokens")
-    public = fmt.to_public_error(
-        InvalidRequestError("The input text is empty.", "text"), fmt.param_names(completion({"prompt": ""}))
+    public = to_public_error(
+        InvalidRequestError("The input text is empty.", "text"), param_names(completion({"prompt": ""}))
     )
     assert public.param == "prompt"
-    names = fmt.param_names(chat({"max_completion_tokens": 3}))
-    assert (
-        fmt.to_public_error(InvalidRequestError("x", "max_new_tokens"), names).param
-        == "max_completion_tokens"
-    )
+    names = param_names(chat({"max_completion_tokens": 3}))
+    assert to_public_error(InvalidRequestError("x", "max_new_tokens"), names).param == "max_completion_tokens"
 
 
 @pytest.mark.parametrize(
@@ -170,24 +184,24 @@ def test_internal_names_in_errors_become_openai_names():
 )
 def test_unsupported_features_are_refused(req, param):
     with pytest.raises(InvalidRequestError) as info:
-        fmt.check_supported(req)
+        check_supported(req)
     assert info.value.param == param
 
 
 def test_supported_features_pass():
-    fmt.check_supported(
+    check_supported(
         chat(
             {"response_format": {"type": "text"}, "tool_choice": "auto", "logprobs": True, "top_logprobs": 2}
         )
     )
-    fmt.check_supported(completion({"prompt": "a", "suffix": "", "best_of": 1}))
+    check_supported(completion({"prompt": "a", "suffix": "", "best_of": 1}))
 
 
 def test_model_names():
-    assert fmt.model_error(None, SERVED, [MODEL_PATH]) is None
+    assert model_error(None, SERVED, [MODEL_PATH]) is None
     for name in ("default", SERVED, MODEL_PATH):
-        assert fmt.model_error(name, SERVED, [MODEL_PATH]) is None
-    assert SERVED in fmt.model_error("gpt-4o", SERVED, [MODEL_PATH])
+        assert model_error(name, SERVED, [MODEL_PATH]) is None
+    assert SERVED in model_error("gpt-4o", SERVED, [MODEL_PATH])
 
 
 def test_template_messages_flatten_text_parts():
@@ -202,7 +216,7 @@ def test_template_messages_flatten_text_parts():
             ]
         },
     )
-    assert fmt.template_messages(req) == [
+    assert template_messages(req) == [
         {"role": "system", "content": "s"},
         {"role": "user", "content": "a\nb"},
         {"role": "assistant", "content": "", "tool_calls": [{"id": "c1"}]},
@@ -213,8 +227,8 @@ def test_template_messages_flatten_text_parts():
 def test_apply_chat_template_matches_the_tokenizer(tokenizer):
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"]
-    assert fmt.apply_chat_template(tokenizer, messages) == list(expected)
-    ids = fmt.apply_chat_template(
+    assert apply_chat_template(tokenizer, messages) == list(expected)
+    ids = apply_chat_template(
         tokenizer, messages, template_kwargs={"tokenize": False, "chat_template": "{{ 1 }}"}
     )
     assert ids == list(expected)  # reserved keyword arguments are ignored
@@ -224,7 +238,7 @@ def test_apply_chat_template_errors_are_400_on_messages(tokenizer):
     strict = copy.deepcopy(tokenizer)
     strict.chat_template = "{{ raise_exception('Conversation roles must alternate') }}"
     with pytest.raises(InvalidRequestError) as info:
-        fmt.apply_chat_template(strict, [{"role": "user", "content": "x"}])
+        apply_chat_template(strict, [{"role": "user", "content": "x"}])
     assert info.value.param == "messages" and "alternate" in str(info.value)
 
 
@@ -232,11 +246,11 @@ def test_prompt_texts_for_echo(tokenizer):
     def decode(ids):
         return tokenizer.decode(ids)
 
-    assert fmt.prompt_texts(completion({"prompt": "a"}), decode) == ["a"]
-    assert fmt.prompt_texts(completion({"prompt": ["a", "b"]}), decode) == ["a", "b"]
+    assert prompt_texts(completion({"prompt": "a"}), decode) == ["a"]
+    assert prompt_texts(completion({"prompt": ["a", "b"]}), decode) == ["a", "b"]
     ids = tokenizer.encode("hello world", add_special_tokens=False)
-    assert fmt.prompt_texts(completion({"prompt": ids}), decode) == ["hello world"]
-    assert fmt.prompt_texts(completion({"prompt": [ids, ids]}), decode) == ["hello world"] * 2
+    assert prompt_texts(completion({"prompt": ids}), decode) == ["hello world"]
+    assert prompt_texts(completion({"prompt": [ids, ids]}), decode) == ["hello world"] * 2
 
 
 # ----------------------------------------------------------------------------- chunks -> responses
@@ -261,7 +275,7 @@ def final_chunk(index=0, text="Paris.", matched=5, prompt_tokens=10, completion_
 
 
 def test_chat_response_has_the_seed_shape():
-    resp = fmt.build_chat_response("abc", 1736773278, SERVED, [final_chunk()], [0])
+    resp = build_chat_response("abc", 1736773278, SERVED, [final_chunk()], [0])
     assert resp == {
         "id": "abc",
         "object": "chat.completion",
@@ -288,21 +302,21 @@ def test_chat_response_has_the_seed_shape():
 
 def test_usage_counts_each_prompt_once():
     finals = [final_chunk(0), final_chunk(1, completion_tokens=4), final_chunk(2, prompt_tokens=6)]
-    usage = fmt.usage_from({c["index"]: c for c in finals}, owners=[0, 0, 1])
+    usage = usage_from({c["index"]: c for c in finals}, owners=[0, 0, 1])
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (16, 10, 26)
 
 
 def test_finish_fields():
-    assert fmt.finish_fields({"finish_reason": {"type": "stop", "matched": "\n"}}) == ("stop", "\n")
-    assert fmt.finish_fields({"finish_reason": {"type": "length", "length": 3}}) == ("length", None)
-    assert fmt.finish_fields({"finish_reason": {"type": "abort"}}) == ("abort", None)
-    assert fmt.finish_fields({"finish_reason": None}) == (None, None)
+    assert finish_fields({"finish_reason": {"type": "stop", "matched": "\n"}}) == ("stop", "\n")
+    assert finish_fields({"finish_reason": {"type": "length", "length": 3}}) == ("length", None)
+    assert finish_fields({"finish_reason": {"type": "abort"}}) == ("abort", None)
+    assert finish_fields({"finish_reason": None}) == (None, None)
 
 
 def test_logprobs_are_clamped():
-    assert fmt.clamp_logprob(None) is None
-    assert fmt.clamp_logprob(-0.5) == -0.5
-    assert fmt.clamp_logprob(float("-inf")) == fmt.clamp_logprob(float("nan")) == fmt.MIN_LOGPROB
+    assert clamp_logprob(None) is None
+    assert clamp_logprob(-0.5) == -0.5
+    assert clamp_logprob(float("-inf")) == clamp_logprob(float("nan")) == MIN_LOGPROB
 
 
 def decode_stub(token_id: int) -> str:
@@ -318,7 +332,7 @@ LOGPROB_META = {
 
 
 def test_chat_logprobs():
-    out = fmt.chat_logprobs(LOGPROB_META, decode_stub)
+    out = chat_logprobs(LOGPROB_META, decode_stub)
     assert out["content"][0] == {
         "token": "<7>",
         "logprob": -0.5,
@@ -328,22 +342,22 @@ def test_chat_logprobs():
             {"token": "<9>", "logprob": -1.5, "bytes": list(b"<9>")},
         ],
     }
-    assert out["content"][1]["logprob"] == fmt.MIN_LOGPROB
-    assert [e["token"] for e in fmt.chat_logprobs(LOGPROB_META, decode_stub, start=1)["content"]] == ["<8>"]
+    assert out["content"][1]["logprob"] == MIN_LOGPROB
+    assert [e["token"] for e in chat_logprobs(LOGPROB_META, decode_stub, start=1)["content"]] == ["<8>"]
     no_top = {"output_token_logprobs": [[-0.5, 7, None]], "output_top_logprobs": []}
-    assert fmt.chat_logprobs(no_top, decode_stub)["content"][0]["top_logprobs"] == []
+    assert chat_logprobs(no_top, decode_stub)["content"][0]["top_logprobs"] == []
 
 
 def test_completion_response_with_echo_and_logprobs():
     chunk = final_chunk(text="<7><8>", **LOGPROB_META)
-    resp = fmt.build_completion_response(
+    resp = build_completion_response(
         "r", 1, SERVED, [chunk], [0], echo_texts=["<1><2>"], decode=decode_stub, logprobs=2
     )
     choice = resp["choices"][0]
     assert choice["text"] == "<1><2><7><8>" and resp["object"] == "text_completion"
     assert choice["logprobs"] == {
         "tokens": ["<1>", "<2>", "<7>", "<8>"],
-        "token_logprobs": [None, -1.0, -0.5, fmt.MIN_LOGPROB],
+        "token_logprobs": [None, -1.0, -0.5, MIN_LOGPROB],
         "top_logprobs": [
             None,
             {"<2>": -1.0, "<3>": -2.0},
@@ -352,13 +366,13 @@ def test_completion_response_with_echo_and_logprobs():
         ],
         "text_offset": [0, 3, 6, 9],
     }  # None for the first prompt token, as OpenAI answers
-    plain = fmt.build_completion_response("r", 1, SERVED, [chunk], [0], decode=decode_stub, logprobs=2)
+    plain = build_completion_response("r", 1, SERVED, [chunk], [0], decode=decode_stub, logprobs=2)
     assert plain["choices"][0]["text"] == "<7><8>"
     assert plain["choices"][0]["logprobs"]["tokens"] == ["<7>", "<8>"]
     assert plain["choices"][0]["logprobs"]["text_offset"] == [0, 3]
     Completion.model_validate(plain)
     no_top = dict(LOGPROB_META, output_top_logprobs=[])
-    zero = fmt.build_completion_response(
+    zero = build_completion_response(
         "r", 1, SERVED, [final_chunk(**no_top)], [0], decode=decode_stub, logprobs=0
     )
     assert zero["choices"][0]["logprobs"]["top_logprobs"] == [{}, {}]
@@ -379,7 +393,7 @@ def stream_chunks(pieces: list[str], index: int = 0, matched=5, **meta) -> list[
 
 
 def test_chat_stream_events():
-    formatter = fmt.ChatStreamFormatter("r", 1, SERVED, owners=[0])
+    formatter = ChatStreamFormatter("r", 1, SERVED, owners=[0])
     events = [e for c in stream_chunks(["Par", "is", ""]) for e in formatter.on_chunk(c)]
     parsed = [ChatCompletionChunk.model_validate(e) for e in events]
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
@@ -392,7 +406,7 @@ def test_chat_stream_events():
 
 
 def test_chat_stream_skips_empty_chunks_and_sends_logprob_deltas():
-    formatter = fmt.ChatStreamFormatter("r", 1, SERVED, owners=[0], decode=decode_stub, logprobs=True)
+    formatter = ChatStreamFormatter("r", 1, SERVED, owners=[0], decode=decode_stub, logprobs=True)
     chunks = stream_chunks(["a", "", "b"], **LOGPROB_META)
     chunks[0]["meta_info"]["output_token_logprobs"] = LOGPROB_META["output_token_logprobs"][:1]
     chunks[1]["meta_info"]["output_token_logprobs"] = LOGPROB_META["output_token_logprobs"][:1]
@@ -403,7 +417,7 @@ def test_chat_stream_skips_empty_chunks_and_sends_logprob_deltas():
 
 
 def test_completion_stream_events_with_echo():
-    formatter = fmt.CompletionStreamFormatter("r", 1, SERVED, owners=[0, 0], echo_texts=["Q:"])
+    formatter = CompletionStreamFormatter("r", 1, SERVED, owners=[0, 0], echo_texts=["Q:"])
     events = []
     for a, b in zip(
         stream_chunks(["x", "y"], index=0), stream_chunks(["z", "w"], index=1, matched=None), strict=True
