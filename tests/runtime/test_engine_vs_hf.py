@@ -113,11 +113,14 @@ def test_retraction_under_a_tiny_kv_pool_matches_hf(arch_case, reference_outputs
         assert_no_leak(llm)
 
 
-def test_prompt_and_output_logprobs_match_hf(arch_case):
+@pytest.mark.parametrize("chunked_prefill_size", [None, 4], ids=["whole", "chunked"])
+def test_prompt_and_output_logprobs_match_hf(arch_case, chunked_prefill_size):
+    """Prompt logprobs cover the whole prompt also when it is prefilled in chunks of 4 tokens."""
     path, hf = arch_case
     prompt = " ".join(WORDS[:20])
     input_ids = hf.tokenizer.encode(prompt)
-    with sglkit.Engine(model_path=path, max_total_tokens=2048, random_seed=0) as llm:
+    kwargs = {"chunked_prefill_size": chunked_prefill_size} if chunked_prefill_size else {}
+    with sglkit.Engine(model_path=path, max_total_tokens=2048, random_seed=0, **kwargs) as llm:
         out = llm.generate(
             prompt, greedy_params(3), return_logprob=True, logprob_start_len=0, top_logprobs_num=3
         )

@@ -46,10 +46,16 @@ class ScheduleBatch:
 
 
 def input_logprob_start(req: Req) -> int | None:
-    """First prompt position whose logits are needed for input logprobs, or None when none are asked for."""
-    if not req.return_logprob or req.logprob_start_len < 0 or req.input_token_logprobs:
+    """Next prompt position whose logits are needed for input logprobs; None when none are asked for or all
+    are collected. A prompt prefilled in chunks continues where the previous chunk stopped; a request
+    re-admitted after a retraction does not collect them twice."""
+    if not req.return_logprob or req.logprob_start_len < 0:
         return None
-    return max(req.logprob_start_len - 1, 0)
+    collected = len(req.input_token_logprobs)
+    if req.logprob_start_len == 0 and collected:
+        collected -= 1  # the first prompt token's (None, id) entry has no logits row
+    position = max(req.logprob_start_len - 1, 0) + collected
+    return position if position < len(req.origin_input_ids) - 1 else None
 
 
 def build_extend_batch(

@@ -70,7 +70,7 @@ class PrefillAdder:
         """Admit ``req`` (whole or its first chunk) if the budgets allow; True when admitted."""
         extend_len = len(req.fill_ids) - prefix_len
         reserve = decode_reserve(req, self.new_token_ratio)
-        if self.can_run and extend_len > self.rem_input_tokens and self.rem_chunk_tokens is None:
+        if self.can_run and extend_len > self.rem_input_tokens:  # max_prefill_tokens, chunked or not
             return False
         if self.rem_chunk_tokens is not None and extend_len > self.rem_chunk_tokens:
             # Long prompt: take one chunk now, the rest next pass.

@@ -174,10 +174,17 @@ def test_input_logprob_start(return_logprob, start, output_ids, want):
     assert input_logprob_start(req) == want
 
 
-def test_input_logprob_start_none_once_collected():
+def test_input_logprob_start_continues_and_stops_once_collected():
     req = make_req(list(range(10)), return_logprob=True, logprob_start_len=0)
-    req.input_token_logprobs.append((None, 0))
-    assert input_logprob_start(req) is None
+    req.input_token_logprobs.append((None, 0))  # token 0 has no logits row: position 0 still to score
+    assert input_logprob_start(req) == 0
+    req.input_token_logprobs.extend((-1.0, t) for t in range(1, 5))  # tokens 1..4 scored by positions 0..3
+    assert input_logprob_start(req) == 4
+    req.input_token_logprobs.extend((-1.0, t) for t in range(5, 10))  # the whole prompt
+    assert input_logprob_start(req) is None  # a re-admitted (retracted) request does not collect them again
+    later = make_req(list(range(10)), return_logprob=True, logprob_start_len=6)
+    later.input_token_logprobs.extend((-1.0, t) for t in range(6, 8))
+    assert input_logprob_start(later) == 7
 
 
 @pytest.mark.parametrize("start", [0, 1, 3, 8, 9, 10])
@@ -232,12 +239,6 @@ def test_input_logprob_rows_of_a_chunk_stop_at_the_chunk(pools):
     assert f["logits_indices"] == [4, 5, 6, 7]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="input_logprob_start returns None once req.input_token_logprobs is non-empty, so after the first "
-    "chunk of a chunked prefill collected its rows, later chunks get no input-logprob rows and the prompt "
-    "logprobs are truncated at the chunk boundary",
-)
 def test_input_logprob_rows_continue_in_the_next_chunk(pools):
     from sglkit.runtime.scheduler.output import collect_input_logprobs
 

@@ -177,12 +177,6 @@ def test_first_request_over_input_budget_still_needs_kv():
     assert a.can_run == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PrefillAdder.add_one only enforces rem_input_tokens when chunking is off "
-    "(`... and self.rem_chunk_tokens is None`): with max_prefill_tokens < chunked_prefill_size a second "
-    "request that fits the chunk budget is admitted past max_prefill_tokens (SGLang checks it either way)",
-)
 def test_input_budget_is_enforced_with_chunking_when_max_prefill_is_smaller():
     a = adder(inp=100, chunk=256)
     assert a.add_one(make_req(60, 1), 0)
