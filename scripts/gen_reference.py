@@ -4,7 +4,7 @@
   ``ServerArgs.add_cli_args`` builds and the ``ServerArgs`` dataclass (sections from its source comments).
 - sampling_params.md: ``SamplingParams`` fields and defaults; the allowed ranges are the messages of
   ``SamplingParams.verify`` itself (each field probed with an out-of-range value), and the OpenAI names come
-  from ``openai_format.param_names``.
+  from ``openai_request.param_names``.
 - http_api.md: the OpenAPI schema of the FastAPI app (``create_app`` with no tokenizer manager: nothing starts),
   with the request and response models the routes validate against added to it.
 
