@@ -65,7 +65,12 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, hf_config: Any) -> ModelConfig:
-        """Normalise a transformers ``PretrainedConfig`` (or any object with the same attributes)."""
+        """Normalise a transformers ``PretrainedConfig`` (or any object with the same attributes).
+
+        A ModelConfig is returned as is, so models may be built from either.
+        """
+        if isinstance(hf_config, ModelConfig):
+            return hf_config
         num_heads = hf_config.num_attention_heads
         head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
         window = getattr(hf_config, "sliding_window", None)

@@ -1,28 +1,90 @@
-"""Linear layers of sglkit models: ``nn.Linear`` that, on CPU, runs with oneDNN-prepacked weights.
+"""Linear layers of sglkit models, each owning the ``weight_loader`` of its parameters (checkpoint -> layer).
 
-Models build ``Linear`` exactly like ``nn.Linear`` (same parameter names, so checkpoints load unchanged).
-The model runner calls ``pack_linear_weights(model)`` after every weight change; on CPU each layer then keeps
-a oneDNN-blocked copy of its weight and runs ``mkldnn._linear_pointwise`` (about 2x faster than ``F.linear``
-at serving shapes on AVX-512 machines). Elsewhere, or if packing is unavailable, it is a plain nn.Linear.
+==========================  ==========================  =============================================
+class                       weight [out, in] per rank   loader (shard ids)
+==========================  ==========================  =============================================
+Linear                      full                        whole-tensor copy (replicated)
+ColumnParallelLinear        rows out / tp_size          this rank's rows (bias too)
+RowParallelLinear           columns in / tp_size        this rank's columns (bias whole)
+MergedColumnParallelLinear  rows of several outputs     output ``i`` into its rows (0, 1, ... e.g. gate/up)
+QKVParallelLinear           q, k, v rows of its heads   "q", "k", "v" into their rows
+==========================  ==========================  =============================================
+
+Layers hold ``tp_rank=0, tp_size=1`` (no tensor parallelism yet): a rank-sliced layer already loads its share
+of the full checkpoint tensor, but ``forward`` does no collective (the all-reduce of a row-parallel output
+belongs to a future ``sglkit.parallel``). A fused parameter also accepts the whole fused tensor
+(``shard_id=None``: our own state_dict, as ``update_weights`` re-reads it).
+
+On CPU the model runner calls ``pack_linear_weights(model)`` after every weight change; each ``Linear`` then
+keeps a oneDNN-blocked copy of its weight and runs ``mkldnn._linear_pointwise`` (about 2x faster than
+``F.linear`` at serving shapes on AVX-512 machines). Elsewhere, or if packing is unavailable, it is F.linear.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglkit.layers.weight_loader import copy_weight, set_weight_loader, shard_tensor
+
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ColumnParallelLinear",
+    "Linear",
+    "MergedColumnParallelLinear",
+    "QKVParallelLinear",
+    "RowParallelLinear",
+    "pack_linear_weights",
+]
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
 
-class Linear(nn.Linear):
-    """y = x W^T + b; x: [T, in] -> [T, out]. Uses a prepacked weight on CPU once ``pack()`` has run."""
+def divide(numerator: int, denominator: int) -> int:
+    """numerator // denominator; ValueError unless it divides exactly."""
+    if numerator % denominator:
+        raise ValueError(f"{numerator} is not divisible by tp_size={denominator}.")
+    return numerator // denominator
+
+
+class Linear(nn.Module):
+    """y = x W^T + b with a replicated weight [out, in]; x: [..., in] -> [..., out].
+
+    Parameters are created with ``torch.empty`` on the current default device (the loader fills them), named
+    ``weight`` / ``bias`` like ``nn.Linear``. Uses a prepacked weight on CPU once ``pack()`` has run.
+    """
 
     packed_weight: torch.Tensor | None = None
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dtype: torch.dtype | None = None,
+        tp_rank: int = 0,
+        tp_size: int = 1,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features  # this rank's sizes
+        self.out_features = out_features
+        self.tp_rank = tp_rank
+        self.tp_size = tp_size
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype)) if bias else None
+        set_weight_loader(self.weight, self.weight_loader)
+        set_weight_loader(self.bias, self.weight_loader)
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
+        """Replicated: copy the whole checkpoint tensor (no shards)."""
+        if shard_id is not None:
+            raise ValueError(f"{type(self).__name__} has no shards; got shard_id={shard_id!r}.")
+        copy_weight(param.data, loaded_weight)
 
     def pack(self) -> bool:
         """(Re)build the prepacked weight from ``self.weight``; False (plain path) when not possible."""
@@ -50,6 +112,174 @@ class Linear(nn.Linear):
             return F.linear(x, self.weight, self.bias)
         bias = None if self.bias is None else self.bias.detach()
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed_weight, bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        """Sizes (this rank's) and tensor-parallel placement, for ``print(model)``."""
+        tp = f", tp_rank={self.tp_rank}, tp_size={self.tp_size}" if self.tp_size > 1 else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{tp}"
+
+
+class ColumnParallelLinear(Linear):
+    """Output dimension split across ranks: rank r holds rows [r * out/tp, (r + 1) * out/tp) of W and b."""
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool = True,
+        dtype: torch.dtype | None = None,
+        tp_rank: int = 0,
+        tp_size: int = 1,
+    ) -> None:
+        super().__init__(input_size, divide(output_size, tp_size), bias, dtype, tp_rank, tp_size)
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
+        """Copy this rank's rows of the full [out, in] weight (or [out] bias)."""
+        if shard_id is not None:
+            raise ValueError(f"{type(self).__name__} has no shards; got shard_id={shard_id!r}.")
+        copy_weight(param.data, shard_tensor(loaded_weight, 0, self.tp_rank, self.tp_size))
+
+
+class RowParallelLinear(Linear):
+    """Input dimension split across ranks: rank r holds columns [r * in/tp, (r + 1) * in/tp) of W; b whole.
+
+    With tp_size > 1 the partial outputs of the ranks must be summed (all-reduce) by the caller.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool = True,
+        dtype: torch.dtype | None = None,
+        tp_rank: int = 0,
+        tp_size: int = 1,
+    ) -> None:
+        super().__init__(divide(input_size, tp_size), output_size, bias, dtype, tp_rank, tp_size)
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
+        """Copy this rank's columns of the full [out, in] weight; the [out] bias is replicated."""
+        if shard_id is not None:
+            raise ValueError(f"{type(self).__name__} has no shards; got shard_id={shard_id!r}.")
+        if param is self.weight:
+            loaded_weight = shard_tensor(loaded_weight, 1, self.tp_rank, self.tp_size)
+        copy_weight(param.data, loaded_weight)
+
+
+class MergedColumnParallelLinear(ColumnParallelLinear):
+    """Several column-parallel outputs fused into one GEMM (e.g. gate and up: ``output_sizes=[I, I]``).
+
+    Checkpoint shard ``i`` (0, 1, ...) fills rows [sum(sizes[:i]) / tp, sum(sizes[:i + 1]) / tp) of this rank.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        output_sizes: Sequence[int],
+        bias: bool = True,
+        dtype: torch.dtype | None = None,
+        tp_rank: int = 0,
+        tp_size: int = 1,
+    ) -> None:
+        self.output_sizes = list(output_sizes)  # full (all-rank) size of each output
+        for size in self.output_sizes:
+            divide(size, tp_size)
+        super().__init__(input_size, sum(self.output_sizes), bias, dtype, tp_rank, tp_size)
+
+    @property
+    def shard_ids(self) -> tuple[int, ...]:
+        """The shard ids a checkpoint must provide: 0 .. len(output_sizes) - 1."""
+        return tuple(range(len(self.output_sizes)))
+
+    def weight_loader(
+        self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: int | None = None
+    ) -> None:
+        """Output ``shard_id`` into its rows (this rank's slice); None: the whole fused tensor."""
+        if shard_id is None:
+            if self.tp_size == 1:
+                copy_weight(param.data, loaded_weight)
+                return
+            for i, part in enumerate(_split_rows(loaded_weight, self.output_sizes)):
+                self.weight_loader(param, part, i)
+            return
+        if shard_id not in self.shard_ids:
+            raise ValueError(f"{type(self).__name__} has shards {self.shard_ids}; got {shard_id!r}.")
+        offset = divide(sum(self.output_sizes[:shard_id]), self.tp_size)
+        size = divide(self.output_sizes[shard_id], self.tp_size)
+        dst = param.data.narrow(0, offset, size)
+        copy_weight(dst, shard_tensor(loaded_weight, 0, self.tp_rank, self.tp_size))
+
+
+class QKVParallelLinear(Linear):
+    """Fused q/k/v projection: rows [q | k | v] of this rank's heads; x: [T, hidden] -> [T, (Hq + 2 Hkv) D].
+
+    Query heads are split across ranks; KV heads too, or replicated when tp_size exceeds their number (rank r
+    then holds KV head r // (tp_size / num_kv_heads)). Checkpoint shards are "q", "k", "v".
+    """
+
+    shard_ids = ("q", "k", "v")
+
+    def __init__(
+        self,
+        hidden_size: int,
+        head_dim: int,
+        total_num_heads: int,
+        total_num_kv_heads: int | None = None,
+        bias: bool = True,
+        dtype: torch.dtype | None = None,
+        tp_rank: int = 0,
+        tp_size: int = 1,
+    ) -> None:
+        total_num_kv_heads = total_num_kv_heads or total_num_heads
+        self.head_dim = head_dim
+        self.total_num_heads = total_num_heads
+        self.total_num_kv_heads = total_num_kv_heads
+        self.num_heads = divide(total_num_heads, tp_size)
+        if tp_size >= total_num_kv_heads:
+            self.num_kv_heads, self.num_kv_replicas = 1, divide(tp_size, total_num_kv_heads)
+        else:
+            self.num_kv_heads, self.num_kv_replicas = divide(total_num_kv_heads, tp_size), 1
+        self.q_size = self.num_heads * head_dim  # this rank's widths
+        self.kv_size = self.num_kv_heads * head_dim
+        out = self.q_size + 2 * self.kv_size
+        super().__init__(hidden_size, out, bias, dtype, tp_rank, tp_size)
+
+    def shard_rows(self, shard_id: str) -> tuple[int, int]:
+        """(offset, size) of shard "q" / "k" / "v" in this rank's rows."""
+        if shard_id not in self.shard_ids:
+            raise ValueError(f"{type(self).__name__} has shards {self.shard_ids}; got {shard_id!r}.")
+        q, kv = self.q_size, self.kv_size
+        return {"q": (0, q), "k": (q, kv), "v": (q + kv, kv)}[shard_id]
+
+    def weight_loader(
+        self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: str | None = None
+    ) -> None:
+        """Shard "q" / "k" / "v" into its rows (this rank's heads); None: the whole fused tensor."""
+        if shard_id is None:
+            if self.tp_size == 1:
+                copy_weight(param.data, loaded_weight)
+                return
+            kv_total = self.total_num_kv_heads * self.head_dim
+            sizes = [self.total_num_heads * self.head_dim, kv_total, kv_total]
+            for sid, part in zip(self.shard_ids, _split_rows(loaded_weight, sizes), strict=True):
+                self.weight_loader(param, part, sid)
+            return
+        offset, size = self.shard_rows(shard_id)
+        if shard_id == "q":
+            src = shard_tensor(loaded_weight, 0, self.tp_rank, self.tp_size)
+        else:
+            num_parts = self.tp_size // self.num_kv_replicas
+            src = shard_tensor(loaded_weight, 0, self.tp_rank // self.num_kv_replicas, num_parts)
+        copy_weight(param.data.narrow(0, offset, size), src)
+
+
+def _split_rows(loaded_weight: torch.Tensor, sizes: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """A whole fused tensor [sum(sizes), ...] -> its outputs' rows; ValueError on another row count."""
+    if loaded_weight.shape[0] != sum(sizes):
+        raise ValueError(
+            f"Fused checkpoint tensor of shape {tuple(loaded_weight.shape)} does not have {sum(sizes)} rows."
+        )
+    return loaded_weight.split(list(sizes), dim=0)
 
 
 def pack_linear_weights(model: nn.Module) -> int:

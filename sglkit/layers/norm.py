@@ -1,12 +1,18 @@
 """Model layers: RMSNorm with an optional fused residual add (decoder layer -> norm -> attention/MLP).
 
 Numerics follow HF Llama: normalize in float32, cast back to the input dtype, then multiply by the weight.
+A decoder layer takes its norm class as an argument (``norm_cls(hidden_size, eps, dtype=...)``), so a variant
+with the same call convention (e.g. Gemma's ``(1 + w)`` scaling) plugs in without touching the layer.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from sglkit.layers.weight_loader import default_weight_loader, set_weight_loader
+
+__all__ = ["RMSNorm"]
 
 
 class RMSNorm(nn.Module):
@@ -17,6 +23,7 @@ class RMSNorm(nn.Module):
         self.hidden_size = hidden_size
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype))
+        set_weight_loader(self.weight, default_weight_loader)
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., H] -> [..., H] normalized (float32 math), times weight."""
@@ -34,4 +41,5 @@ class RMSNorm(nn.Module):
         return self._norm(x), x
 
     def extra_repr(self) -> str:
+        """Size and eps, for ``print(model)``."""
         return f"{self.hidden_size}, eps={self.eps}"

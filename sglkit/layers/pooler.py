@@ -85,4 +85,5 @@ class Pooler(nn.Module):
         return pooled
 
     def extra_repr(self) -> str:
+        """Sizes and settings, for ``print(model)``."""
         return f"pooling_type={self.pooling_type.value}, normalize={self.normalize}"

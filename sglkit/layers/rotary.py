@@ -78,6 +78,7 @@ class RotaryEmbedding(nn.Module):
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
     def extra_repr(self) -> str:
+        """Sizes and settings, for ``print(model)``."""
         return f"head_dim={self.head_dim}, max_position={self.max_position}, rope_type={self.rope_type}"
 
 
@@ -104,5 +105,5 @@ def compute_inv_freq(
 
 
 def get_rope(head_dim: int, max_position: int, rope_parameters: dict[str, Any] | None) -> RotaryEmbedding:
-    """Build the RotaryEmbedding for ``rope_parameters`` ({'rope_type', 'rope_theta', ...}); ValueError if unsupported."""
+    """The RotaryEmbedding for ``rope_parameters`` ({'rope_type', 'rope_theta', ...}); ValueError if unsupported."""
     return RotaryEmbedding(head_dim, max_position, rope_parameters)

@@ -6,23 +6,28 @@ packed tokens and attention runs once per layer on a padded [B, heads, L_max, he
 (no mask when all lengths are equal). Sequence boundaries come from ``forward_batch.extend_seq_lens_cpu``.
 
 Checkpoint names are HF's (``embeddings.*``, ``encoder.layer.N.*``; a ``bert.`` prefix is accepted); the
-separate query/key/value weights load into one fused ``qkv_proj``. HF's tanh ``pooler.dense`` head is not used
-by sentence embedders and is skipped. Pooling defaults to CLS + L2 normalization; a sentence-transformers
-folder (``modules.json``) overrides it (see ``sglkit.models.pooling_config``).
+separate query/key/value weights load into one fused ``qkv_proj`` (shards "q", "k", "v") through the shared
+loader (``sglkit.models.weight_utils``). HF's tanh ``pooler.dense`` head is not used by sentence embedders and
+is skipped. Pooling defaults to CLS + L2 normalization; a sentence-transformers folder (``modules.json``)
+overrides it (see ``sglkit.models.pooling_config``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sglkit.core.forward_batch import ForwardBatch
-from sglkit.layers.linear import Linear
+from sglkit.core.model_config import ModelConfig
+from sglkit.layers.embedding import VocabParallelEmbedding
+from sglkit.layers.linear import Linear, QKVParallelLinear
 from sglkit.layers.pooler import Pooler, PoolingType
+from sglkit.models.weight_utils import StackedParam, load_weights
 
 __all__ = ["BertModel"]
 
@@ -36,7 +41,12 @@ _ACTIVATIONS = {
 # Checkpoint tensors with no counterpart here: HF's tanh pooler, MLM/NSP heads, the position-id buffer.
 _SKIPPED_PREFIXES = ("pooler.", "cls.")
 _SKIPPED_SUFFIXES = ("embeddings.position_ids",)
-_QKV_PARTS = {".attention.self.query.": 0, ".attention.self.key.": 1, ".attention.self.value.": 2}
+# HF checkpoint modules -> shards of our fused qkv_proj (see sglkit.models.weight_utils).
+BERT_STACKED_PARAMS: tuple[StackedParam, ...] = (
+    ("qkv_proj", "query", "q"),
+    ("qkv_proj", "key", "k"),
+    ("qkv_proj", "value", "v"),
+)
 
 
 @dataclass
@@ -118,7 +128,7 @@ class BertEmbeddings(nn.Module):
     def __init__(self, config, dtype) -> None:
         super().__init__()
         hidden = config.hidden_size
-        self.word_embeddings = nn.Embedding(config.vocab_size, hidden, dtype=dtype)
+        self.word_embeddings = VocabParallelEmbedding(config.vocab_size, hidden, dtype=dtype)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, hidden, dtype=dtype)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, hidden, dtype=dtype)
         self.LayerNorm = nn.LayerNorm(hidden, eps=config.layer_norm_eps, dtype=dtype)
@@ -140,7 +150,9 @@ class BertSelfAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // self.num_heads
-        self.qkv_proj = Linear(config.hidden_size, 3 * config.hidden_size, bias=True, dtype=dtype)
+        self.qkv_proj = QKVParallelLinear(
+            config.hidden_size, self.head_dim, self.num_heads, self.num_heads, bias=True, dtype=dtype
+        )
 
     def forward(self, hidden: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
         """hidden: [T, H] -> attention output before the output projection [T, H]."""
@@ -232,9 +244,12 @@ class BertModel(nn.Module):
 
     uses_kv_cache = False  # encoder: attention sees only this pass's tokens
 
-    def __init__(self, config, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, config: Any, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         dtype = dtype or torch.get_default_dtype()
+        self.model_config = ModelConfig.from_hf(config)
+        # The blocks read BertConfig fields ModelConfig does not normalise (layer_norm_eps, type_vocab_size, ...).
+        config = self.model_config.hf_config
         kind = getattr(config, "position_embedding_type", "absolute") or "absolute"
         if kind != "absolute":
             raise ValueError(
@@ -258,34 +273,14 @@ class BertModel(nn.Module):
         """hidden: [T, H] -> [B, H] pooled (and normalized if configured)."""
         return self.pooler(hidden, forward_batch.seq_lens)
 
+    @staticmethod
+    def checkpoint_name(name: str) -> str | None:
+        """A checkpoint tensor's name here (``bert.`` prefix dropped), or None for HF's pooler / heads / buffers."""
+        name = name.removeprefix("bert.")
+        if name.startswith(_SKIPPED_PREFIXES) or name.endswith(_SKIPPED_SUFFIXES):
+            return None
+        return name
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named tensors in (query/key/value into ``qkv_proj``); ValueError for unknown or missing ones."""
-        params = dict(self.named_parameters())
-        hidden = self.config.hidden_size
-        loaded: set[str] = set()
-        for name, tensor in weights:
-            name = name.removeprefix("bert.")
-            if name.startswith(_SKIPPED_PREFIXES) or name.endswith(_SKIPPED_SUFFIXES):
-                continue
-            target, rows = name, None
-            for part, index in _QKV_PARTS.items():
-                if part in name:
-                    target = name.replace(part, ".attention.self.qkv_proj.")
-                    rows = slice(index * hidden, (index + 1) * hidden)
-                    break
-            param = params.get(target)
-            if param is None:
-                raise ValueError(f"Unexpected weight {name!r} in checkpoint for BertModel.")
-            dst = param.data if rows is None else param.data[rows]
-            if dst.shape != tensor.shape:
-                raise RuntimeError(
-                    f"Size mismatch for {name}: checkpoint {tuple(tensor.shape)} vs {tuple(dst.shape)}."
-                )
-            dst.copy_(tensor)
-            loaded.add(name if rows is None else f"{target}[{rows.start // hidden}]")
-        expected = {n for n in params if ".qkv_proj." not in n}
-        expected |= {f"{n}[{i}]" for n in params if ".qkv_proj." in n for i in range(3)}
-        missing = sorted(expected - loaded)
-        if missing:
-            shown = ", ".join(missing[:8]) + (f", ... ({len(missing)} in all)" if len(missing) > 8 else "")
-            raise ValueError(f"Checkpoint did not provide these parameters of BertModel: {shown}.")
+        load_weights(self, weights, BERT_STACKED_PARAMS, rename=self.checkpoint_name)

@@ -2,6 +2,8 @@
 
 Local folders only (never the hub); safetensors only. ``iterate_weights`` shows SGLang's progress line
 ``Loading safetensors checkpoint shards: 100% Completed | 1/1 [00:00<00:00,  1.75it/s]``.
+``load_model`` builds the model directly on its device (parameters are ``torch.empty``: no random init, and
+each keeps the ``weight_loader`` its layer attached), then streams the checkpoint through ``model.load_weights``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from sglkit.core.model_config import ModelConfig, config_dtype
 from sglkit.models.registry import get_model_class
 
 __all__ = ["load_config", "find_safetensors_files", "iterate_weights", "resolve_dtype", "load_model"]
@@ -103,23 +106,16 @@ def iterate_weights(
                 yield name, f.get_tensor(name)
 
 
-def _config_dtype(config) -> torch.dtype | None:
-    """The checkpoint dtype recorded in the config (``dtype``, or the older ``torch_dtype``), if any."""
-    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    if isinstance(value, str):
-        value = _DTYPES.get(value.replace("torch.", ""))
-    return value if isinstance(value, torch.dtype) else None
-
-
 def resolve_dtype(dtype: str | torch.dtype, config, device: str | torch.device) -> torch.dtype:
-    """Model dtype: "auto" -> float32 on CPU, the config's dtype elsewhere (bfloat16 if unset);
+    """Model dtype: "auto" -> float32 on CPU, the config's dtype elsewhere (bfloat16 if unset; ``config`` is a
+    transformers config or a ModelConfig);
     "float32"/"float", "float16"/"half", "bfloat16" (or a torch.dtype) as given."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
         if torch.device(device).type == "cpu":
             return torch.float32
-        return _config_dtype(config) or torch.bfloat16
+        return config_dtype(config) or torch.bfloat16
     if dtype not in _DTYPES:
         raise ValueError(f"Unknown dtype {dtype!r}; choose 'auto' or one of {sorted(_DTYPES)}.")
     return _DTYPES[dtype]
@@ -130,24 +126,19 @@ def load_model(
     dtype: str | torch.dtype = "auto",
     device: str | torch.device = "cpu",
     is_embedding: bool = False,
-) -> tuple[torch.nn.Module, object]:
-    """Build the sglkit model of a local folder on ``device`` in ``dtype``, load its weights; (model, config).
+) -> tuple[torch.nn.Module, ModelConfig]:
+    """Build the sglkit model of a local folder on ``device`` in ``dtype``, load its weights; (model, ModelConfig).
 
-    ``is_embedding`` picks the embedding / reward variant of the architecture. The model is in eval mode with
-    gradients off.
+    The ModelConfig keeps the transformers config in ``.hf_config``. ``is_embedding`` picks the embedding /
+    reward variant of the architecture. The model is in eval mode with gradients off.
     """
-    from sglkit.layers.rotary import RotaryEmbedding
-
-    config = load_config(model_path)
-    model_cls = get_model_class(getattr(config, "architectures", None), is_embedding=is_embedding)
-    torch_dtype = resolve_dtype(dtype, config, device)
-    with torch.device("meta"):  # no random init: every parameter is overwritten by the checkpoint
-        model = model_cls(config, dtype=torch_dtype)
-    model.to_empty(device=device)
-    for module in model.modules():
-        if isinstance(module, RotaryEmbedding):
-            module.reset_cache()
+    hf_config = load_config(model_path)
+    model_config = ModelConfig.from_hf(hf_config)
+    model_cls = get_model_class(list(model_config.architectures), is_embedding=is_embedding)
+    torch_dtype = resolve_dtype(dtype, hf_config, device)
+    with torch.device(device):  # parameters are torch.empty: every one is overwritten by the checkpoint
+        model = model_cls(model_config, dtype=torch_dtype)
     model.load_weights(iterate_weights(model_path))
     model.eval()
     model.requires_grad_(False)
-    return model, config
+    return model, model_config

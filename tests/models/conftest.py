@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from sglkit.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TokenToKVPoolAllocator
-from sglkit.layers.attention.torch_native import TorchNativeAttnBackend
 from sglkit.core.forward_batch import ForwardBatch, ForwardMode
+from sglkit.layers.attention.torch_native import TorchNativeAttnBackend
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",

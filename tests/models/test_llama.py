@@ -70,7 +70,7 @@ def test_rejects_unsupported_activation():
         num_hidden_layers=1,
         num_attention_heads=2,
         vocab_size=64,
-        hidden_act="gelu",
+        hidden_act="relu",
     )
     with pytest.raises(ValueError, match="hidden_act"):
         LlamaForCausalLM(config)

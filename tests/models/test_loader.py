@@ -104,7 +104,9 @@ def test_resolve_dtype(llama_path):
 
 def test_load_model_is_eval_without_grad(llama_path):
     model, config = load_model(llama_path, dtype="float16")
-    assert config.architectures == ["LlamaForCausalLM"]
+    assert config.architectures == ("LlamaForCausalLM",) and config.hf_config.architectures == [
+        "LlamaForCausalLM"
+    ]
     assert not model.training
     assert all(not p.requires_grad and p.dtype == torch.float16 for p in model.parameters())
     assert model.model.rotary_emb.cos_sin_cache.dtype == torch.float32

@@ -1,4 +1,4 @@
-"""Pooling config (sglkit/models/pooling_config.py): what a sentence-transformers folder asks for, or a clear refusal."""
+"""Pooling config (sglkit/models/pooling_config.py): what a sentence-transformers folder asks for, or a refusal."""
 
 from __future__ import annotations
 

@@ -42,17 +42,42 @@ class AttentionBackend(ABC):
 
 
 class RadixAttention(nn.Module):
-    """The attention op of one layer: store this pass's K/V in the pool, then attend with the backend."""
+    """The attention op of one layer: store this pass's K/V in the pool, then attend with the backend.
+
+    Options a backend must honour (None = off, the default fast path):
+
+    - ``sliding_window``: a query at position p attends keys at positions > p - window (the window counts the
+      query's own key; HF's ``sliding_window_overlay``, Mistral / Gemma 2 local layers).
+    - ``logit_cap``: scores become cap * tanh(scores / cap) before the softmax (Gemma 2 soft-capping).
+    """
 
     def __init__(
-        self, layer_id: int, num_heads: int, num_kv_heads: int, head_dim: int, scaling: float
+        self,
+        layer_id: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        scaling: float,
+        sliding_window: int | None = None,
+        logit_cap: float | None = None,
     ) -> None:
         super().__init__()
+        if sliding_window is not None and sliding_window < 1:
+            raise ValueError(f"sliding_window must be a positive number of tokens, not {sliding_window}.")
+        if logit_cap is not None and logit_cap <= 0:
+            raise ValueError(f"logit_cap must be positive, not {logit_cap}.")
         self.layer_id = layer_id
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.scaling = scaling
+        self.sliding_window = sliding_window
+        self.logit_cap = logit_cap
+
+    @property
+    def has_options(self) -> bool:
+        """True when a sliding window or a logit cap is set (backends leave their default path)."""
+        return self.sliding_window is not None or self.logit_cap is not None
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, forward_batch: ForwardBatch
@@ -69,3 +94,13 @@ class RadixAttention(nn.Module):
         else:
             out = backend.forward_extend(q, self, forward_batch)
         return out.reshape(num_tokens, self.num_heads * self.head_dim)
+
+    def extra_repr(self) -> str:
+        """Layer id, head counts and the options that are set."""
+        text = f"layer_id={self.layer_id}, heads={self.num_heads}, kv_heads={self.num_kv_heads}"
+        text += f", head_dim={self.head_dim}"
+        if self.sliding_window is not None:
+            text += f", sliding_window={self.sliding_window}"
+        if self.logit_cap is not None:
+            text += f", logit_cap={self.logit_cap}"
+        return text

@@ -5,8 +5,13 @@ SDPA call. When the whole batch shares a KV prefix (a radix-cache hit: same pool
 gathered once and scored against all queries with one batched matmul, and only the per-request suffixes
 are gathered per request (exact: one softmax over prefix and suffix scores). While the decode batch stays the
 same from one step to the next, a ``DecodeWorkspace`` keeps each layer's padded K/V and only appends the new
-token, instead of gathering every request's whole KV again each step. Extend loops over requests (prefill is compute-bound; the loop costs little) with a
-bottom-right causal mask so new tokens attend to the cached prefix and to earlier new tokens.
+token, instead of gathering every request's whole KV again each step. Extend loops over requests (prefill is
+compute-bound; the loop costs little) with a bottom-right causal mask so new tokens attend to the cached prefix
+and to earlier new tokens.
+
+A layer's ``sliding_window`` narrows these masks to keys at positions > p - window (SDPA still); a ``logit_cap``
+computes the scores explicitly (``capped_attention``: cap * tanh(s / cap), float32 softmax, as HF Gemma 2).
+Layers without options run exactly the default SDPA paths above.
 """
 
 from __future__ import annotations
@@ -19,16 +24,32 @@ import torch.nn.functional as F
 from sglkit.core.forward_batch import ForwardBatch
 from sglkit.layers.attention.base import AttentionBackend, RadixAttention
 
-SHARED_PREFIX_MIN_TOKENS = 32
+SHARED_PREFIX_MIN_TOKENS = 32  # use the shared-prefix decode path from this many common KV slots
 
 
 def gather_kv(buf: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """buf: [S, Hkv, D], indices: [...] -> [..., Hkv, D]. index_select on a flat view: several times faster on
     CPU than advanced indexing."""
     flat = torch.index_select(buf.view(buf.shape[0], -1), 0, indices.reshape(-1))
-    return flat.view(
-        *indices.shape, *buf.shape[1:]
-    )  # use the shared-prefix decode path from this many common KV slots
+    return flat.view(*indices.shape, *buf.shape[1:])
+
+
+def capped_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    scaling: float,
+    logit_cap: float | None,
+) -> torch.Tensor:
+    """q: [..., Lq, D], k/v: [..., Lk, D] (broadcast over leading dims), mask: bool broadcastable to
+    [..., Lq, Lk], True = attended -> [..., Lq, D]. Scores capped (cap * tanh(s / cap)) before the mask."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scaling
+    if logit_cap is not None:
+        scores = torch.tanh(scores / logit_cap) * logit_cap
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v)
 
 
 WORKSPACE_MAX_BYTES = 1 << 30  # padded decode K/V kept across steps, all layers together
@@ -44,6 +65,24 @@ class _DecodeMetadata:
     common_indices: torch.Tensor | None = None  # [P] pool slots every request of the batch starts with
     workspace: DecodeWorkspace | None = None
     max_len: int = 0
+    seq_lens: torch.Tensor | None = None  # [B] KV length of each request (its query sits at seq_len - 1)
+    window_masks: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
+
+    def window_mask(self, window: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(attn_mask [B, 1, 1, L] narrowed to keys >= seq_len - window, prefix mask [B, 1, 1, P] or None).
+
+        Column j of ``kv_indices`` holds position P + j (P = shared-prefix length, 0 without one).
+        """
+        if window not in self.window_masks:
+            prefix_len = 0 if self.common_indices is None else self.common_indices.numel()
+            first = (self.seq_lens - window)[:, None]  # [B, 1] first attended position
+            cols = torch.arange(self.kv_indices.shape[1], device=first.device) + prefix_len
+            suffix = self.attn_mask & (cols[None, :] >= first)[:, None, None, :]
+            prefix = None
+            if prefix_len:
+                prefix = (torch.arange(prefix_len, device=first.device)[None, :] >= first)[:, None, None, :]
+            self.window_masks[window] = (suffix, prefix)
+        return self.window_masks[window]
 
 
 @dataclass
@@ -121,6 +160,7 @@ class TorchNativeAttnBackend(AttentionBackend):
                 common_indices=common_indices,
                 workspace=None if common else self._next_workspace(forward_batch, max_len),
                 max_len=max_len,
+                seq_lens=forward_batch.seq_lens,
             )
             if common:
                 self.workspace = None
@@ -153,16 +193,20 @@ class TorchNativeAttnBackend(AttentionBackend):
             qi = q[start : start + ext_len].transpose(0, 1)  # [Hq, ext, D]
             ki = gather_kv(k_buf, idx).transpose(0, 1).to(q.dtype)  # [Hkv, seq, D]
             vi = gather_kv(v_buf, idx).transpose(0, 1).to(q.dtype)
-            mask = meta.masks[i]
-            oi = F.scaled_dot_product_attention(
-                qi.unsqueeze(0),
-                ki.unsqueeze(0),
-                vi.unsqueeze(0),
-                attn_mask=None if mask is None else mask[None, None],
-                is_causal=mask is None,
-                scale=layer.scaling,
-                enable_gqa=layer.num_heads != layer.num_kv_heads,
-            )  # [1, Hq, ext, D]
+            if layer.has_options:
+                prefix_len = forward_batch.extend_prefix_lens_cpu[i]
+                oi = _extend_with_options(qi, ki, vi, prefix_len, layer).unsqueeze(0)  # [1, Hq, ext, D]
+            else:
+                mask = meta.masks[i]
+                oi = F.scaled_dot_product_attention(
+                    qi.unsqueeze(0),
+                    ki.unsqueeze(0),
+                    vi.unsqueeze(0),
+                    attn_mask=None if mask is None else mask[None, None],
+                    is_causal=mask is None,
+                    scale=layer.scaling,
+                    enable_gqa=layer.num_heads != layer.num_kv_heads,
+                )  # [1, Hq, ext, D]
             out[start : start + ext_len] = oi[0].transpose(0, 1)
             start += ext_len
         return out
@@ -186,7 +230,11 @@ class TorchNativeAttnBackend(AttentionBackend):
         grouped_q = q.view(
             batch, layer.num_kv_heads, num_heads // layer.num_kv_heads, head_dim
         )  # [B, Hkv, G, D]
-        out = F.scaled_dot_product_attention(grouped_q, k, v, attn_mask=meta.attn_mask, scale=layer.scaling)
+        mask = meta.attn_mask if layer.sliding_window is None else meta.window_mask(layer.sliding_window)[0]
+        if layer.logit_cap is None:
+            out = F.scaled_dot_product_attention(grouped_q, k, v, attn_mask=mask, scale=layer.scaling)
+        else:
+            out = capped_attention(grouped_q, k, v, mask, layer.scaling, layer.logit_cap)
         return out.reshape(batch, num_heads, head_dim)
 
     @staticmethod
@@ -234,10 +282,11 @@ def _decode_with_shared_prefix(
     ks = gather_kv(k_buf, meta.kv_indices).to(q.dtype)  # [B, S, Hkv, D]
     vs = gather_kv(v_buf, meta.kv_indices).to(q.dtype)
     suffix_scores = torch.einsum("bhgd,bshd->bhgs", qg, ks)  # [B, Hkv, G, S]
-    suffix_scores = suffix_scores.masked_fill(
-        ~meta.attn_mask[:, :, :, :].view(batch, 1, 1, -1), float("-inf")
-    )
-    probs = torch.softmax(torch.cat([prefix_scores, suffix_scores], dim=-1) * layer.scaling, dim=-1)
+    if layer.has_options:
+        probs = _shared_prefix_probs_with_options(prefix_scores, suffix_scores, meta, layer)
+    else:
+        suffix_scores = suffix_scores.masked_fill(~meta.attn_mask.view(batch, 1, 1, -1), float("-inf"))
+        probs = torch.softmax(torch.cat([prefix_scores, suffix_scores], dim=-1) * layer.scaling, dim=-1)
     prefix_probs, suffix_probs = probs[..., :prefix_len], probs[..., prefix_len:]
     out = (
         torch.bmm(
@@ -249,3 +298,48 @@ def _decode_with_shared_prefix(
     )
     out = out + torch.einsum("bhgs,bshd->bhgd", suffix_probs, vs)
     return out.reshape(batch, num_heads, head_dim)
+
+
+def _shared_prefix_probs_with_options(
+    prefix_scores: torch.Tensor, suffix_scores: torch.Tensor, meta: _DecodeMetadata, layer: RadixAttention
+) -> torch.Tensor:
+    """prefix_scores: [B, Hkv, G, P], suffix_scores: [B, Hkv, G, S] (unscaled, unmasked) -> probs [B, Hkv, G, P+S]
+    with the layer's logit cap and sliding window applied."""
+    scores = torch.cat([prefix_scores, suffix_scores], dim=-1) * layer.scaling
+    if layer.logit_cap is not None:
+        scores = torch.tanh(scores / layer.logit_cap) * layer.logit_cap
+    if layer.sliding_window is None:
+        batch, prefix_len = prefix_scores.shape[0], prefix_scores.shape[-1]
+        prefix_mask = torch.ones(batch, 1, 1, prefix_len, dtype=torch.bool, device=scores.device)
+        suffix_mask = meta.attn_mask
+    else:
+        suffix_mask, prefix_mask = meta.window_mask(layer.sliding_window)
+    mask = torch.cat([prefix_mask, suffix_mask], dim=-1)  # [B, 1, 1, P+S]
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(prefix_scores.dtype)
+
+
+def _extend_with_options(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_len: int, layer: RadixAttention
+) -> torch.Tensor:
+    """q: [Hq, ext, D], k/v: [Hkv, seq, D] -> [Hq, ext, D]: causal attention of one request with the layer's
+    sliding window and/or logit cap (query i sits at position prefix_len + i)."""
+    num_heads, ext_len, head_dim = q.shape
+    num_kv_heads, seq_len = k.shape[:2]
+    q_pos = torch.arange(prefix_len, prefix_len + ext_len, device=q.device)[:, None]
+    k_pos = torch.arange(seq_len, device=q.device)[None, :]
+    mask = k_pos <= q_pos  # [ext, seq]
+    if layer.sliding_window is not None:
+        mask &= k_pos > q_pos - layer.sliding_window
+    if layer.logit_cap is None:
+        return F.scaled_dot_product_attention(
+            q[None],
+            k[None],
+            v[None],
+            attn_mask=mask,
+            scale=layer.scaling,
+            enable_gqa=num_heads != num_kv_heads,
+        )[0]
+    grouped_q = q.view(num_kv_heads, num_heads // num_kv_heads, ext_len, head_dim)  # [Hkv, G, ext, D]
+    out = capped_attention(grouped_q, k[:, None], v[:, None], mask, layer.scaling, layer.logit_cap)
+    return out.reshape(num_heads, ext_len, head_dim)

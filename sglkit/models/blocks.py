@@ -1,0 +1,220 @@
+"""Models: the shared decoder blocks (causal LM -> DecoderModel -> DecoderLayer -> AttentionBlock / GatedMLP).
+
+Families differ by switches, not by code: ``AttentionOptions`` (q/k/v and output biases, per-head q/k norm,
+sliding window, logit cap, scaling) and ``DecoderOptions`` (those, the MLP bias, and the norm class and eps).
+Sizes (heads, KV heads, head_dim, intermediate size, activation) come from the ``ModelConfig``.
+
+Tokens of all requests arrive packed along dim 0 ([T]); attention state lives in the KV pool, reached through
+``RadixAttention`` and the ``ForwardBatch``. Parameter names follow HF Llama (``self_attn.qkv_proj``,
+``mlp.gate_up_proj``, ``input_layernorm`` ...), with q/k/v and gate/up fused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from sglkit.core.forward_batch import ForwardBatch
+from sglkit.core.model_config import ModelConfig
+from sglkit.layers.activation import get_act_and_mul
+from sglkit.layers.attention.base import RadixAttention
+from sglkit.layers.embedding import VocabParallelEmbedding
+from sglkit.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from sglkit.layers.norm import RMSNorm
+from sglkit.layers.rotary import RotaryEmbedding, get_rope
+
+__all__ = [
+    "AttentionBlock",
+    "AttentionOptions",
+    "DecoderLayer",
+    "DecoderModel",
+    "DecoderOptions",
+    "GatedMLP",
+    "NormFactory",
+]
+
+# norm_cls(hidden_size, eps, dtype=dtype) -> a module with forward(x) -> y and forward(x, residual) -> (y, x + residual)
+NormFactory = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class AttentionOptions:
+    """Per-architecture switches of the attention block."""
+
+    qkv_bias: bool = False  # bias on the q/k/v projection
+    o_bias: bool = False  # bias on the output projection
+    qk_norm: bool = False  # per-head norm on q and k before rotary (Qwen3)
+    sliding_window: int | None = None  # RadixAttention window (None: full causal attention)
+    logit_cap: float | None = None  # RadixAttention soft cap of the scores (None: none)
+    scaling: float | None = None  # score scale (None: head_dim ** -0.5)
+
+
+@dataclass(frozen=True)
+class DecoderOptions:
+    """Per-architecture switches of a decoder layer (and the final norm of the stack)."""
+
+    attention: AttentionOptions = field(default_factory=AttentionOptions)
+    mlp_bias: bool = False
+    norm_cls: NormFactory = RMSNorm
+    norm_eps: float | None = None  # None: the config's rms_norm_eps
+
+    def eps(self, config: ModelConfig) -> float:
+        """The norm eps: ``norm_eps`` when set, else ``config.rms_norm_eps``."""
+        return config.rms_norm_eps if self.norm_eps is None else self.norm_eps
+
+
+class GatedMLP(nn.Module):
+    """Dense gated MLP: x -> down(act(gate(x)) * up(x)), gate/up fused; ``hidden_act`` silu, gelu, ..."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        hidden_act: str = "silu",
+        bias: bool = False,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.act_fn = get_act_and_mul(hidden_act)  # first: an unsupported activation fails before allocating
+        self.gate_up_proj = MergedColumnParallelLinear(
+            hidden_size, [intermediate_size, intermediate_size], bias=bias, dtype=dtype
+        )
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=bias, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [T, H] -> [T, H]."""
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention: fused qkv -> optional per-head q/k norm -> rotary -> RadixAttention -> o_proj."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        layer_id: int,
+        rotary_emb: RotaryEmbedding,
+        options: AttentionOptions = AttentionOptions(),
+        dtype: torch.dtype | None = None,
+        norm_cls: NormFactory = RMSNorm,
+        norm_eps: float | None = None,
+    ) -> None:
+        super().__init__()
+        hidden, head_dim = config.hidden_size, config.head_dim
+        self.qkv_proj = QKVParallelLinear(
+            hidden,
+            head_dim,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            bias=options.qkv_bias,
+            dtype=dtype,
+        )
+        # This rank's heads (all of them without tensor parallelism).
+        self.num_heads = self.qkv_proj.num_heads
+        self.num_kv_heads = self.qkv_proj.num_kv_heads
+        self.head_dim = head_dim
+        self.q_size = self.qkv_proj.q_size
+        self.kv_size = self.qkv_proj.kv_size
+        self.o_proj = RowParallelLinear(config.q_size, hidden, bias=options.o_bias, dtype=dtype)
+        self.qk_norm = options.qk_norm
+        if self.qk_norm:
+            eps = config.rms_norm_eps if norm_eps is None else norm_eps
+            self.q_norm = norm_cls(head_dim, eps, dtype=dtype)
+            self.k_norm = norm_cls(head_dim, eps, dtype=dtype)
+        self.rotary_emb = rotary_emb  # shared by all layers
+        scaling = head_dim**-0.5 if options.scaling is None else options.scaling
+        self.attn = RadixAttention(
+            layer_id,
+            self.num_heads,
+            self.num_kv_heads,
+            head_dim,
+            scaling,
+            sliding_window=options.sliding_window,
+            logit_cap=options.logit_cap,
+        )
+
+    def forward(
+        self, positions: torch.Tensor, hidden: torch.Tensor, forward_batch: ForwardBatch
+    ) -> torch.Tensor:
+        """positions: [T], hidden: [T, H] -> [T, H]."""
+        num_tokens = hidden.shape[0]
+        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary_emb(positions, q, k)
+        out = self.attn(q.reshape(num_tokens, -1), k.reshape(num_tokens, -1), v, forward_batch)
+        return self.o_proj(out)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.)), with the residual add fused into the norms."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        layer_id: int,
+        rotary_emb: RotaryEmbedding,
+        options: DecoderOptions = DecoderOptions(),
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        hidden, eps, norm_cls = config.hidden_size, options.eps(config), options.norm_cls
+        if config.intermediate_size is None:
+            raise ValueError("A decoder layer needs the config's intermediate_size.")
+        self.input_layernorm = norm_cls(hidden, eps, dtype=dtype)
+        self.self_attn = AttentionBlock(
+            config, layer_id, rotary_emb, options.attention, dtype, norm_cls=norm_cls, norm_eps=eps
+        )
+        self.post_attention_layernorm = norm_cls(hidden, eps, dtype=dtype)
+        self.mlp = GatedMLP(hidden, config.intermediate_size, config.hidden_act, options.mlp_bias, dtype)
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        forward_batch: ForwardBatch,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden, residual: [T, H] -> (mlp output [T, H], residual [T, H]); their sum is the layer output.
+
+        ``residual`` is None for the first layer (its input is the residual stream itself).
+        """
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, forward_batch)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class DecoderModel(nn.Module):
+    """Token embedding, decoder layers, final norm (the ``model.`` prefix of HF checkpoints)."""
+
+    def __init__(
+        self, config: ModelConfig, options: DecoderOptions, dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__()
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, dtype=dtype)
+        self.rotary_emb = get_rope(config.head_dim, config.context_len, config.rope_parameters)
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, i, self.rotary_emb, options, dtype) for i in range(config.num_hidden_layers)
+        )
+        self.norm = options.norm_cls(config.hidden_size, options.eps(config), dtype=dtype)
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: ForwardBatch
+    ) -> torch.Tensor:
+        """input_ids, positions: [T] -> final hidden states [T, H]."""
+        hidden = self.embed_tokens(input_ids)
+        residual = None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual, forward_batch)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
