@@ -16,7 +16,6 @@ import torch
 
 from sglkit.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TokenToKVPoolAllocator
 from sglkit.core.forward_batch import ForwardBatch
-from sglkit.core.model_config import ModelConfig
 from sglkit.layers.attention import create_attention_backend
 from sglkit.layers.linear import pack_linear_weights
 from sglkit.models.loader import iterate_weights, load_config, load_model
@@ -55,14 +54,11 @@ class ModelRunner:
         torch.manual_seed(server_args.random_seed)
 
         logger.info(f"Load weight begin. avail mem={available_memory_gb(self.device):.2f} GB")
-        self.model, model_config = load_model(
+        self.model, self.model_config = load_model(
             self.model_path,
             dtype=server_args.dtype,
             device=self.device,
             is_embedding=server_args.is_embedding,
-        )
-        self.model_config = (
-            model_config if isinstance(model_config, ModelConfig) else ModelConfig.from_hf(model_config)
         )
         self.dtype = next(self.model.parameters()).dtype
         pack_linear_weights(self.model)
