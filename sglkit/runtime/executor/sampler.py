@@ -1,10 +1,11 @@
 """Logits -> next token ids: the batched sampler behind ``ModelRunner.sample`` (scheduler -> runner -> here).
 
 Per step the scheduler builds one ``SamplingBatchInfo`` (``from_reqs``: per-row parameter tensors, penalty counts,
-masks) and calls ``model_runner.sample(logits, info)``, which runs ``Sampler.sample(logits, info, generator)``. Order of operations on a row:
-logit_bias -> min_new_tokens (EOS / stop_token_ids masked) -> penalties (repetition over prompt+output tokens,
-vLLM's rule; frequency/presence over output tokens, OpenAI's rule) -> greedy rows take argmax -> other rows:
-temperature, top_k, top_p (on the top-k-renormalized distribution), min_p, softmax, one inverse-CDF draw.
+masks) and calls ``model_runner.sample(logits, info)``, which runs ``Sampler.sample(logits, info, generator)``.
+Order of operations on a row: logit_bias -> min_new_tokens (EOS / stop_token_ids masked) -> penalties
+(repetition over prompt+output tokens, vLLM's rule; frequency/presence over output tokens, OpenAI's rule) ->
+greedy rows take argmax -> other rows: temperature, top_k, top_p (on the top-k-renormalized distribution),
+min_p, softmax, one inverse-CDF draw.
 
 Draws use one uniform number per sampled row, taken from the row's own generator (``sampling_seed``) or from the
 default generator, and the CDF is walked in vocabulary order, so a seeded row gives the same tokens whatever else

@@ -104,7 +104,10 @@ class Scheduler(SchedulerBase):
         if num_input == 0:
             return "The input is empty."
         if num_input >= self.context_len:
-            return f"The input ({num_input} tokens) is longer than the model's context length ({self.context_len} tokens)."
+            return (
+                f"The input ({num_input} tokens) is longer than the model's context length "
+                f"({self.context_len} tokens)."
+            )
         if num_input + 1 > self.max_total_num_tokens:
             return f"The input ({num_input} tokens) does not fit in the KV cache ({self.max_total_num_tokens} tokens)."
         return None
