@@ -42,29 +42,45 @@ class ServerArgs:
     )
     dtype: str = _arg(
         "auto",
-        "Weight and activation dtype. 'auto': the checkpoint's dtype on CUDA, float32 on CPU.",
+        "Weight and activation dtype. 'auto': float32 on CPU; on CUDA the checkpoint's dtype "
+        "(bfloat16 when its config names none).",
         choices=DTYPES,
     )
     context_length: int | None = _arg(
-        None, "Maximum tokens per request (prompt + output); defaults to the model's max_position_embeddings."
+        None,
+        "Maximum tokens per request (prompt + output); defaults to, and is capped by, the model's "
+        "max_position_embeddings (and its sliding window; for embedding models, a sentence-transformers "
+        "max_seq_length).",
     )
     is_embedding: bool = _arg(
         False, "Serve the model as an embedding / reward model (/encode, /classify, /v1/embeddings)."
     )
     device: str | None = _arg(None, "'cuda' or 'cpu'; defaults to cuda when available, else cpu.")
-    random_seed: int | None = _arg(None, "Seed of the default sampling generator (random when unset).")
+    random_seed: int | None = _arg(
+        None,
+        "Seed of torch and of the sampling generator used by requests without their own seed "
+        "(random when unset).",
+    )
 
     # Memory and scheduling.
     mem_fraction_static: float | None = _arg(
         None,
-        "Share of free device memory (CPU: of available RAM) given to weights "
-        "and the KV pool; ignored when --max-total-tokens is set.",
+        "Sizes the KV pool when --max-total-tokens is unset. CUDA: the share of the GPU's total memory "
+        "for the weights + KV pool (default 0.88; the rest is left for activations). CPU: the share of "
+        "the available RAM (after loading the weights) for the KV pool alone (default 0.1; an automatically "
+        "sized CPU pool is capped at 262144 tokens). Embedding models ignore it (their pool holds one batch).",
     )
     max_total_tokens: int | None = _arg(
         None, "Size of the KV pool in tokens (overrides --mem-fraction-static)."
     )
-    max_running_requests: int | None = _arg(None, "Most requests decoding at once.")
-    max_prefill_tokens: int = _arg(16384, "Most new tokens in one prefill batch.")
+    max_running_requests: int | None = _arg(
+        None,
+        "Most requests in the running batch at once. Default: half the KV pool's tokens, at most 256 on CPU "
+        "and 4096 on CUDA (embedding models: 256 inputs per pass); capped by the request-to-token table.",
+    )
+    max_prefill_tokens: int = _arg(
+        16384, "Token budget of one prefill batch (embedding models: of one pass)."
+    )
     chunked_prefill_size: int | None = _arg(
         None,
         "Split prompts longer than this into chunks (-1 disables chunking). "
@@ -75,7 +91,9 @@ class ServerArgs:
     )
     disable_radix_cache: bool = _arg(False, "Turn the radix prefix cache off.")
     attention_backend: str | None = _arg(
-        None, "Attention kernels: torch_native (default), triton or flashinfer (CUDA)."
+        None,
+        "Attention kernels. Only 'torch_native' (the default, CPU and CUDA) is implemented; 'triton' and "
+        "'flashinfer' are reserved names that fail at start-up (not implemented yet; they need CUDA).",
     )
 
     # HTTP server.
@@ -88,13 +106,19 @@ class ServerArgs:
         False, "Skip the warmup request (the server reports ready right after start-up)."
     )
     watchdog_timeout: float = _arg(
-        300.0, "Kill the server if a batch makes no progress for this many seconds."
+        300.0,
+        "Kill the scheduler process if it is busy but runs no forward pass for this many seconds; "
+        "the HTTP server then reports unhealthy (/health answers 503).",
     )
-    stream_interval: int = _arg(1, "Send a streaming chunk every this many generated tokens.")
+    stream_interval: int = _arg(
+        1,
+        "Send a streaming chunk every this many generated tokens (the first token at once); "
+        "a request's own stream_interval overrides it.",
+    )
 
     # Logging and metrics.
     log_level: str = _arg("info", "Log level of the server.", choices=LOG_LEVELS)
-    log_requests: bool = _arg(False, "Log the inputs and outputs of every request.")
+    log_requests: bool = _arg(False, "Log the input and output of every finished generation request.")
     enable_metrics: bool = _arg(False, "Expose Prometheus metrics at /metrics.")
     decode_log_interval: int = _arg(40, "Log a 'Decode batch' line every this many decode steps.")
 

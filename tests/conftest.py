@@ -57,3 +57,43 @@ def same_shape_model_path(tiny_model_factory) -> str:
 def other_size_model_path(tiny_model_factory) -> str:
     """Same architecture, wider hidden size: /update_weights fails and rolls back."""
     return tiny_model_factory("LlamaForCausalLM", hidden_size=96, intermediate_size=192)
+
+
+# -- markers by path, for make test-fast (-m "not slow and not browser and not integration") ---------------------
+# `integration`: the test starts subprocesses (real sglkit servers, stand-in servers, process trees, a CLI) or
+# builds the docs / replays Binder. `slow`: in-process suites too long for test-fast. make test runs them all.
+# Entries are paths under tests/: a folder ("server/"), a file ("test_utils.py") or one test ("file.py::name").
+
+INTEGRATION_PATHS = (
+    "server/",  # every test talks to a real server subprocess
+    "widgets/",  # one real server shared by the widget tests; the browser test
+    "docs/",  # docs build, README tour (launches a server), Binder replay
+    "launch/",  # process trees, parent death, session watchdog, log relay: real child processes
+    "test_utils.py",  # launch_server_cmd / wait_for_server / terminate_process against stand-in servers
+    "bench/test_serving_bench.py",  # bench_serving against a real server
+    "testing/test_tiny_models.py::test_cli_prints_folder",  # python -m sglkit.testing in a subprocess
+)
+SLOW_PATHS = (
+    "testing/test_demo_reward_model.py",  # the shipped reward model scored on its fact tables (~40 s on 2 cores)
+)
+_TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _matches(item, entries) -> bool:
+    rel = os.path.relpath(str(item.path), _TESTS_DIR).replace(os.sep, "/")
+    name = getattr(item, "originalname", None) or item.name
+    for entry in entries:
+        if "::" in entry:
+            if entry == f"{rel}::{name}":
+                return True
+        elif rel == entry or (entry.endswith("/") and rel.startswith(entry)):
+            return True
+    return False
+
+
+def pytest_itemcollected(item):
+    """Add the ``integration`` / ``slow`` markers by path (per item, before ``-m`` deselects)."""
+    if _matches(item, INTEGRATION_PATHS):
+        item.add_marker(pytest.mark.integration)
+    if _matches(item, SLOW_PATHS):
+        item.add_marker(pytest.mark.slow)

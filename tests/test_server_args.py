@@ -1,0 +1,94 @@
+"""ServerArgs: flags and keywords, validation, and help texts that say what the code does."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from sglkit.layers.attention import create_attention_backend
+from sglkit.runtime.executor import model_runner
+from sglkit.server_args import ServerArgs, prepare_server_args
+
+
+def _help(name: str) -> str:
+    field = next(f for f in dataclasses.fields(ServerArgs) if f.name == name)
+    return " ".join(field.metadata["help"].split())
+
+
+def test_every_field_has_a_flag_with_help():
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    flags = {a.dest: a for a in parser._actions if a.dest != "help"}
+    assert set(flags) == {f.name for f in dataclasses.fields(ServerArgs)}
+    assert all(a.help for a in flags.values())
+
+
+def test_flags_round_trip(tmp_path):
+    args = prepare_server_args(
+        [
+            "--model-path",
+            str(tmp_path),
+            "--mem-fraction-static",
+            "0.5",
+            "--max-running-requests",
+            "8",
+            "--chunked-prefill-size",
+            "-1",
+            "--schedule-policy",
+            "fcfs",
+            "--disable-radix-cache",
+            "--random-seed",
+            "3",
+        ]
+    )
+    assert args.model_path == args.tokenizer_path == args.served_model_name == str(tmp_path)
+    assert args.mem_fraction_static == 0.5
+    assert args.max_running_requests == 8
+    assert args.chunked_prefill_size == -1
+    assert args.schedule_policy == "fcfs"
+    assert args.disable_radix_cache is True
+    assert args.random_seed == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"mem_fraction_static": 1.0}, "mem_fraction_static"),
+        ({"max_total_tokens": 0}, "max_total_tokens"),
+        ({"chunked_prefill_size": 0}, "chunked_prefill_size"),
+        ({"schedule_policy": "random"}, "schedule_policy"),
+        ({"dtype": "int8"}, "dtype"),
+        ({"device": "tpu"}, "device"),
+        ({"port": 70000}, "port"),
+    ],
+)
+def test_validation_names_the_argument(tmp_path, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        ServerArgs(model_path=str(tmp_path), **kwargs)
+
+
+def test_attention_backend_help_promises_only_torch_native():
+    text = _help("attention_backend")
+    assert "Only 'torch_native'" in text and "not implemented" in text
+    create_attention_backend(None, "cpu")  # the default works
+    for name in ("triton", "flashinfer"):  # the others fail, as the help says
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            create_attention_backend(name, "cpu")
+        with pytest.raises(NotImplementedError):
+            create_attention_backend(name, "cuda")
+
+
+def test_mem_fraction_static_help_matches_the_sizing_defaults():
+    text = _help("mem_fraction_static")
+    assert f"default {model_runner.CUDA_DEFAULT_MEM_FRACTION}" in text
+    assert f"default {model_runner.CPU_DEFAULT_MEM_FRACTION}" in text
+    assert f"capped at {model_runner.CPU_MAX_AUTO_TOKENS} tokens" in text
+    assert "available RAM" in text and "total memory" in text
+
+
+def test_chunked_prefill_and_running_request_defaults_in_help():
+    assert "8192 on CUDA, 2048 on CPU" in _help("chunked_prefill_size")
+    text = _help("max_running_requests")
+    assert "256 on CPU" in text and "4096 on CUDA" in text
