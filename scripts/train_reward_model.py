@@ -7,8 +7,8 @@ Pipeline: the demo model's weights (sglkit/data/demo_model) loaded as an HF ``Ll
 (capital questions, lists, sums, small talk; the chosen reply is the demo model's correct answer, the rejected
 one a wrong capital, a wrong sum, a list with a wrong row, an answer to another question, a rude, off-topic or
 truncated reply) -> pairwise Bradley-Terry loss ``-log sigmoid(r_chosen - r_rejected)`` plus a logistic term on
-each reward's sign (right answers score above 0, wrong ones below) -> weights rounded to bfloat16 and saved with the demo
-model's tokenizer -> pairwise accuracy of the saved weights on a held-out split. The fact tables and answer
+each reward's sign (right answers score above 0, wrong ones below) -> weights rounded to bfloat16 and saved with
+the demo model's tokenizer -> pairwise accuracy of the saved weights on a held-out split. The fact tables and answer
 formats come from scripts/train_demo_model.py. Same seed, thread count and software versions -> the same model.
 See docs/demo_model.md ("The reward model").
 """

@@ -1,6 +1,7 @@
 """Offline throughput benchmark: sglkit.Engine vs HF transformers' batched greedy generate, or radix on vs off.
 
-    python -m sglkit.bench_offline_throughput --model-path P --num-prompts 64 --input-len 128 --output-len 128 --compare-hf
+    python -m sglkit.bench_offline_throughput --model-path P --num-prompts 64 --input-len 128 --output-len 128 \
+        --compare-hf
     python -m sglkit.bench_offline_throughput --model-path P --num-prompts 64 --shared-prefix-len 1024 \
         --input-len 16 --output-len 32 --compare-radix
 

@@ -1,8 +1,9 @@
 """OpenAI-compatible routes (HTTP edge -> tokenizer manager): /v1/models, /v1/chat/completions, /v1/completions.
 
-Each route: raw body -> ``protocol`` model -> ``openai_request`` / ``openai_response`` / ``openai_logprobs`` conversion -> ``TokenizerManager.tokenize`` ->
-``run`` -> a JSON answer, or SSE events ending in ``data: [DONE]``. Errors before the stream starts are regular
-error answers (see ``errors``); errors after it started are one in-band ``data: {"error": {...}}`` event.
+Each route: raw body -> ``protocol`` model -> ``openai_request`` (to a GenerateInput) ->
+``TokenizerManager.tokenize`` -> ``run`` -> ``openai_response`` / ``openai_logprobs`` -> a JSON answer, or SSE
+events ending in ``data: [DONE]``. Errors before the stream starts are regular error answers (see ``errors``);
+errors after it started are one in-band ``data: {"error": {...}}`` event.
 """
 
 from __future__ import annotations

@@ -223,7 +223,8 @@ class ServerDashboard(widgets.VBox):
         self.health.value = health_html(self.state, self.detail, self.client.base_url)
         model = self.served_model or s.get("model_path")
         self.model_html.value = (
-            f"<div class='sglkit-model' style='font-size:13px'>Model <code>{html.escape(str(model or '-'))}</code> &middot; "
+            f"<div class='sglkit-model' style='font-size:13px'>"
+            f"Model <code>{html.escape(str(model or '-'))}</code> &middot; "
             f"context {format_count(s.get('context_len'))} tokens &middot; dtype {s.get('dtype', '-')} "
             f"&middot; sglkit {s.get('version', '-')} &middot; uptime {format_duration(s.get('uptime_s'))}</div>"
         )

@@ -1,4 +1,4 @@
-"""The official ``openai`` client, unchanged, against the real server (sglkit/server/openai_api.py, openai_request.py, openai_response.py).
+"""The official ``openai`` client, unchanged, against the real server (sglkit/server/openai_*.py).
 
 Sync and async clients, streaming and not, for /v1/models, /v1/chat/completions and /v1/completions, with the
 quick-start seed's cells, logprobs, seeds, SGLang's extras (``extra_body``) and error mapping. Greedy outputs
