@@ -120,7 +120,27 @@ def build_completion_response(
     return CompletionResponse(id=rid, created=created, model=model, choices=choices, usage=usage).model_dump()
 
 
-class ChatStreamFormatter:
+class _StreamFormatter:
+    """What both stream formatters share: the response id/model, the finished chunks, the usage chunk."""
+
+    response_cls: type = ChatCompletionStreamResponse
+
+    def __init__(self, rid: str, created: int, model: str, owners: list[int]) -> None:
+        self.rid, self.created, self.model, self.owners = rid, created, model, owners
+        self.num_logprobs_sent: dict[int, int] = {}
+        self.finals: dict[int, Chunk] = {}
+
+    def _response(self, choices: list, **extra: Any) -> dict[str, Any]:
+        return self.response_cls(
+            id=self.rid, created=self.created, model=self.model, choices=choices, **extra
+        ).model_dump()
+
+    def usage_event(self) -> dict[str, Any]:
+        """The ``stream_options.include_usage`` chunk: no choices, the usage of every finished choice."""
+        return self._response([], usage=usage_from(self.finals, self.owners))
+
+
+class ChatStreamFormatter(_StreamFormatter):
     """Turns streamed chunks into ``chat.completion.chunk`` events: a role chunk first, then content deltas, the
     last one per choice with ``finish_reason``; ``usage_event`` gives the final choice-less usage chunk."""
 
@@ -133,10 +153,8 @@ class ChatStreamFormatter:
         decode: TokenDecoder | None = None,
         logprobs: bool = False,
     ) -> None:
-        self.rid, self.created, self.model, self.owners = rid, created, model, owners
+        super().__init__(rid, created, model, owners)
         self.decode, self.logprobs = decode, logprobs
-        self.num_logprobs_sent: dict[int, int] = {}
-        self.finals: dict[int, Chunk] = {}
 
     def _event(
         self,
@@ -149,9 +167,7 @@ class ChatStreamFormatter:
         choice = ChatCompletionStreamChoice(
             index=index, delta=delta, logprobs=logprobs, finish_reason=finish, matched_stop=matched
         )
-        return ChatCompletionStreamResponse(
-            id=self.rid, created=self.created, model=self.model, choices=[choice]
-        ).model_dump()
+        return self._response([choice])
 
     def on_chunk(self, chunk: Chunk) -> list[dict[str, Any]]:
         """The events for one chunk (possibly none: a chunk with no new text, logprobs or finish)."""
@@ -173,19 +189,11 @@ class ChatStreamFormatter:
             events.append(self._event(index, delta, lp, finish, matched))
         return events
 
-    def usage_event(self) -> dict[str, Any]:
-        """The ``stream_options.include_usage`` chunk: no choices, the usage of every finished choice."""
-        return ChatCompletionStreamResponse(
-            id=self.rid,
-            created=self.created,
-            model=self.model,
-            choices=[],
-            usage=usage_from(self.finals, self.owners),
-        ).model_dump()
 
-
-class CompletionStreamFormatter:
+class CompletionStreamFormatter(_StreamFormatter):
     """Turns streamed chunks into ``text_completion`` events; the first event of a choice carries the echo."""
+
+    response_cls = CompletionResponse
 
     def __init__(
         self,
@@ -197,11 +205,9 @@ class CompletionStreamFormatter:
         decode: TokenDecoder | None = None,
         logprobs: int | None = None,
     ) -> None:
-        self.rid, self.created, self.model, self.owners = rid, created, model, owners
+        super().__init__(rid, created, model, owners)
         self.echo_texts, self.decode, self.logprobs = echo_texts, decode, logprobs
-        self.num_logprobs_sent: dict[int, int] = {}
         self.next_text_offset: dict[int, int] = {}  # as in the non-streamed answer: echo + token texts so far
-        self.finals: dict[int, Chunk] = {}
 
     def on_chunk(self, chunk: Chunk) -> list[dict[str, Any]]:
         """The events for one chunk (possibly none)."""
@@ -230,19 +236,4 @@ class CompletionStreamFormatter:
             self.finals[index] = chunk
         if not (text or lp or chunk["finished"]):
             return []
-        choice = _completion_choice(chunk, text, lp)
-        return [
-            CompletionResponse(
-                id=self.rid, created=self.created, model=self.model, choices=[choice]
-            ).model_dump()
-        ]
-
-    def usage_event(self) -> dict[str, Any]:
-        """The ``stream_options.include_usage`` chunk: no choices, the usage of every finished choice."""
-        return CompletionResponse(
-            id=self.rid,
-            created=self.created,
-            model=self.model,
-            choices=[],
-            usage=usage_from(self.finals, self.owners),
-        ).model_dump()
+        return [self._response([_completion_choice(chunk, text, lp)])]
