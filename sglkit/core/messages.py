@@ -14,6 +14,12 @@ from typing import Any
 from sglkit.core.sampling_params import SamplingParams
 
 
+def input_too_long_message(num_input: int, context_len: int, where: str = "") -> str:
+    """SGLang's refusal of an input longer than the context (``where`` names a batch entry, e.g. ``text[2]``)."""
+    where = f" {where}" if where else ""
+    return f"The input{where} ({num_input} tokens) is longer than the model's context length ({context_len} tokens)."
+
+
 @dataclass
 class TokenizedGenerateReq:
     """A validated, tokenized generation request for the scheduler."""

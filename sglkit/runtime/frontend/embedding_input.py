@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sglkit.core.messages import TokenizedEmbeddingReq
+from sglkit.core.messages import TokenizedEmbeddingReq, input_too_long_message
 from sglkit.runtime.frontend.input_processor import InvalidRequestError, validate_input_ids
 
 MAX_EMBEDDING_BATCH_SIZE = 2048  # inputs per call (OpenAI's limit for /v1/embeddings)
@@ -90,12 +90,8 @@ def build_embedding_requests(
                 f"The input {param}[{i}] has no tokens." if is_batch else "The input has no tokens.", param
             )
         if len(ids) > context_len:
-            where = f" {param}[{i}]" if is_batch else ""
-            raise InvalidRequestError(
-                f"The input{where} ({len(ids)} tokens) is longer than the model's context length "
-                f"({context_len} tokens).",
-                param,
-            )
+            where = f"{param}[{i}]" if is_batch else ""
+            raise InvalidRequestError(input_too_long_message(len(ids), context_len, where), param)
         if rids is not None:
             rid = rids[i]
         elif isinstance(inp.rid, str):

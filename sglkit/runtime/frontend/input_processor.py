@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sglkit.core.messages import TokenizedGenerateReq
+from sglkit.core.messages import TokenizedGenerateReq, input_too_long_message
 from sglkit.core.sampling_params import SamplingParamError, SamplingParams
 
 MAX_TOP_LOGPROBS = 20
@@ -85,10 +85,7 @@ def check_context_length(
 ) -> None:
     """SGLang's two context-length errors: the input alone (``input_param``), or input + output (``param``)."""
     if num_input >= context_len:
-        raise InvalidRequestError(
-            f"The input ({num_input} tokens) is longer than the model's context length ({context_len} tokens).",
-            input_param,
-        )
+        raise InvalidRequestError(input_too_long_message(num_input, context_len), input_param)
     if num_input + max_new_tokens > context_len:
         raise InvalidRequestError(
             f"Requested token count exceeds the model's maximum context length of {context_len} tokens. "

@@ -20,6 +20,7 @@ from sglkit.core.messages import (
     TokenizedEmbeddingReq,
     TokenizedGenerateReq,
     UpdateWeightsReq,
+    input_too_long_message,
 )
 from sglkit.runtime.executor.model_runner import ModelRunner
 from sglkit.runtime.frontend.tokenizer import load_tokenizer
@@ -78,6 +79,14 @@ class SchedulerBase(ABC):
     @abstractmethod
     def flush_cache(self) -> ControlResult:
         """Empty the prefix cache (refused while requests are in flight)."""
+
+    def input_len_error(self, num_input: int, max_input: int) -> str | None:
+        """Why an input of ``num_input`` tokens can never run (empty, or over ``max_input``); None if it can."""
+        if num_input == 0:
+            return "The input is empty."
+        if num_input > max_input:
+            return input_too_long_message(num_input, self.context_len)
+        return None
 
     def handle(self, msg: Any) -> list | ControlResult | None:
         """Dispatch one front-end message: request(s) and aborts -> outputs to send now (possibly empty);

@@ -53,14 +53,7 @@ class EmbeddingScheduler(SchedulerBase):
                 ),
             )
         num_input = len(recv.input_ids)
-        error = None
-        if num_input == 0:
-            error = "The input is empty."
-        elif num_input > self.context_len:
-            error = (
-                f"The input ({num_input} tokens) is longer than the model's context length "
-                f"({self.context_len} tokens)."
-            )
+        error = self.input_len_error(num_input, self.context_len)
         if error:
             self.stats.num_aborted_reqs += 1
             return EmbeddingOutput(recv.rid, [], self._meta(recv.rid, num_input), error=error)

@@ -101,13 +101,9 @@ class Scheduler(SchedulerBase):
 
     def _check_fits(self, req: Req) -> str | None:
         num_input = len(req.origin_input_ids)
-        if num_input == 0:
-            return "The input is empty."
-        if num_input >= self.context_len:
-            return (
-                f"The input ({num_input} tokens) is longer than the model's context length "
-                f"({self.context_len} tokens)."
-            )
+        error = self.input_len_error(num_input, self.context_len - 1)  # room for one generated token
+        if error:
+            return error
         if num_input + 1 > self.max_total_num_tokens:
             return f"The input ({num_input} tokens) does not fit in the KV cache ({self.max_total_num_tokens} tokens)."
         return None
