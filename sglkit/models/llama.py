@@ -46,9 +46,8 @@ class LlamaForCausalLM(nn.Module):
     """
 
     stacked_params: tuple[StackedParam, ...] = STACKED_PARAMS
-    has_lm_head = (
-        True  # False for embedding variants (no head, and an lm_head.weight in the checkpoint is skipped)
-    )
+    # False for embedding variants (no head, and an lm_head.weight in the checkpoint is skipped).
+    has_lm_head = True
 
     def __init__(self, config: Any, dtype: torch.dtype | None = None) -> None:
         super().__init__()
