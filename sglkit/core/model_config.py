@@ -57,6 +57,8 @@ class ModelConfig:
     context_len: int  # max_position_embeddings (DEFAULT_CONTEXT_LEN when absent)
     rope_parameters: dict[str, Any] = field(default_factory=dict)
     sliding_window: int | None = None  # attention window of the checkpoint; None = full attention
+    # Per-layer attention kind ("sliding_attention" / "full_attention" ...), when the config lists one.
+    layer_types: tuple[str, ...] | None = None
     tie_word_embeddings: bool = False
     dtype: torch.dtype | None = None  # the checkpoint's dtype, when recorded
     rms_norm_eps: float = 1e-6
@@ -88,12 +90,25 @@ class ModelConfig:
             context_len=int(getattr(hf_config, "max_position_embeddings", None) or DEFAULT_CONTEXT_LEN),
             rope_parameters=_rope_parameters(hf_config),
             sliding_window=window,
+            layer_types=tuple(getattr(hf_config, "layer_types", None) or ()) or None,
             tie_word_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
             dtype=config_dtype(hf_config),
             rms_norm_eps=float(getattr(hf_config, "rms_norm_eps", 1e-6) or 1e-6),
             hidden_act=getattr(hf_config, "hidden_act", None) or "silu",
             hf_config=hf_config,
         )
+
+    def layer_sliding_window(self, layer_id: int) -> int | None:
+        """The attention window of layer ``layer_id``; None for full attention.
+
+        With ``layer_types`` (Gemma 2/3 alternate local and global layers; Qwen2 windows some layers), only
+        "sliding_attention" layers have the window; without them every layer has it (Mistral, Phi-3).
+        """
+        if self.sliding_window is None:
+            return None
+        if self.layer_types is None:
+            return self.sliding_window
+        return self.sliding_window if self.layer_types[layer_id] == "sliding_attention" else None
 
     @property
     def q_size(self) -> int:

@@ -1,8 +1,10 @@
 """Models: the shared decoder blocks (causal LM -> DecoderModel -> DecoderLayer -> AttentionBlock / GatedMLP).
 
 Families differ by switches, not by code: ``AttentionOptions`` (q/k/v and output biases, per-head q/k norm,
-sliding window, logit cap, scaling) and ``DecoderOptions`` (those, the MLP bias, and the norm class and eps).
-Sizes (heads, KV heads, head_dim, intermediate size, activation) come from the ``ModelConfig``.
+logit cap, scaling) and ``DecoderOptions`` (those, the MLP bias, and the norm class and eps). Sizes (heads,
+KV heads, head_dim, intermediate size, activation) and each layer's sliding window come from the
+``ModelConfig``. Where a family's structure differs (a mixture-of-experts MLP, norms after the sublayers), it
+subclasses ``DecoderLayer`` (``build_mlp``, ``forward``) or ``DecoderModel`` and hands the class to the stack.
 
 Tokens of all requests arrive packed along dim 0 ([T]); attention state lives in the KV pool, reached through
 ``RadixAttention`` and the ``ForwardBatch``. Parameter names follow HF Llama (``self_attn.qkv_proj``,
@@ -47,7 +49,6 @@ class AttentionOptions:
     qkv_bias: bool = False  # bias on the q/k/v projection
     o_bias: bool = False  # bias on the output projection
     qk_norm: bool = False  # per-head norm on q and k before rotary (Qwen3)
-    sliding_window: int | None = None  # RadixAttention window (None: full causal attention)
     logit_cap: float | None = None  # RadixAttention soft cap of the scores (None: none)
     scaling: float | None = None  # score scale (None: head_dim ** -0.5)
 
@@ -90,7 +91,10 @@ class GatedMLP(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Self-attention: fused qkv -> optional per-head q/k norm -> rotary -> RadixAttention -> o_proj."""
+    """Self-attention: fused qkv -> optional per-head q/k norm -> rotary -> RadixAttention -> o_proj.
+
+    The layer's sliding window is ``config.layer_sliding_window(layer_id)``.
+    """
 
     def __init__(
         self,
@@ -132,7 +136,7 @@ class AttentionBlock(nn.Module):
             self.num_kv_heads,
             head_dim,
             scaling,
-            sliding_window=options.sliding_window,
+            sliding_window=config.layer_sliding_window(layer_id),
             logit_cap=options.logit_cap,
         )
 
@@ -164,14 +168,22 @@ class DecoderLayer(nn.Module):
     ) -> None:
         super().__init__()
         hidden, eps, norm_cls = config.hidden_size, options.eps(config), options.norm_cls
-        if config.intermediate_size is None:
-            raise ValueError("A decoder layer needs the config's intermediate_size.")
         self.input_layernorm = norm_cls(hidden, eps, dtype=dtype)
         self.self_attn = AttentionBlock(
             config, layer_id, rotary_emb, options.attention, dtype, norm_cls=norm_cls, norm_eps=eps
         )
         self.post_attention_layernorm = norm_cls(hidden, eps, dtype=dtype)
-        self.mlp = GatedMLP(hidden, config.intermediate_size, config.hidden_act, options.mlp_bias, dtype)
+        self.mlp = self.build_mlp(config, layer_id, options, dtype)
+
+    def build_mlp(
+        self, config: ModelConfig, layer_id: int, options: DecoderOptions, dtype: torch.dtype | None
+    ) -> nn.Module:
+        """The feed-forward sublayer ([T, H] -> [T, H]): a dense gated MLP; MoE families override this."""
+        if config.intermediate_size is None:
+            raise ValueError("A decoder layer needs the config's intermediate_size.")
+        return GatedMLP(
+            config.hidden_size, config.intermediate_size, config.hidden_act, options.mlp_bias, dtype
+        )
 
     def forward(
         self,
@@ -195,16 +207,23 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    """Token embedding, decoder layers, final norm (the ``model.`` prefix of HF checkpoints)."""
+    """Token embedding, decoder layers, final norm (the ``model.`` prefix of HF checkpoints).
+
+    ``layer_cls`` builds each layer (``DecoderLayer`` or a family's subclass with the same signature).
+    """
 
     def __init__(
-        self, config: ModelConfig, options: DecoderOptions, dtype: torch.dtype | None = None
+        self,
+        config: ModelConfig,
+        options: DecoderOptions,
+        dtype: torch.dtype | None = None,
+        layer_cls: type[DecoderLayer] = DecoderLayer,
     ) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, dtype=dtype)
         self.rotary_emb = get_rope(config.head_dim, config.context_len, config.rope_parameters)
         self.layers = nn.ModuleList(
-            DecoderLayer(config, i, self.rotary_emb, options, dtype) for i in range(config.num_hidden_layers)
+            layer_cls(config, i, self.rotary_emb, options, dtype) for i in range(config.num_hidden_layers)
         )
         self.norm = options.norm_cls(config.hidden_size, options.eps(config), dtype=dtype)
 

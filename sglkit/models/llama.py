@@ -3,8 +3,9 @@
 ``LlamaForCausalLM`` is the decoder-only LM of the Llama family: ``DecoderModel`` (the ``model.`` prefix of HF
 checkpoints: embedding, layers, final norm) plus the LM head, ``compute_logits`` and ``load_weights``. Other
 families (Mistral, Qwen2, Qwen3) subclass it and only state their ``decoder_options``; HF names are mapped by
-``STACKED_PARAMS`` and loaded by ``sglkit.models.weight_utils.load_weights``. Mistral's ``sliding_window`` is
-exposed as ``model.sliding_window``; the runner caps the context at it, so attention stays full causal.
+``STACKED_PARAMS`` and loaded by ``sglkit.models.weight_utils.load_weights``. Families whose structure differs
+set ``decoder_model_cls`` / ``decoder_layer_cls``. Mistral's ``sliding_window`` is applied by the attention of
+each layer (``ModelConfig.layer_sliding_window``); requests may be longer than the window.
 
 Constructors take a transformers config or an already-normalised ``ModelConfig``; sizes are read from the
 ``ModelConfig`` (``model.model_config``), and ``model.config`` stays the HF config.
@@ -22,7 +23,7 @@ from torch import nn
 from sglkit.core.forward_batch import ForwardBatch
 from sglkit.core.model_config import ModelConfig
 from sglkit.layers.embedding import ParallelLMHead
-from sglkit.models.blocks import AttentionOptions, DecoderModel, DecoderOptions
+from sglkit.models.blocks import AttentionOptions, DecoderLayer, DecoderModel, DecoderOptions
 from sglkit.models.weight_utils import StackedParam, load_weights
 
 __all__ = ["LlamaForCausalLM", "MistralForCausalLM", "STACKED_PARAMS"]
@@ -46,6 +47,8 @@ class LlamaForCausalLM(nn.Module):
     """
 
     stacked_params: tuple[StackedParam, ...] = STACKED_PARAMS
+    decoder_model_cls: type[DecoderModel] = DecoderModel
+    decoder_layer_cls: type[DecoderLayer] = DecoderLayer
     # False for embedding variants (no head, and an lm_head.weight in the checkpoint is skipped).
     has_lm_head = True
 
@@ -56,9 +59,11 @@ class LlamaForCausalLM(nn.Module):
         self.config = model_config.hf_config if model_config.hf_config is not None else model_config
         self.dtype = dtype or torch.get_default_dtype()
         self.tie_word_embeddings = model_config.tie_word_embeddings
-        # Attention window of the checkpoint (Mistral); None = full attention. The runner caps the context with it.
+        # Attention window of the checkpoint (Mistral); None = full attention. Applied per layer by attention.
         self.sliding_window: int | None = model_config.sliding_window
-        self.model = DecoderModel(model_config, self.decoder_options(model_config), self.dtype)
+        self.model = self.decoder_model_cls(
+            model_config, self.decoder_options(model_config), self.dtype, self.decoder_layer_cls
+        )
         if self.has_lm_head and not self.tie_word_embeddings:
             self.lm_head = ParallelLMHead(model_config.vocab_size, model_config.hidden_size, dtype=self.dtype)
 
@@ -103,4 +108,4 @@ class LlamaForCausalLM(nn.Module):
 
 
 class MistralForCausalLM(LlamaForCausalLM):
-    """Mistral: the Llama architecture; ``sliding_window`` (if set in the config) is exposed for the runner."""
+    """Mistral: the Llama architecture, with the config's ``sliding_window`` (if set) on every layer."""

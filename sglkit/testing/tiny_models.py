@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from sglkit.testing.chat_templates import CHATML_TEMPLATE, chat_template_for
 from sglkit.testing.corpus import build_corpus
 
 __all__ = [
@@ -27,23 +28,18 @@ __all__ = [
     "make_tiny_model",
 ]
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+# Architecture name -> its transformers config class.
+ARCHITECTURE_CONFIGS: dict[str, str] = {
+    "LlamaForCausalLM": "LlamaConfig",
+    "MistralForCausalLM": "MistralConfig",
+    "Qwen2ForCausalLM": "Qwen2Config",
+    "Qwen3ForCausalLM": "Qwen3Config",
+}
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURE_CONFIGS)
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>")
 
-# ChatML. Starts with the BOS token, so chat prompts are tokenized without the post-processor's BOS.
-# Message content may be a string or a list of OpenAI-style parts ({"type": "text", "text": ...}).
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+CHAT_TEMPLATE = CHATML_TEMPLATE  # the default template (kept under its old name)
 
 # Defaults of ``make_tiny_model``; "small" (~21M parameters) is for benchmarks.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -70,13 +66,16 @@ INIT_SCALE = 1.6
 
 
 def make_tokenizer(
-    path: str | os.PathLike | None = None, vocab_size: int = 512, model_max_length: int = 2048
+    path: str | os.PathLike | None = None,
+    vocab_size: int = 512,
+    model_max_length: int = 2048,
+    chat_template: str = CHATML_TEMPLATE,
 ):
     """Train the tiny byte-level BPE tokenizer on the fixed corpus; save it to ``path`` if given.
 
     Returns a ``PreTrainedTokenizerFast`` (``TokenizersBackend`` in transformers 5) with bos ``<s>``
     (added to plain text by the post-processor), eos ``<|im_end|>``, pad ``<pad>``, unk ``<unk>`` and
-    a ChatML chat template.
+    ``chat_template`` (ChatML by default).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -106,7 +105,7 @@ def make_tokenizer(
         model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
     )
-    hf_tok.chat_template = CHAT_TEMPLATE
+    hf_tok.chat_template = chat_template
     if path is not None:
         hf_tok.save_pretrained(str(path))
     return hf_tok
@@ -120,7 +119,7 @@ def _hf_config(architecture: str, params: dict[str, Any]):
         raise ValueError(
             f"Unsupported architecture {architecture!r}; choose one of {SUPPORTED_ARCHITECTURES}."
         )
-    config_cls = getattr(transformers, architecture.replace("ForCausalLM", "Config"))
+    config_cls = getattr(transformers, ARCHITECTURE_CONFIGS[architecture])
     kwargs = dict(params)
     if architecture == "MistralForCausalLM":
         kwargs.setdefault("sliding_window", None)
@@ -219,7 +218,12 @@ def make_tiny_model(
         raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = make_tokenizer(out, vocab_size=vocab_size, model_max_length=max_position_embeddings)
+    tokenizer = make_tokenizer(
+        out,
+        vocab_size=vocab_size,
+        model_max_length=max_position_embeddings,
+        chat_template=chat_template_for(architecture),
+    )
     sizes = dict(
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,

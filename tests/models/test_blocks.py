@@ -77,26 +77,33 @@ def test_norm_class_and_eps_are_pluggable():
 def test_attention_options_reach_the_layers():
     config = tiny_config(head_dim=16)
     rope = get_rope(config.head_dim, config.context_len, config.rope_parameters)
-    options = AttentionOptions(qkv_bias=True, sliding_window=128, logit_cap=30.0, scaling=0.25)
-    attn = AttentionBlock(config, 3, rope, options)
+    options = AttentionOptions(qkv_bias=True, logit_cap=30.0, scaling=0.25)
+    attn = AttentionBlock(config, 1, rope, options)
     assert attn.qkv_proj.weight.shape == ((4 + 2 * 2) * 16, 32) and attn.qkv_proj.bias is not None
     assert attn.o_proj.weight.shape == (32, 64) and attn.o_proj.bias is None
     radix = attn.attn
-    assert (radix.layer_id, radix.num_heads, radix.num_kv_heads, radix.head_dim) == (3, 4, 2, 16)
-    assert (radix.sliding_window, radix.logit_cap, radix.scaling) == (128, 30.0, 0.25)
+    assert (radix.layer_id, radix.num_heads, radix.num_kv_heads, radix.head_dim) == (1, 4, 2, 16)
+    assert (radix.sliding_window, radix.logit_cap, radix.scaling) == (None, 30.0, 0.25)
     default = AttentionBlock(config, 0, rope).attn
     assert default.scaling == 16**-0.5 and not default.has_options
 
 
-class WindowedMistral(MistralForCausalLM):
-    """Mistral whose attention applies the config's window itself (sglkit's Mistral leaves it to the runner)."""
-
-    @classmethod
-    def decoder_options(cls, config: ModelConfig) -> DecoderOptions:
-        options = super().decoder_options(config)
-        return DecoderOptions(
-            attention=AttentionOptions(sliding_window=config.sliding_window), mlp_bias=options.mlp_bias
+def test_each_layer_takes_its_window_from_the_config():
+    """Windows come from ModelConfig.layer_sliding_window: every layer (Mistral), or per layer_types (Gemma)."""
+    rope = get_rope(16, 2048, None)
+    every = tiny_config(head_dim=16, sliding_window=128)
+    assert [AttentionBlock(every, i, rope).attn.sliding_window for i in range(2)] == [128, 128]
+    alternating = ModelConfig.from_hf(
+        LlamaConfig(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"],
         )
+    )
+    assert [AttentionBlock(alternating, i, rope).attn.sliding_window for i in range(2)] == [8, None]
+    assert AttentionBlock(tiny_config(head_dim=16), 0, rope).attn.sliding_window is None
 
 
 def test_sliding_window_decoder_matches_hf_mistral(tmp_path, paged_runner):
@@ -107,7 +114,7 @@ def test_sliding_window_decoder_matches_hf_mistral(tmp_path, paged_runner):
 
     path = make_tiny_model(tmp_path, "MistralForCausalLM", sliding_window=6)
     config = ModelConfig.from_hf(load_config(path))
-    model = WindowedMistral(config)
+    model = MistralForCausalLM(config)
     model.load_weights(iterate_weights(path, show_progress=False))
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     prompt = torch.randint(6, config.vocab_size, (20,), generator=torch.Generator().manual_seed(0)).tolist()

@@ -9,12 +9,20 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import sglkit
 
+# (id, architecture, make_tiny_model overrides). Windowed cases use an 8-token window: most prompts (6-60 tokens)
+# and every generation run several windows past it, through extend, chunked extend, decode and shared prefixes.
 ARCH_CASES = [
-    ("LlamaForCausalLM", {}),
-    ("LlamaForCausalLM", {"tie_word_embeddings": True}),
-    ("MistralForCausalLM", {}),
-    ("Qwen2ForCausalLM", {}),
-    ("Qwen3ForCausalLM", {"tie_word_embeddings": True}),
+    ("llama", "LlamaForCausalLM", {}),
+    ("llama-tied", "LlamaForCausalLM", {"tie_word_embeddings": True}),
+    ("mistral", "MistralForCausalLM", {}),
+    ("mistral-window-8", "MistralForCausalLM", {"sliding_window": 8}),
+    ("qwen2", "Qwen2ForCausalLM", {}),
+    (
+        "qwen2-window-8-layer-1",
+        "Qwen2ForCausalLM",
+        {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1},
+    ),
+    ("qwen3-tied", "Qwen3ForCausalLM", {"tie_word_embeddings": True}),
 ]
 MAX_NEW = 12
 WORDS = (
@@ -61,9 +69,9 @@ def assert_no_leak(llm) -> None:
     assert llm.scheduler.allocator.available_size() == llm.scheduler.max_total_num_tokens
 
 
-@pytest.fixture(scope="module", params=ARCH_CASES, ids=lambda c: c[0] + ("-tied" if c[1] else ""))
+@pytest.fixture(scope="module", params=ARCH_CASES, ids=lambda c: c[0])
 def arch_case(request, tiny_model_factory):
-    arch, kwargs = request.param
+    _, arch, kwargs = request.param
     path = tiny_model_factory(arch, **kwargs)
     return path, HFReference(path)
 

@@ -85,7 +85,7 @@ class ModelRunner:
         """Adjust the freshly loaded model before sizing (nothing for generation models)."""
 
     def _resolve_context_len(self) -> int:
-        """--context-length, capped by the model's max_position_embeddings and its sliding window."""
+        """--context-length, capped by the model's max_position_embeddings (a sliding window does not cap it)."""
         model_len = self.model_config.context_len
         context_len = self.server_args.context_length or model_len
         if context_len > model_len:
@@ -94,10 +94,6 @@ class ModelRunner:
                 f"using {model_len}."
             )
             context_len = model_len
-        window = self.model_config.sliding_window
-        if window and window < context_len:
-            logger.warning(f"Capping context length to the sliding window ({window} tokens).")
-            context_len = window
         return int(context_len)
 
     def _resolve_pool_size(self) -> int:
