@@ -39,6 +39,11 @@ def _rope_parameters(hf_config: Any) -> dict[str, Any]:
         return dict(params)
     params = dict(getattr(hf_config, "rope_scaling", None) or {})
     params.setdefault("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
+    # Top-level in Phi-3 style configs; transformers moves them in (its original_max wins, as here).
+    if getattr(hf_config, "partial_rotary_factor", None) is not None:
+        params.setdefault("partial_rotary_factor", hf_config.partial_rotary_factor)
+    if params and getattr(hf_config, "original_max_position_embeddings", None) is not None:
+        params["original_max_position_embeddings"] = hf_config.original_max_position_embeddings
     return params
 
 

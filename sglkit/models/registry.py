@@ -16,6 +16,7 @@ MODEL_REGISTRY: dict[str, str] = {
     "MistralForCausalLM": "sglkit.models.llama:MistralForCausalLM",
     "Qwen2ForCausalLM": "sglkit.models.qwen2:Qwen2ForCausalLM",
     "Qwen3ForCausalLM": "sglkit.models.qwen3:Qwen3ForCausalLM",
+    "Phi3ForCausalLM": "sglkit.models.phi3:Phi3ForCausalLM",
 }
 
 _EMBED = "sglkit.models.llama_embedding"

@@ -8,7 +8,7 @@ Message content may be a string or a list of OpenAI-style parts ({"type": "text"
 
 from __future__ import annotations
 
-__all__ = ["CHATML_TEMPLATE", "FAMILY_CHAT_TEMPLATES", "chat_template_for"]
+__all__ = ["CHATML_TEMPLATE", "FAMILY_CHAT_TEMPLATES", "PHI3_TEMPLATE", "chat_template_for"]
 
 # Renders a message's content: a string, or the text parts of a list.
 _CONTENT = (
@@ -27,8 +27,19 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
+# Phi-3 / Phi-3.5 / Phi-4-mini: "<|system|>\n...<|end|>\n<|user|>\n...<|end|>\n<|assistant|>\n".
+PHI3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\\n' }}" + _CONTENT + "{{ '<|end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
 # Architecture name -> its family's template shape; architectures not listed use ChatML.
-FAMILY_CHAT_TEMPLATES: dict[str, str] = {}
+FAMILY_CHAT_TEMPLATES: dict[str, str] = {
+    "Phi3ForCausalLM": PHI3_TEMPLATE,
+}
 
 
 def chat_template_for(architecture: str) -> str:

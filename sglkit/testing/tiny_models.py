@@ -34,6 +34,7 @@ ARCHITECTURE_CONFIGS: dict[str, str] = {
     "MistralForCausalLM": "MistralConfig",
     "Qwen2ForCausalLM": "Qwen2Config",
     "Qwen3ForCausalLM": "Qwen3Config",
+    "Phi3ForCausalLM": "Phi3Config",
 }
 SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURE_CONFIGS)
 
@@ -125,7 +126,20 @@ def _hf_config(architecture: str, params: dict[str, Any]):
         kwargs.setdefault("sliding_window", None)
     if architecture == "Qwen2ForCausalLM":
         kwargs.pop("head_dim", None)  # Qwen2 always uses hidden_size // num_attention_heads
+    if architecture == "Phi3ForCausalLM":
+        _phi3_config_defaults(kwargs)
     return config_cls(architectures=[architecture], **kwargs)
+
+
+def _phi3_config_defaults(kwargs: dict[str, Any]) -> None:
+    """Phi-3 configs as released: no head_dim when it is hidden_size // num_attention_heads, and the top-level
+    ``original_max_position_embeddings`` (which transformers' Phi3Config puts over the rope parameters' own,
+    defaulting to 4096) taken from LongRoPE ``rope_parameters``."""
+    if kwargs.get("head_dim") == kwargs["hidden_size"] // kwargs["num_attention_heads"]:
+        kwargs.pop("head_dim")
+    original = (kwargs.get("rope_parameters") or {}).get("original_max_position_embeddings")
+    if original is not None:
+        kwargs.setdefault("original_max_position_embeddings", original)
 
 
 def _random_state_dict(

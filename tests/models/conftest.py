@@ -22,6 +22,15 @@ LLAMA3_ROPE = {
     "original_max_position_embeddings": 256,  # head_dim 16 -> high, medium and low frequency bands all present
 }
 
+# Phi-3 LongRoPE (8 = head_dim / 2 factors each; attention factor from 2048 / 8, HF's default formula).
+PHI3_LONGROPE = {
+    "rope_type": "longrope",
+    "rope_theta": 10000.0,
+    "short_factor": [1.0, 1.05, 1.3, 1.1, 1.7, 2.4, 2.0, 3.1],
+    "long_factor": [1.2, 2.5, 1.9, 4.0, 7.5, 6.0, 15.0, 40.0],
+    "original_max_position_embeddings": 8,
+}
+
 # name -> make_tiny_model keyword arguments
 VARIANTS: dict[str, dict] = {
     "llama": dict(architecture="LlamaForCausalLM"),
@@ -43,6 +52,21 @@ VARIANTS: dict[str, dict] = {
     "llama-bias": dict(
         architecture="LlamaForCausalLM", attention_bias=True, mlp_bias=True, num_key_value_heads=4
     ),
+    # Phi-3: fused qkv_proj / gate_up_proj checkpoints. LongRoPE with original_max 8: the 5-token prompt stays
+    # on the short factors through decode, the 11- and 23-token ones (and every prefix-reuse pass) on the long.
+    "phi3": dict(architecture="Phi3ForCausalLM"),
+    "phi3-longrope": dict(architecture="Phi3ForCausalLM", rope_parameters=PHI3_LONGROPE),
+    "phi3-partial-rotary": dict(  # Phi-4-mini style: 3/4 of each head rotates, LongRoPE, tied embeddings
+        architecture="Phi3ForCausalLM",
+        tie_word_embeddings=True,
+        rope_parameters=dict(
+            PHI3_LONGROPE,
+            partial_rotary_factor=0.75,
+            short_factor=[1.0, 1.2, 1.1, 1.6, 2.5, 3.0],
+            long_factor=[1.5, 3.0, 2.2, 7.0, 12.0, 31.0],
+        ),
+    ),
+    "phi3-window-6": dict(architecture="Phi3ForCausalLM", sliding_window=6),  # prompts of 11 and 23 cross it
 }
 
 
