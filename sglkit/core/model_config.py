@@ -47,6 +47,26 @@ def _rope_parameters(hf_config: Any) -> dict[str, Any]:
     return params
 
 
+def _rope_parameters_by_layer_type(hf_config: Any) -> dict[str, dict[str, Any]] | None:
+    """Rope parameters keyed by layer type, for configs where local and global layers differ (Gemma 3).
+
+    transformers 5 nests them in ``rope_parameters`` ({"full_attention": {...}, "sliding_attention": {...}});
+    transformers 4 Gemma 3 configs give ``rope_local_base_freq`` for the sliding layers (default rope there) and
+    ``rope_theta`` / ``rope_scaling`` for the global ones. None when every layer uses the same rope.
+    """
+    params = getattr(hf_config, "rope_parameters", None) or {}
+    nested = {key: dict(value) for key, value in params.items() if isinstance(value, dict)}
+    if nested:
+        return nested
+    local_theta = getattr(hf_config, "rope_local_base_freq", None)
+    if local_theta is None:
+        return None
+    return {
+        "full_attention": _rope_parameters(hf_config),
+        "sliding_attention": {"rope_type": "default", "rope_theta": float(local_theta)},
+    }
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The facts about a checkpoint that sglkit's models, runner and KV pool need, derived in one place."""
@@ -60,7 +80,10 @@ class ModelConfig:
     head_dim: int  # the config's head_dim, else hidden_size // num_attention_heads
     intermediate_size: int | None
     context_len: int  # max_position_embeddings (DEFAULT_CONTEXT_LEN when absent)
+    # Rope of every layer; with rope_parameters_by_layer_type, the one of the full-attention layers.
     rope_parameters: dict[str, Any] = field(default_factory=dict)
+    # Layer type -> rope parameters, when local and global layers differ (Gemma 3); see layer_rope_parameters.
+    rope_parameters_by_layer_type: dict[str, dict[str, Any]] | None = None
     sliding_window: int | None = None  # attention window of the checkpoint; None = full attention
     # Per-layer attention kind ("sliding_attention" / "full_attention" ...), when the config lists one.
     layer_types: tuple[str, ...] | None = None
@@ -81,6 +104,10 @@ class ModelConfig:
         num_heads = hf_config.num_attention_heads
         head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
         window = getattr(hf_config, "sliding_window", None)
+        rope_by_type = _rope_parameters_by_layer_type(hf_config)
+        # Gemma configs name it hidden_activation (HF Gemma reads that one; hidden_act may be stale).
+        act = getattr(hf_config, "hidden_activation", None) or getattr(hf_config, "hidden_act", None)
+        rope = _rope_parameters(hf_config) if rope_by_type is None else rope_by_type.get("full_attention", {})
         if window is not None and getattr(hf_config, "use_sliding_window", True) is False:
             window = None  # Qwen2 configs carry a window they do not use
         return cls(
@@ -93,13 +120,14 @@ class ModelConfig:
             head_dim=int(head_dim),
             intermediate_size=getattr(hf_config, "intermediate_size", None),
             context_len=int(getattr(hf_config, "max_position_embeddings", None) or DEFAULT_CONTEXT_LEN),
-            rope_parameters=_rope_parameters(hf_config),
+            rope_parameters=rope,
+            rope_parameters_by_layer_type=rope_by_type,
             sliding_window=window,
             layer_types=tuple(getattr(hf_config, "layer_types", None) or ()) or None,
             tie_word_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
             dtype=config_dtype(hf_config),
             rms_norm_eps=float(getattr(hf_config, "rms_norm_eps", 1e-6) or 1e-6),
-            hidden_act=getattr(hf_config, "hidden_act", None) or "silu",
+            hidden_act=act or "silu",
             hf_config=hf_config,
         )
 
@@ -114,6 +142,18 @@ class ModelConfig:
         if self.layer_types is None:
             return self.sliding_window
         return self.sliding_window if self.layer_types[layer_id] == "sliding_attention" else None
+
+    def layer_rope_parameters(self, layer_id: int) -> dict[str, Any]:
+        """The rope parameters of layer ``layer_id``: its layer type's entry, else ``rope_parameters``."""
+        if self.rope_parameters_by_layer_type is None:
+            return self.rope_parameters
+        layer_type = self.layer_types[layer_id] if self.layer_types else "full_attention"
+        if layer_type not in self.rope_parameters_by_layer_type:
+            raise ValueError(
+                f"The config gives rope parameters for layer types {sorted(self.rope_parameters_by_layer_type)}, "
+                f"not for layer {layer_id}'s type {layer_type!r}."
+            )
+        return self.rope_parameters_by_layer_type[layer_type]
 
     @property
     def q_size(self) -> int:

@@ -2,7 +2,8 @@
 
 Numerics follow HF Llama: normalize in float32, cast back to the input dtype, then multiply by the weight.
 A decoder layer takes its norm class as an argument (``norm_cls(hidden_size, eps, dtype=...)``), so a variant
-with the same call convention (e.g. Gemma's ``(1 + w)`` scaling) plugs in without touching the layer.
+with the same call convention plugs in without touching the layer: ``Float32WeightRMSNorm`` multiplies by the
+weight in float32 before the cast (HF OLMo 2), ``GemmaRMSNorm`` likewise by ``(1 + weight)`` (HF Gemma 2 / 3).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from torch import nn
 
 from sglkit.layers.weight_loader import default_weight_loader, set_weight_loader
 
-__all__ = ["RMSNorm"]
+__all__ = ["Float32WeightRMSNorm", "GemmaRMSNorm", "RMSNorm"]
 
 
 class RMSNorm(nn.Module):
@@ -43,3 +44,31 @@ class RMSNorm(nn.Module):
     def extra_repr(self) -> str:
         """Size and eps, for ``print(model)``."""
         return f"{self.hidden_size}, eps={self.eps}"
+
+
+class Float32WeightRMSNorm(RMSNorm):
+    """RMSNorm whose weight multiply happens in float32, before the cast back to the input dtype (HF OLMo 2).
+
+    ``weight_offset`` is added to the weight first (0 here; 1 for Gemma's zero-centred weights).
+    """
+
+    weight_offset = 0.0
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., H] -> [..., H]: x * rsqrt(mean(x^2) + eps) * (offset + weight), all in float32, then cast."""
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        weight = self.weight.float()
+        if self.weight_offset:
+            weight = self.weight_offset + weight
+        return (x32 * weight).to(x.dtype)
+
+
+class GemmaRMSNorm(Float32WeightRMSNorm):
+    """Gemma's RMSNorm: scales by ``(1 + weight)`` in float32 (weights are stored zero-centred; init 0)."""
+
+    weight_offset = 1.0
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, dtype: torch.dtype | None = None) -> None:
+        super().__init__(hidden_size, eps, dtype)
+        nn.init.zeros_(self.weight)  # the identity, as HF initialises it

@@ -16,6 +16,9 @@ MODEL_REGISTRY: dict[str, str] = {
     "MistralForCausalLM": "sglkit.models.llama:MistralForCausalLM",
     "Qwen2ForCausalLM": "sglkit.models.qwen2:Qwen2ForCausalLM",
     "Qwen3ForCausalLM": "sglkit.models.qwen3:Qwen3ForCausalLM",
+    "Gemma2ForCausalLM": "sglkit.models.gemma2:Gemma2ForCausalLM",
+    "Gemma3ForCausalLM": "sglkit.models.gemma3:Gemma3ForCausalLM",
+    "Olmo2ForCausalLM": "sglkit.models.olmo2:Olmo2ForCausalLM",
     "Phi3ForCausalLM": "sglkit.models.phi3:Phi3ForCausalLM",
 }
 

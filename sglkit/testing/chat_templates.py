@@ -8,7 +8,14 @@ Message content may be a string or a list of OpenAI-style parts ({"type": "text"
 
 from __future__ import annotations
 
-__all__ = ["CHATML_TEMPLATE", "FAMILY_CHAT_TEMPLATES", "PHI3_TEMPLATE", "chat_template_for"]
+__all__ = [
+    "CHATML_TEMPLATE",
+    "FAMILY_CHAT_TEMPLATES",
+    "GEMMA_TEMPLATE",
+    "OLMO2_TEMPLATE",
+    "PHI3_TEMPLATE",
+    "chat_template_for",
+]
 
 # Renders a message's content: a string, or the text parts of a list.
 _CONTENT = (
@@ -36,8 +43,48 @@ PHI3_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
 
+# Gemma 2 / 3: "<start_of_turn>user\n...<end_of_turn>\n<start_of_turn>model\n"; the assistant role is "model",
+# contents are trimmed, roles must alternate, and a system message's text opens the first user turn followed by a
+# blank line (Gemma 3's template; Gemma 2's own template rejects a system message).
+_GEMMA_CONTENT = (
+    "{% if message['content'] is string %}{{ message['content'] | trim }}"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] | trim }}"
+    "{% endif %}{% endfor %}{% endif %}"
+)
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set system = messages[0]['content'] %}"
+    "{% set first_user_prefix = (system if system is string else system[0]['text']) + '\\n\\n' %}"
+    "{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n' }}"
+    "{% if loop.first %}{{ first_user_prefix }}{% endif %}" + _GEMMA_CONTENT + "{{ '<end_of_turn>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
+# OLMo 2 instruct (Tulu style): "<|system|>\n...\n<|user|>\n...\n<|assistant|>\n...<eos>\n"; the generation
+# prompt is "<|assistant|>\n".
+OLMO2_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ '<|system|>\\n' }}" + _CONTENT + "{{ '\\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '<|user|>\\n' }}" + _CONTENT + "{{ '\\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' }}" + _CONTENT + "{{ eos_token }}"
+    "{% if not loop.last %}{{ '\\n' }}{% endif %}{% endif %}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+    "{% endfor %}"
+)
+
 # Architecture name -> its family's template shape; architectures not listed use ChatML.
 FAMILY_CHAT_TEMPLATES: dict[str, str] = {
+    "Gemma2ForCausalLM": GEMMA_TEMPLATE,
+    "Gemma3ForCausalLM": GEMMA_TEMPLATE,
+    "Olmo2ForCausalLM": OLMO2_TEMPLATE,
     "Phi3ForCausalLM": PHI3_TEMPLATE,
 }
 

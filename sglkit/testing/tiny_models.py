@@ -34,9 +34,14 @@ ARCHITECTURE_CONFIGS: dict[str, str] = {
     "MistralForCausalLM": "MistralConfig",
     "Qwen2ForCausalLM": "Qwen2Config",
     "Qwen3ForCausalLM": "Qwen3Config",
+    "Gemma2ForCausalLM": "Gemma2Config",
+    "Gemma3ForCausalLM": "Gemma3TextConfig",
+    "Olmo2ForCausalLM": "Olmo2Config",
     "Phi3ForCausalLM": "Phi3Config",
 }
 SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURE_CONFIGS)
+# Architectures whose norms scale by (1 + weight): their random norm weights are drawn near 0, not near 1.
+ZERO_CENTRED_NORM_ARCHITECTURES = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>")
 
@@ -126,9 +131,28 @@ def _hf_config(architecture: str, params: dict[str, Any]):
         kwargs.setdefault("sliding_window", None)
     if architecture == "Qwen2ForCausalLM":
         kwargs.pop("head_dim", None)  # Qwen2 always uses hidden_size // num_attention_heads
+    if architecture in ("Gemma2ForCausalLM", "Gemma3ForCausalLM"):
+        _gemma_config_defaults(architecture, kwargs)
     if architecture == "Phi3ForCausalLM":
         _phi3_config_defaults(kwargs)
     return config_cls(architectures=[architecture], **kwargs)
+
+
+def _gemma_config_defaults(architecture: str, kwargs: dict[str, Any]) -> None:
+    """Gemma 2 / 3 defaults sized for a tiny model: attention scale 1/sqrt(head_dim) (HF's default 256 suits
+    head_dim 256); for Gemma 3, local and global layers alternating, and a flat ``rope_parameters`` taken as the
+    global layers' rope (local layers: default rope with base ``rope_local_base_freq``, 10000 unless given)."""
+    kwargs.setdefault("query_pre_attn_scalar", kwargs["head_dim"])
+    if architecture == "Gemma3ForCausalLM":  # local and global layers alternate (HF: 5 local, 1 global)
+        layers = range(kwargs["num_hidden_layers"])
+        kwargs.setdefault("layer_types", ["full_attention" if i % 2 else "sliding_attention" for i in layers])
+    rope = kwargs.get("rope_parameters")
+    if architecture == "Gemma3ForCausalLM" and rope and not any(isinstance(v, dict) for v in rope.values()):
+        local_theta = float(kwargs.pop("rope_local_base_freq", 10000.0))  # its name in older configs
+        kwargs["rope_parameters"] = {
+            "full_attention": dict(rope),
+            "sliding_attention": {"rope_type": "default", "rope_theta": local_theta},
+        }
 
 
 def _phi3_config_defaults(kwargs: dict[str, Any]) -> None:
@@ -160,8 +184,10 @@ def _random_state_dict(
     for name in sorted(shapes):
         shape = shapes[name]
         if name.endswith("norm.weight"):
-            # Near 1 (not exactly 1) so a missing norm-weight multiply shows up in the tests.
-            state[name] = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+            # Near 1 (not exactly 1) so a missing norm-weight multiply shows up in the tests; Gemma stores w
+            # of its (1 + w) scale, so near 0 there.
+            center = 0.0 if architecture in ZERO_CENTRED_NORM_ARCHITECTURES else 1.0
+            state[name] = center + 0.1 * torch.randn(shape, generator=gen)
         elif name.endswith(".bias"):
             state[name] = 0.1 * torch.randn(shape, generator=gen)
         else:

@@ -31,6 +31,12 @@ PHI3_LONGROPE = {
     "original_max_position_embeddings": 8,
 }
 
+# Gemma 3: global layers with a large linear-scaled base, local layers their own base (as released, scaled down).
+GEMMA3_ROPE = {
+    "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0},
+    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+}
+
 # name -> make_tiny_model keyword arguments
 VARIANTS: dict[str, dict] = {
     "llama": dict(architecture="LlamaForCausalLM"),
@@ -67,6 +73,30 @@ VARIANTS: dict[str, dict] = {
         ),
     ),
     "phi3-window-6": dict(architecture="Phi3ForCausalLM", sliding_window=6),  # prompts of 11 and 23 cross it
+    # Gemma 2 / 3: HF's own soft-caps (Gemma 2: 50 on scores, 30 on logits), tied as released; 4 layers so
+    # local and global layers each appear twice.
+    "gemma2": dict(architecture="Gemma2ForCausalLM", tie_word_embeddings=True, num_hidden_layers=4),
+    "gemma2-window-6": dict(  # the 23-token prompts cross the window; tighter caps, untied head
+        architecture="Gemma2ForCausalLM",
+        sliding_window=6,
+        attn_logit_softcapping=5.0,
+        final_logit_softcapping=4.0,
+        num_hidden_layers=4,
+    ),
+    "gemma3": dict(
+        architecture="Gemma3ForCausalLM",
+        tie_word_embeddings=True,
+        num_hidden_layers=4,
+        sliding_window=6,
+        rope_parameters=GEMMA3_ROPE,
+    ),
+    "gemma3-untied-softcap": dict(
+        architecture="Gemma3ForCausalLM", final_logit_softcapping=4.0, head_dim=32, attention_bias=True
+    ),
+    "olmo2": dict(architecture="Olmo2ForCausalLM"),
+    "olmo2-tied-bias": dict(
+        architecture="Olmo2ForCausalLM", tie_word_embeddings=True, attention_bias=True, head_dim=32
+    ),
 }
 
 

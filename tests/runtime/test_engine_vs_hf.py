@@ -23,6 +23,14 @@ ARCH_CASES = [
         {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1},
     ),
     ("qwen3-tied", "Qwen3ForCausalLM", {"tie_word_embeddings": True}),
+    # Gemma: local (windowed) and global layers alternate; HF's soft-caps (Gemma 2); local rope base 100 (Gemma 3).
+    ("gemma2-window-8", "Gemma2ForCausalLM", {"sliding_window": 8, "tie_word_embeddings": True}),
+    (
+        "gemma3-window-8",
+        "Gemma3ForCausalLM",
+        {"sliding_window": 8, "rope_local_base_freq": 100.0, "final_logit_softcapping": 10.0},
+    ),
+    ("olmo2", "Olmo2ForCausalLM", {}),
 ]
 MAX_NEW = 12
 WORDS = (

@@ -1,0 +1,82 @@
+"""Models: OLMo 2 for causal LM (model runner -> Olmo2ForCausalLM -> DecoderModel -> post-norm layers).
+
+OLMo 2 in terms of the shared blocks, each point as HF transformers computes it:
+
+- norms only after the sublayers (``PostNormDecoderLayer`` with ``pre_norms=False``): ``post_attention_layernorm``
+  and ``post_feedforward_layernorm``, no input norm; the stack's final ``norm`` as Llama;
+- q/k RMSNorm over the full projected width (``q_norm`` over num_heads * head_dim, ``k_norm`` over
+  num_kv_heads * head_dim), applied before the split into heads (``Olmo2Attention``);
+- RMSNorm weight multiplied in float32 before the cast (``Float32WeightRMSNorm``), and rotary applied in float32
+  (HF keeps OLMo 2's cos/sin in float32 and casts q/k back afterwards);
+- SwiGLU MLP, ``attention_bias`` on q/k/v and o, Llama's rope types.
+
+The full-width q/k norm assumes one rank holds every head (sglkit has no tensor parallelism yet).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sglkit.core.forward_batch import ForwardBatch
+from sglkit.core.model_config import ModelConfig
+from sglkit.layers.norm import Float32WeightRMSNorm, RMSNorm
+from sglkit.layers.rotary import RotaryEmbedding
+from sglkit.models.blocks import AttentionBlock, AttentionOptions, DecoderOptions, NormFactory
+from sglkit.models.llama import LlamaForCausalLM
+from sglkit.models.post_norm_blocks import PostNormDecoderLayer, PostNormOptions
+
+__all__ = ["Olmo2Attention", "Olmo2ForCausalLM"]
+
+
+class Olmo2Attention(AttentionBlock):
+    """Attention with q/k norms over all heads' width (before the split into heads) and float32 rotary."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        layer_id: int,
+        rotary_emb: RotaryEmbedding,
+        options: AttentionOptions = AttentionOptions(),
+        dtype: torch.dtype | None = None,
+        norm_cls: NormFactory = RMSNorm,
+        norm_eps: float | None = None,
+    ) -> None:
+        if options.qk_norm:
+            raise ValueError(
+                "Olmo2Attention normalises q/k over the full width; per-head qk_norm must be off."
+            )
+        super().__init__(config, layer_id, rotary_emb, options, dtype, norm_cls, norm_eps)
+        eps = config.rms_norm_eps if norm_eps is None else norm_eps
+        self.q_norm = norm_cls(self.q_size, eps, dtype=dtype)
+        self.k_norm = norm_cls(self.kv_size, eps, dtype=dtype)
+
+    def forward(
+        self, positions: torch.Tensor, hidden: torch.Tensor, forward_batch: ForwardBatch
+    ) -> torch.Tensor:
+        """positions: [T], hidden: [T, H] -> [T, H]."""
+        num_tokens = hidden.shape[0]
+        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k = self.q_norm(q), self.k_norm(k)  # [T, Hq*D], [T, Hkv*D]: over all heads at once
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        q32, k32 = self.rotary_emb(positions, q.float(), k.float())
+        q, k = q32.to(q.dtype), k32.to(k.dtype)
+        out = self.attn(q.reshape(num_tokens, -1), k.reshape(num_tokens, -1), v, forward_batch)
+        return self.o_proj(out)
+
+
+class Olmo2ForCausalLM(LlamaForCausalLM):
+    """OLMo 2 (see the module docstring)."""
+
+    decoder_layer_cls = PostNormDecoderLayer
+
+    @classmethod
+    def decoder_options(cls, config: ModelConfig) -> DecoderOptions:
+        """Post-norms only, full-width q/k norm; ``attention_bias`` applies to q/k/v and o."""
+        bias = bool(getattr(config.hf_config, "attention_bias", False))
+        return PostNormOptions(
+            attention=AttentionOptions(qkv_bias=bias, o_bias=bias),
+            norm_cls=Float32WeightRMSNorm,
+            pre_norms=False,
+            attention_cls=Olmo2Attention,
+        )
