@@ -7,7 +7,9 @@ Gemma 3 (text-only, config class ``Gemma3TextConfig``, ``model_type`` "gemma3_te
   in transformers 5, ``rope_local_base_freq`` before), global layers theirs, possibly linear-scaled;
 - ``final_logit_softcapping`` is None by default (applied when set, as in HF);
 - ``attn_logit_softcapping``: HF transformers' Gemma 3 attention never applies it, so neither does sglkit (a
-  warning says so when a config sets it); default 5 local layers to 1 global.
+  warning says so when a config sets it).
+
+Local and global layers follow the config's ``layer_types`` (HF's default: five local layers, then one global).
 """
 
 from __future__ import annotations
