@@ -20,6 +20,9 @@ MODEL_REGISTRY: dict[str, str] = {
     "Gemma3ForCausalLM": "sglkit.models.gemma3:Gemma3ForCausalLM",
     "Olmo2ForCausalLM": "sglkit.models.olmo2:Olmo2ForCausalLM",
     "Phi3ForCausalLM": "sglkit.models.phi3:Phi3ForCausalLM",
+    "MixtralForCausalLM": "sglkit.models.mixtral:MixtralForCausalLM",
+    "Qwen2MoeForCausalLM": "sglkit.models.qwen_moe:Qwen2MoeForCausalLM",
+    "Qwen3MoeForCausalLM": "sglkit.models.qwen_moe:Qwen3MoeForCausalLM",
 }
 
 _EMBED = "sglkit.models.llama_embedding"

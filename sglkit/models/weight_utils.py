@@ -8,7 +8,10 @@ A model's ``load_weights`` is a short table handed to ``load_weights`` here::
 Each entry reads "checkpoint module ``q_proj`` is shard ``"q"`` of our fused module ``qkv_proj``"; names match
 whole dotted components (``...self_attn.q_proj.weight`` -> ``...self_attn.qkv_proj.weight``, shard "q"). A
 name matching no entry loads as is, so our own state_dict (already fused) loads too, each fused tensor counting
-for all its shards. The parameter's ``weight_loader(param, tensor, shard_id)`` (attached by its layer) does the
+for all its shards. A checkpoint part may span several components and hold one ``*``, which matches an integer
+component (an expert id): ``("w13_weight", "*.w1.weight", "w1")`` maps ``...experts.3.w1.weight`` to
+``...experts.w13_weight``, shard ``(3, "w1")``; such a parameter expects one shard per index along its dim 0.
+The parameter's ``weight_loader(param, tensor, shard_id)`` (attached by its layer) does the
 copy; parameters without one (``nn.LayerNorm``, ``nn.Embedding``) get a strict whole-tensor copy.
 
 Errors: ValueError naming a checkpoint tensor the model has no parameter for; ValueError listing every
@@ -30,38 +33,52 @@ __all__ = ["StackedParam", "load_weights", "expected_shards"]
 # (our fused module name, checkpoint module name, shard id)
 StackedParam = tuple[str, str, Hashable]
 MAX_LISTED_MISSING = 8
+INDEX_WILDCARD = "*"  # in a checkpoint part: one integer component, the index along dim 0 of our parameter
 
 
-def _replace_component(name: str, old: str, new: str) -> str | None:
-    """``name`` with its first dotted component ``old`` replaced by ``new``; None if it has no such component."""
-    parts = name.split(".")
-    if old not in parts:
-        return None
-    parts[parts.index(old)] = new
-    return ".".join(parts)
+def _replace_components(name: str, old: str, new: str) -> tuple[str, int | None] | None:
+    """``name`` with its first run of dotted components matching ``old`` replaced by ``new``, and the integer a
+    ``*`` in ``old`` matched (None without one); None if no run matches."""
+    parts, pattern = name.split("."), old.split(".")
+    width = len(pattern)
+    for start in range(len(parts) - width + 1):
+        window = parts[start : start + width]
+        pairs = list(zip(pattern, window, strict=True))
+        if all(p == w or (p == INDEX_WILDCARD and w.isdigit()) for p, w in pairs):
+            index = next((int(w) for p, w in pairs if p == INDEX_WILDCARD), None)
+            return ".".join(parts[:start] + [new] + parts[start + width :]), index
+    return None
 
 
 def _resolve(name: str, stacked_params: Sequence[StackedParam]) -> tuple[str, Hashable | None]:
-    """Checkpoint name -> (our parameter name, shard id or None)."""
+    """Checkpoint name -> (our parameter name, shard id or None); ``(index, shard id)`` for a ``*`` part."""
     for fused, part, shard_id in stacked_params:
-        target = _replace_component(name, part, fused)
-        if target is not None:
-            return target, shard_id
+        match = _replace_components(name, part, fused)
+        if match is not None:
+            target, index = match
+            return target, shard_id if index is None else (index, shard_id)
     return name, None
 
 
-def _shards_of(param_name: str, stacked_params: Sequence[StackedParam]) -> list[tuple[str, Hashable | None]]:
-    """The (name, shard id) pairs one parameter must receive: one per shard if fused, else (name, None)."""
+def _shards_of(
+    param_name: str, param: torch.Tensor, stacked_params: Sequence[StackedParam]
+) -> list[tuple[str, Hashable | None]]:
+    """The (name, shard id) pairs one parameter must receive: one per shard if fused (per index along dim 0 for a
+    ``*`` part), else (name, None)."""
     components = param_name.split(".")
-    shards = [sid for fused, _, sid in stacked_params if fused in components] or [None]
-    return [(param_name, sid) for sid in shards]
+    shards: list[Hashable] = []
+    for fused, part, sid in stacked_params:
+        if fused in components:
+            indexed = INDEX_WILDCARD in part.split(".")
+            shards += [(i, sid) for i in range(param.shape[0])] if indexed else [sid]
+    return [(param_name, sid) for sid in shards or [None]]
 
 
 def expected_shards(
     model: nn.Module, stacked_params: Sequence[StackedParam] = ()
 ) -> set[tuple[str, Hashable | None]]:
     """Every (parameter name, shard id or None) that a full checkpoint must provide."""
-    return {pair for name, _ in model.named_parameters() for pair in _shards_of(name, stacked_params)}
+    return {pair for name, p in model.named_parameters() for pair in _shards_of(name, p, stacked_params)}
 
 
 def _find_weight_loader(model: nn.Module, param_name: str, param: nn.Parameter) -> WeightLoader:
@@ -124,7 +141,7 @@ def load_weights(
             _add_note(e, f"while loading checkpoint tensor {name!r} into {param_name}")
             raise
         if shard_id is None:  # a plain tensor, or a whole fused one: every shard of the parameter
-            loaded.update(_shards_of(param_name, stacked_params))
+            loaded.update(_shards_of(param_name, param, stacked_params))
         else:
             loaded.add((param_name, shard_id))
     missing = sorted(

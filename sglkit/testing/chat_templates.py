@@ -12,6 +12,7 @@ __all__ = [
     "CHATML_TEMPLATE",
     "FAMILY_CHAT_TEMPLATES",
     "GEMMA_TEMPLATE",
+    "MISTRAL_TEMPLATE",
     "OLMO2_TEMPLATE",
     "PHI3_TEMPLATE",
     "chat_template_for",
@@ -32,6 +33,20 @@ CHATML_TEMPLATE = (
     "{{ '<|im_start|>' + message['role'] + '\\n' }}" + _CONTENT + "{{ '<|im_end|>' + '\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# Mistral / Mixtral instruct: "<s>[INST] user [/INST]assistant</s>[INST] ..."; a system message opens the next
+# user turn (its text, a blank line, then the user's text), as the newer Mistral templates do.
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ '[INST] ' }}" + _CONTENT + "{{ '\\n\\n' }}"
+    "{% elif message['role'] == 'user' %}"
+    "{% if loop.first or loop.previtem['role'] != 'system' %}{{ '[INST] ' }}{% endif %}"
+    + _CONTENT
+    + "{{ ' [/INST]' }}"
+    "{% else %}" + _CONTENT + "{{ eos_token }}{% endif %}"
+    "{% endfor %}"
 )
 
 # Phi-3 / Phi-3.5 / Phi-4-mini: "<|system|>\n...<|end|>\n<|user|>\n...<|end|>\n<|assistant|>\n".
@@ -86,6 +101,7 @@ FAMILY_CHAT_TEMPLATES: dict[str, str] = {
     "Gemma3ForCausalLM": GEMMA_TEMPLATE,
     "Olmo2ForCausalLM": OLMO2_TEMPLATE,
     "Phi3ForCausalLM": PHI3_TEMPLATE,
+    "MixtralForCausalLM": MISTRAL_TEMPLATE,
 }
 
 

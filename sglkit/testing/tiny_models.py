@@ -18,6 +18,7 @@ import torch
 
 from sglkit.testing.chat_templates import CHATML_TEMPLATE, chat_template_for
 from sglkit.testing.corpus import build_corpus
+from sglkit.testing.moe_checkpoints import checkpoint_shapes, moe_config_defaults
 
 __all__ = [
     "SUPPORTED_ARCHITECTURES",
@@ -38,6 +39,9 @@ ARCHITECTURE_CONFIGS: dict[str, str] = {
     "Gemma3ForCausalLM": "Gemma3TextConfig",
     "Olmo2ForCausalLM": "Olmo2Config",
     "Phi3ForCausalLM": "Phi3Config",
+    "MixtralForCausalLM": "MixtralConfig",
+    "Qwen2MoeForCausalLM": "Qwen2MoeConfig",
+    "Qwen3MoeForCausalLM": "Qwen3MoeConfig",
 }
 SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURE_CONFIGS)
 # Architectures whose norms scale by (1 + weight): their random norm weights are drawn near 0, not near 1.
@@ -135,6 +139,7 @@ def _hf_config(architecture: str, params: dict[str, Any]):
         _gemma_config_defaults(architecture, kwargs)
     if architecture == "Phi3ForCausalLM":
         _phi3_config_defaults(kwargs)
+    moe_config_defaults(architecture, kwargs)  # a few small experts (MoE architectures only)
     return config_cls(architectures=[architecture], **kwargs)
 
 
@@ -177,6 +182,7 @@ def _random_state_dict(
             copy.deepcopy(config), dtype=torch.float32
         )  # sets .dtype
     shapes = {name: tuple(p.shape) for name, p in meta_model.state_dict().items()}
+    shapes = checkpoint_shapes(architecture, shapes)  # MoE: per-expert tensors, as checkpoints store them
     if config.tie_word_embeddings:
         shapes.pop("lm_head.weight", None)
     gen = torch.Generator().manual_seed(seed)

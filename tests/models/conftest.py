@@ -58,6 +58,26 @@ VARIANTS: dict[str, dict] = {
     "llama-bias": dict(
         architecture="LlamaForCausalLM", attention_bias=True, mlp_bias=True, num_key_value_heads=4
     ),
+    # MoE: Mixtral (4 experts, top-2), and top-1 of 6 with an 8-token window; Qwen2-MoE (shared expert) with
+    # layer 1 dense (mlp_only_layers), and with decoder_sparse_step 2 (layers 1, 3 sparse); Qwen3-MoE
+    # (norm_topk_prob) top-3 of 8 with layer 0 dense, and tied with attention biases, not renormalised.
+    "mixtral": dict(architecture="MixtralForCausalLM", num_hidden_layers=4),
+    "mixtral-top1-window": dict(
+        architecture="MixtralForCausalLM", num_experts_per_tok=1, num_local_experts=6, sliding_window=8
+    ),
+    "qwen2-moe": dict(
+        architecture="Qwen2MoeForCausalLM", num_hidden_layers=4, decoder_sparse_step=1, mlp_only_layers=[1]
+    ),
+    "qwen2-moe-step-2": dict(architecture="Qwen2MoeForCausalLM", num_hidden_layers=4, decoder_sparse_step=2),
+    "qwen3-moe": dict(
+        architecture="Qwen3MoeForCausalLM", num_hidden_layers=4, num_experts_per_tok=3, mlp_only_layers=[0]
+    ),
+    "qwen3-moe-tied-bias": dict(
+        architecture="Qwen3MoeForCausalLM",
+        tie_word_embeddings=True,
+        attention_bias=True,
+        norm_topk_prob=False,
+    ),
     # Phi-3: fused qkv_proj / gate_up_proj checkpoints. LongRoPE with original_max 8: the 5-token prompt stays
     # on the short factors through decode, the 11- and 23-token ones (and every prefix-reuse pass) on the long.
     "phi3": dict(architecture="Phi3ForCausalLM"),

@@ -31,6 +31,9 @@ ARCH_CASES = [
         {"sliding_window": 8, "rope_local_base_freq": 100.0, "final_logit_softcapping": 10.0},
     ),
     ("olmo2", "Olmo2ForCausalLM", {}),
+    ("mixtral", "MixtralForCausalLM", {}),
+    ("qwen2-moe-dense-layer-1", "Qwen2MoeForCausalLM", {"num_hidden_layers": 3, "mlp_only_layers": (1,)}),
+    ("qwen3-moe", "Qwen3MoeForCausalLM", {}),
 ]
 MAX_NEW = 12
 WORDS = (
