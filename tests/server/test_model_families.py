@@ -19,6 +19,9 @@ FAMILY_CASES = [
     ("mistral-window", "MistralForCausalLM", {"sliding_window": 8}, ()),
     ("qwen2", "Qwen2ForCausalLM", {}, ()),
     ("qwen3", "Qwen3ForCausalLM", {}, ()),
+    ("gemma2-window", "Gemma2ForCausalLM", {"sliding_window": 8}, ()),
+    ("gemma3-window", "Gemma3ForCausalLM", {"sliding_window": 8}, ()),
+    ("olmo2", "Olmo2ForCausalLM", {}, ()),
 ]
 MESSAGES = [
     {"role": "system", "content": "You answer briefly."},
