@@ -12,8 +12,9 @@ QKVParallelLinear           q, k, v rows of its heads   "q", "k", "v" into their
 
 Layers hold ``tp_rank=0, tp_size=1`` (no tensor parallelism yet): a rank-sliced layer already loads its share
 of the full checkpoint tensor, but ``forward`` does no collective (the all-reduce of a row-parallel output
-belongs to a future ``sglkit.parallel``). A fused parameter also accepts the whole fused tensor
-(``shard_id=None``: our own state_dict, as ``update_weights`` re-reads it).
+belongs to a future ``sglkit.parallel``). A fused parameter also accepts the whole fused tensor (``shard_id=None``:
+Phi-3 checkpoints store ``qkv_proj`` / ``gate_up_proj`` so, and so does our own state_dict, as ``update_weights``
+re-reads it): with tp_size > 1 it is split into its sections, each loaded as its shard (this rank's slice).
 
 On CPU the model runner calls ``pack_linear_weights(model)`` after every weight change; each ``Linear`` then
 keeps a oneDNN-blocked copy of its weight and runs ``mkldnn._linear_pointwise`` (about 2x faster than

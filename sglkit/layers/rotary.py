@@ -192,7 +192,13 @@ def longrope_attention_factor(params: dict[str, Any], max_position: int) -> floa
         return float(params["attention_factor"])
     factor = params.get("factor")
     factor = max_position / original if factor is None else float(factor)
-    return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    if factor <= 1.0:
+        return 1.0
+    if original <= 1:
+        raise ValueError(
+            "longrope with original_max_position_embeddings <= 1 needs an explicit attention_factor."
+        )
+    return math.sqrt(1 + math.log(factor) / math.log(original))
 
 
 class LongRopeRotaryEmbedding(RotaryEmbedding):

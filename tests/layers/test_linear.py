@@ -161,3 +161,63 @@ def test_every_class_packs_and_matches_f_linear(dtype):
             torch.testing.assert_close(
                 layer(x), expected[name], atol=1e-2 if dtype == torch.bfloat16 else 1e-5, rtol=1e-2
             )
+
+
+# (tp_size, total query heads, total KV heads): KV heads split, exactly one per rank, and replicated.
+FUSED_LAYOUTS = [(1, 4, 2), (2, 4, 2), (2, 4, 4), (4, 8, 2), (4, 4, 1)]
+
+
+@pytest.mark.parametrize("tp_size, num_heads, num_kv_heads", FUSED_LAYOUTS)
+def test_whole_fused_qkv_tensor_equals_its_shards_on_every_rank(tp_size, num_heads, num_kv_heads):
+    """A Phi-3 ``qkv_proj`` checkpoint tensor ([q; k; v] rows) loads as if q, k and v came separately."""
+    hidden, head_dim = 6, 2
+    q, k, v = (
+        rand(num_heads * head_dim, hidden),
+        rand(num_kv_heads * head_dim, hidden),
+        rand(num_kv_heads * head_dim, hidden),
+    )
+    qb, kb, vb = rand(num_heads * head_dim), rand(num_kv_heads * head_dim), rand(num_kv_heads * head_dim)
+    for rank in range(tp_size):
+        fused, split = (
+            QKVParallelLinear(
+                hidden, head_dim, num_heads, num_kv_heads, bias=True, tp_rank=rank, tp_size=tp_size
+            )
+            for _ in range(2)
+        )
+        load(fused, "weight", torch.cat([q, k, v]))
+        load(fused, "bias", torch.cat([qb, kb, vb]))
+        for shard, w, b in (("q", q, qb), ("k", k, kb), ("v", v, vb)):
+            load(split, "weight", w, shard)
+            load(split, "bias", b, shard)
+        assert torch.equal(fused.weight, split.weight) and torch.equal(fused.bias, split.bias)
+        replicas = max(1, tp_size // num_kv_heads)  # ranks holding the same KV head
+        kv_head = (rank // replicas) * fused.num_kv_heads  # this rank's first KV head
+        rows = slice(kv_head * head_dim, (kv_head + fused.num_kv_heads) * head_dim)
+        assert torch.equal(fused.weight[fused.q_size : fused.q_size + fused.kv_size], k[rows])  # its K rows
+
+
+@pytest.mark.parametrize("tp_size", [1, 2, 4])
+def test_whole_fused_gate_up_tensor_equals_its_shards_on_every_rank(tp_size):
+    """A Phi-3 ``gate_up_proj`` checkpoint tensor ([gate; up] rows), and a 3-output fusion of unequal sizes."""
+    for sizes in ([8, 8], [4, 8, 12]):
+        parts = [rand(n, 6) for n in sizes]
+        for rank in range(tp_size):
+            fused = MergedColumnParallelLinear(6, sizes, bias=False, tp_rank=rank, tp_size=tp_size)
+            split = MergedColumnParallelLinear(6, sizes, bias=False, tp_rank=rank, tp_size=tp_size)
+            load(fused, "weight", torch.cat(parts))
+            for i, part in enumerate(parts):
+                load(split, "weight", part, i)
+            assert torch.equal(fused.weight, split.weight)
+            expected = torch.cat(
+                [p[rank * (n // tp_size) : (rank + 1) * (n // tp_size)] for p, n in zip(parts, sizes)]
+            )
+            assert torch.equal(fused.weight, expected)
+
+
+def test_whole_fused_tensor_of_another_row_count_is_refused():
+    qkv = QKVParallelLinear(4, 2, 4, 2, bias=False, tp_rank=1, tp_size=2)
+    with pytest.raises(ValueError, match=r"\(14, 4\) does not have 16 rows"):
+        load(qkv, "weight", rand(14, 4))
+    merged = MergedColumnParallelLinear(6, [4, 4], bias=False, tp_rank=0, tp_size=2)
+    with pytest.raises(ValueError, match="does not have 8 rows"):
+        load(merged, "weight", rand(6, 6))

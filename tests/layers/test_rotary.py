@@ -225,6 +225,10 @@ def test_longrope_refuses_raw_positions_and_bad_parameters():
         get_rope(16, 64, {**_longrope(16), "short_factor": [1.0] * 7})
     with pytest.raises(ValueError, match="original_max_position_embeddings"):
         get_rope(16, 64, {k: v for k, v in _longrope(16).items() if k != "original_max_position_embeddings"})
+    with pytest.raises(ValueError, match="explicit attention_factor"):  # HF: ZeroDivisionError (ln 1)
+        get_rope(16, 64, {**_longrope(16), "original_max_position_embeddings": 1})
+    one = get_rope(16, 64, {**_longrope(16), "original_max_position_embeddings": 1, "attention_factor": 1.2})
+    assert torch.equal(one.cos_sin_cache[0], one.cos_sin_cache[1])  # position 0: the same in both sets
     with pytest.raises(ValueError, match="partial_rotary_factor=0.1"):
         get_rope(16, 64, {"rope_theta": 10000.0, "partial_rotary_factor": 0.1})
 

@@ -8,6 +8,22 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import sglkit
+from sglkit.testing import make_tiny_model
+
+
+def _phi3_longrope(original_max: int, partial_rotary_factor: float = 1.0, **extra) -> dict:
+    """Phi-3 LongRoPE parameters for head_dim 16 (distinct short / long factors per frequency)."""
+    half = int(16 * partial_rotary_factor) // 2
+    return {
+        **extra,
+        "rope_type": "longrope",
+        "rope_theta": 10000.0,
+        "partial_rotary_factor": partial_rotary_factor,
+        "short_factor": [1.0 + 0.3 * ((3 * i) % 5) for i in range(half)],
+        "long_factor": [1.5 + 2.5 * i + (i % 3) for i in range(half)],
+        "original_max_position_embeddings": original_max,
+    }
+
 
 # (id, architecture, make_tiny_model overrides). Windowed cases use an 8-token window: most prompts (6-60 tokens)
 # and every generation run several windows past it, through extend, chunked extend, decode and shared prefixes.
@@ -23,6 +39,24 @@ ARCH_CASES = [
         {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1},
     ),
     ("qwen3-tied", "Qwen3ForCausalLM", {"tie_word_embeddings": True}),
+    # Phi-3 (fused qkv / gate_up checkpoints). LongRoPE picks its factor set per request by length; a request
+    # crossing original_max after part of it is cached keeps short-rotated keys where HF recomputes (see
+    # sglkit.layers.rotary.LongRopeRotaryEmbedding), and chunked prefill or a radix hit can leave any prefix
+    # cached. So each case keeps every pass on one side: original_max 1 (every request is longer from its second
+    # token; position 0 rotates alike in both sets; attention_factor given, HF's formula divides by ln 1) or 128
+    # (every request shorter). tests/models/test_phi3.py covers mixed and crossing requests.
+    ("phi3", "Phi3ForCausalLM", {}),
+    ("phi3-longrope-long", "Phi3ForCausalLM", {"rope_parameters": _phi3_longrope(1, attention_factor=1.3)}),
+    ("phi3-longrope-short", "Phi3ForCausalLM", {"rope_parameters": _phi3_longrope(128)}),
+    (
+        "phi3-partial-rotary-tied-window-8",  # Phi-4-mini style, with Phi-3-mini-4k's window scaled down
+        "Phi3ForCausalLM",
+        {
+            "rope_parameters": _phi3_longrope(1, partial_rotary_factor=0.75, attention_factor=1.19),
+            "tie_word_embeddings": True,
+            "sliding_window": 8,
+        },
+    ),
     # Gemma: local (windowed) and global layers alternate; HF's soft-caps (Gemma 2); local rope base 100 (Gemma 3).
     ("gemma2-window-8", "Gemma2ForCausalLM", {"sliding_window": 8, "tie_word_embeddings": True}),
     (
@@ -81,9 +115,12 @@ def assert_no_leak(llm) -> None:
 
 
 @pytest.fixture(scope="module", params=ARCH_CASES, ids=lambda c: c[0])
-def arch_case(request, tiny_model_factory):
-    _, arch, kwargs = request.param
-    path = tiny_model_factory(arch, **kwargs)
+def arch_case(request, tiny_model_factory, tmp_path_factory):
+    case_id, arch, kwargs = request.param
+    if any(isinstance(value, dict) for value in kwargs.values()):  # unhashable overrides: built here, once
+        path = str(make_tiny_model(tmp_path_factory.mktemp(case_id), arch, **kwargs))
+    else:
+        path = tiny_model_factory(arch, **kwargs)
     return path, HFReference(path)
 
 
