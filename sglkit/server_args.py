@@ -14,6 +14,7 @@ from typing import Any
 SCHEDULE_POLICIES = ("lpm", "fcfs")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+MODEL_IMPLS = ("auto", "sglkit", "transformers")  # as sglkit.models.loader.MODEL_IMPLS
 
 
 def _arg(default: Any, help: str, **argparse_kwargs: Any) -> Any:
@@ -45,6 +46,14 @@ class ServerArgs:
         "Weight and activation dtype. 'auto': float32 on CPU; on CUDA the checkpoint's dtype "
         "(bfloat16 when its config names none).",
         choices=DTYPES,
+    )
+    model_impl: str = _arg(
+        "auto",
+        "Model implementation. 'sglkit': sglkit's own models only; 'transformers': the model's transformers "
+        "layers with sglkit's paged attention, radix cache and scheduler (any decoder-only *ForCausalLM of the "
+        "installed transformers; generation only); 'auto': sglkit's own when the architecture has one, else "
+        "transformers.",
+        choices=MODEL_IMPLS,
     )
     context_length: int | None = _arg(
         None,
@@ -166,6 +175,8 @@ class ServerArgs:
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}.")
+        if self.model_impl not in MODEL_IMPLS:
+            raise ValueError(f"model_impl must be one of {MODEL_IMPLS}, got {self.model_impl!r}.")
         if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}.")
         if not 0 <= self.port < 65536:

@@ -62,11 +62,25 @@ def test_flags_round_trip(tmp_path):
         ({"dtype": "int8"}, "dtype"),
         ({"device": "tpu"}, "device"),
         ({"port": 70000}, "port"),
+        ({"model_impl": "vllm"}, "model_impl"),
     ],
 )
 def test_validation_names_the_argument(tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=name):
         ServerArgs(model_path=str(tmp_path), **kwargs)
+
+
+def test_model_impl_flag(tmp_path):
+    """--model-impl auto|sglkit|transformers (default auto), as the loader's choices; argparse refuses others."""
+    from sglkit.models.loader import MODEL_IMPLS
+
+    assert ServerArgs(model_path=str(tmp_path)).model_impl == "auto"
+    for choice in MODEL_IMPLS:
+        args = prepare_server_args(["--model-path", str(tmp_path), "--model-impl", choice])
+        assert args.model_impl == choice and args.to_dict()["model_impl"] == choice
+    with pytest.raises(SystemExit):
+        prepare_server_args(["--model-path", str(tmp_path), "--model-impl", "vllm"])
+    assert "'transformers'" in _help("model_impl") and "'auto'" in _help("model_impl")
 
 
 def test_attention_backend_help_promises_only_torch_native():

@@ -4,6 +4,7 @@
         --compare-hf
     python -m sglkit.bench_offline_throughput --model-path P --num-prompts 64 --shared-prefix-len 1024 \
         --input-len 16 --output-len 32 --compare-radix
+    python -m sglkit.bench_offline_throughput --num-prompts 32 --output-len 64 --compare-model-impl
 
 Both sides run in this process, one after the other, on the same prompts; the ratio is what to read.
 Without --model-path a ~20M-parameter Llama is made by sglkit.testing (preset "small").
@@ -20,6 +21,7 @@ import time
 import torch
 
 from sglkit.bench.workloads import random_prompts, shared_prefix_prompts
+from sglkit.server_args import MODEL_IMPLS
 
 
 def build_workload(args, vocab_size: int, reserved: set[int]) -> list[list[int]]:
@@ -113,6 +115,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-total-tokens", type=int, default=None)
     parser.add_argument("--chunked-prefill-size", type=int, default=None)
     parser.add_argument("--disable-radix-cache", action="store_true")
+    parser.add_argument(
+        "--model-impl",
+        default="auto",
+        choices=MODEL_IMPLS,
+        help="Model implementation (the server's --model-impl).",
+    )
+    parser.add_argument(
+        "--compare-model-impl",
+        action="store_true",
+        help="Also run the transformers fallback (--model-impl transformers) on the same weights; print the ratio.",
+    )
     parser.add_argument("--compare-hf", action="store_true", help="Also run HF generate and print the ratio.")
     parser.add_argument("--hf-batch-size", type=int, default=64)
     parser.add_argument("--compare-radix", action="store_true", help="Run with and without the radix cache.")
@@ -139,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         "max_total_tokens": args.max_total_tokens,
         "chunked_prefill_size": args.chunked_prefill_size,
         "disable_radix_cache": args.disable_radix_cache,
+        "model_impl": args.model_impl,
     }
     engine_kwargs = {k: v for k, v in engine_kwargs.items() if v not in (None, False)}
     ours = run_sglkit(model_path, prompts, args.output_len, engine_kwargs)
@@ -150,6 +164,18 @@ def main(argv: list[str] | None = None) -> None:
         )
         report("sglkit --disable-radix-cache", base, len(prompts), input_tokens)
         print(f"radix cache speed-up: {base['elapsed'] / ours['elapsed']:.2f}x")
+    if args.compare_model_impl:
+        gc.collect()
+        fallback = run_sglkit(
+            model_path, prompts, args.output_len, {**engine_kwargs, "model_impl": "transformers"}
+        )
+        report("sglkit --model-impl transformers", fallback, len(prompts), input_tokens)
+        print(
+            f"throughput ratio transformers fallback / {args.model_impl}: {ours['elapsed'] / fallback['elapsed']:.2f}x"
+        )
+        if args.check_outputs:
+            same = sum(a == b for a, b in zip(ours["outputs"], fallback["outputs"]))
+            print(f"outputs identical to the fallback's: {same}/{len(prompts)}")
     if args.compare_hf:
         gc.collect()
         hf = run_hf(model_path, prompts, args.output_len, args.hf_batch_size)

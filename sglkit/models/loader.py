@@ -4,21 +4,40 @@ Local folders only (never the hub); safetensors only. ``iterate_weights`` shows 
 ``Loading safetensors checkpoint shards: 100% Completed | 1/1 [00:00<00:00,  1.75it/s]``.
 ``load_model`` builds the model directly on its device (parameters are ``torch.empty``: no random init, and
 each keeps the ``weight_loader`` its layer attached), then streams the checkpoint through ``model.load_weights``.
+
+``model_impl`` picks the implementation: "sglkit" (our registry only), "transformers" (the transformers fallback,
+``sglkit.models.transformers_backend``: HF layers on our KV pool) or "auto" (ours when the architecture is in
+the registry, else the fallback when transformers has it as a causal LM).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from sglkit.core.model_config import ModelConfig, config_dtype
 from sglkit.models.registry import get_model_class
 
-__all__ = ["load_config", "find_safetensors_files", "iterate_weights", "resolve_dtype", "load_model"]
+__all__ = [
+    "MODEL_IMPLS",
+    "load_config",
+    "find_safetensors_files",
+    "iterate_weights",
+    "load_checkpoint",
+    "resolve_dtype",
+    "resolve_model_class",
+    "load_model",
+]
+
+logger = logging.getLogger(__name__)
+
+MODEL_IMPLS = ("auto", "sglkit", "transformers")  # ServerArgs.model_impl (--model-impl)
 
 PROGRESS_DESC = "Loading safetensors checkpoint shards"
 PROGRESS_BAR_FORMAT = (
@@ -106,6 +125,20 @@ def iterate_weights(
                 yield name, f.get_tensor(name)
 
 
+def load_checkpoint(model: torch.nn.Module, model_path: str | os.PathLike) -> None:
+    """Load a folder's safetensors into a built model (at start-up and for /update_weights_from_disk).
+
+    A model with its own ``load_checkpoint(path)`` (the transformers fallback: transformers' loading, which
+    renames legacy tensor names) uses it; others get ``model.load_weights(iterate_weights(model_path))``.
+    """
+    own = getattr(model, "load_checkpoint", None)
+    if callable(own):
+        find_safetensors_files(model_path)  # sglkit's message when the folder has no safetensors
+        own(model_path)
+    else:
+        model.load_weights(iterate_weights(model_path))
+
+
 def resolve_dtype(dtype: str | torch.dtype, config, device: str | torch.device) -> torch.dtype:
     """Model dtype: "auto" -> float32 on CPU, the config's dtype elsewhere (bfloat16 if unset; ``config`` is a
     transformers config or a ModelConfig);
@@ -121,24 +154,67 @@ def resolve_dtype(dtype: str | torch.dtype, config, device: str | torch.device) 
     return _DTYPES[dtype]
 
 
+def resolve_model_class(
+    architectures: list[str], is_embedding: bool = False, model_impl: str = "auto", hf_config: Any = None
+) -> type[torch.nn.Module]:
+    """The model class for ``architectures`` under ``model_impl`` ("auto", "sglkit" or "transformers").
+
+    "sglkit" uses the registry only; "transformers" the fallback only; "auto" the registry, else the fallback.
+    ``hf_config`` (optional) must then be of the transformers class's config type. ValueError when nothing fits
+    (the registry's message, and why the fallback cannot run the model).
+    """
+    if model_impl not in MODEL_IMPLS:
+        raise ValueError(f"model_impl must be one of {MODEL_IMPLS}, got {model_impl!r}.")
+    registry_error: ValueError | None = None
+    if model_impl != "transformers":
+        try:
+            return get_model_class(architectures, is_embedding=is_embedding)
+        except ValueError as e:
+            if model_impl == "sglkit" or is_embedding:
+                raise
+            registry_error = e
+    if is_embedding:
+        raise ValueError(
+            "The transformers fallback (model_impl='transformers') serves generation models only; "
+            "embedding models need an sglkit implementation (model_impl='auto' or 'sglkit')."
+        )
+    from sglkit.models.transformers_backend import TransformersForCausalLM, unsupported_reason
+
+    reason = unsupported_reason(architectures, hf_config)
+    if reason is not None:
+        if registry_error is not None:
+            raise ValueError(f"{registry_error} The transformers fallback cannot run them either: {reason}")
+        raise ValueError(
+            f"The transformers fallback (model_impl='transformers') cannot run this model: {reason}"
+        )
+    return TransformersForCausalLM
+
+
 def load_model(
     model_path: str | os.PathLike,
     dtype: str | torch.dtype = "auto",
     device: str | torch.device = "cpu",
     is_embedding: bool = False,
+    model_impl: str = "auto",
 ) -> tuple[torch.nn.Module, ModelConfig]:
-    """Build the sglkit model of a local folder on ``device`` in ``dtype``, load its weights; (model, ModelConfig).
+    """Build the model of a local folder on ``device`` in ``dtype``, load its weights; (model, ModelConfig).
 
     The ModelConfig keeps the transformers config in ``.hf_config``. ``is_embedding`` picks the embedding /
-    reward variant of the architecture. The model is in eval mode with gradients off.
+    reward variant of the architecture; ``model_impl`` the implementation (see ``resolve_model_class``; the
+    choice is logged). The model is in eval mode with gradients off.
     """
     hf_config = load_config(model_path)
     model_config = ModelConfig.from_hf(hf_config)
-    model_cls = get_model_class(list(model_config.architectures), is_embedding=is_embedding)
+    model_cls = resolve_model_class(list(model_config.architectures), is_embedding, model_impl, hf_config)
+    impl = getattr(model_cls, "implementation", "sglkit")
+    logger.info(
+        f"Model implementation: {impl} ({model_cls.__name__} for {list(model_config.architectures)}, "
+        f"model_impl={model_impl})"
+    )
     torch_dtype = resolve_dtype(dtype, hf_config, device)
     with torch.device(device):  # parameters are torch.empty: every one is overwritten by the checkpoint
         model = model_cls(model_config, dtype=torch_dtype)
-    model.load_weights(iterate_weights(model_path))
+    load_checkpoint(model, model_path)
     model.eval()
     model.requires_grad_(False)
     return model, model_config

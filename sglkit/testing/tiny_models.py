@@ -35,10 +35,12 @@ ARCHITECTURE_CONFIGS: dict[str, str] = {
     "MistralForCausalLM": "MistralConfig",
     "Qwen2ForCausalLM": "Qwen2Config",
     "Qwen3ForCausalLM": "Qwen3Config",
+    "Phi3ForCausalLM": "Phi3Config",
     "Gemma2ForCausalLM": "Gemma2Config",
     "Gemma3ForCausalLM": "Gemma3TextConfig",
     "Olmo2ForCausalLM": "Olmo2Config",
-    "Phi3ForCausalLM": "Phi3Config",
+    "GPTNeoXForCausalLM": "GPTNeoXConfig",  # no sglkit implementation: the transformers fallback
+    "PhiForCausalLM": "PhiConfig",  # no sglkit implementation: the transformers fallback
     "MixtralForCausalLM": "MixtralConfig",
     "Qwen2MoeForCausalLM": "Qwen2MoeConfig",
     "Qwen3MoeForCausalLM": "Qwen3MoeConfig",
@@ -135,10 +137,17 @@ def _hf_config(architecture: str, params: dict[str, Any]):
         kwargs.setdefault("sliding_window", None)
     if architecture == "Qwen2ForCausalLM":
         kwargs.pop("head_dim", None)  # Qwen2 always uses hidden_size // num_attention_heads
-    if architecture in ("Gemma2ForCausalLM", "Gemma3ForCausalLM"):
-        _gemma_config_defaults(architecture, kwargs)
     if architecture == "Phi3ForCausalLM":
         _phi3_config_defaults(kwargs)
+    if architecture in ("Gemma2ForCausalLM", "Gemma3ForCausalLM"):
+        _gemma_config_defaults(architecture, kwargs)
+    if architecture in ("GPTNeoXForCausalLM", "PhiForCausalLM"):
+        kwargs.pop("head_dim", None)  # always hidden_size // num_attention_heads
+        if architecture == "GPTNeoXForCausalLM":
+            kwargs.pop("num_key_value_heads", None)  # multi-head attention only
+        # Rotary on part of each head as released (Pythia 1/4, Phi-2 1/2), unless the caller gives a factor.
+        factor = 0.25 if architecture == "GPTNeoXForCausalLM" else 0.5
+        kwargs["rope_parameters"] = {"partial_rotary_factor": factor, **kwargs["rope_parameters"]}
     moe_config_defaults(architecture, kwargs)  # a few small experts (MoE architectures only)
     return config_cls(architectures=[architecture], **kwargs)
 

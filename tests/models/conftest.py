@@ -22,6 +22,12 @@ LLAMA3_ROPE = {
     "original_max_position_embeddings": 256,  # head_dim 16 -> high, medium and low frequency bands all present
 }
 
+# Gemma 3: global layers with a large linear-scaled base, local layers their own base (as released, scaled down).
+GEMMA3_ROPE = {
+    "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0},
+    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+}
+
 # Phi-3 LongRoPE (8 = head_dim / 2 factors each; attention factor from 2048 / 8, HF's default formula).
 PHI3_LONGROPE = {
     "rope_type": "longrope",
@@ -29,12 +35,6 @@ PHI3_LONGROPE = {
     "short_factor": [1.0, 1.05, 1.3, 1.1, 1.7, 2.4, 2.0, 3.1],
     "long_factor": [1.2, 2.5, 1.9, 4.0, 7.5, 6.0, 15.0, 40.0],
     "original_max_position_embeddings": 8,
-}
-
-# Gemma 3: global layers with a large linear-scaled base, local layers their own base (as released, scaled down).
-GEMMA3_ROPE = {
-    "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0},
-    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
 }
 
 # name -> make_tiny_model keyword arguments
@@ -58,6 +58,21 @@ VARIANTS: dict[str, dict] = {
     "llama-bias": dict(
         architecture="LlamaForCausalLM", attention_bias=True, mlp_bias=True, num_key_value_heads=4
     ),
+    # Phi-3: fused qkv_proj / gate_up_proj checkpoints. LongRoPE with original_max 8: the 5-token prompt stays
+    # on the short factors through decode, the 11- and 23-token ones (and every prefix-reuse pass) on the long.
+    "phi3": dict(architecture="Phi3ForCausalLM"),
+    "phi3-longrope": dict(architecture="Phi3ForCausalLM", rope_parameters=PHI3_LONGROPE),
+    "phi3-partial-rotary": dict(  # Phi-4-mini style: 3/4 of each head rotates, LongRoPE, tied embeddings
+        architecture="Phi3ForCausalLM",
+        tie_word_embeddings=True,
+        rope_parameters=dict(
+            PHI3_LONGROPE,
+            partial_rotary_factor=0.75,
+            short_factor=[1.0, 1.2, 1.1, 1.6, 2.5, 3.0],
+            long_factor=[1.5, 3.0, 2.2, 7.0, 12.0, 31.0],
+        ),
+    ),
+    "phi3-window-6": dict(architecture="Phi3ForCausalLM", sliding_window=6),  # prompts of 11 and 23 cross it
     # MoE: Mixtral (4 experts, top-2), and top-1 of 6 with an 8-token window; Qwen2-MoE (shared expert) with
     # layer 1 dense (mlp_only_layers), and with decoder_sparse_step 2 (layers 1, 3 sparse); Qwen3-MoE
     # (norm_topk_prob) top-3 of 8 with layer 0 dense, and tied with attention biases, not renormalised.
@@ -78,21 +93,6 @@ VARIANTS: dict[str, dict] = {
         attention_bias=True,
         norm_topk_prob=False,
     ),
-    # Phi-3: fused qkv_proj / gate_up_proj checkpoints. LongRoPE with original_max 8: the 5-token prompt stays
-    # on the short factors through decode, the 11- and 23-token ones (and every prefix-reuse pass) on the long.
-    "phi3": dict(architecture="Phi3ForCausalLM"),
-    "phi3-longrope": dict(architecture="Phi3ForCausalLM", rope_parameters=PHI3_LONGROPE),
-    "phi3-partial-rotary": dict(  # Phi-4-mini style: 3/4 of each head rotates, LongRoPE, tied embeddings
-        architecture="Phi3ForCausalLM",
-        tie_word_embeddings=True,
-        rope_parameters=dict(
-            PHI3_LONGROPE,
-            partial_rotary_factor=0.75,
-            short_factor=[1.0, 1.2, 1.1, 1.6, 2.5, 3.0],
-            long_factor=[1.5, 3.0, 2.2, 7.0, 12.0, 31.0],
-        ),
-    ),
-    "phi3-window-6": dict(architecture="Phi3ForCausalLM", sliding_window=6),  # prompts of 11 and 23 cross it
     # Gemma 2 / 3: HF's own soft-caps (Gemma 2: 50 on scores, 30 on logits), tied as released; 4 layers so
     # local and global layers each appear twice.
     "gemma2": dict(architecture="Gemma2ForCausalLM", tie_word_embeddings=True, num_hidden_layers=4),
@@ -230,10 +230,10 @@ PROMPT_LENGTHS = (11, 5, 23)
 class HFComparison:
     """Our logits (paged, packed) vs HF full-sequence logits for one tiny checkpoint, in four scenarios."""
 
-    def __init__(self, path, hf_model, atol: float = 1e-4) -> None:
+    def __init__(self, path, hf_model, atol: float = 1e-4, model_impl: str = "auto") -> None:
         from sglkit.models import load_model
 
-        self.model, self.config = load_model(path, dtype="float32")
+        self.model, self.config = load_model(path, dtype="float32", model_impl=model_impl)
         self.hf_model = hf_model
         self.atol = atol
         gen = torch.Generator().manual_seed(0)

@@ -68,7 +68,14 @@ ARCH_CASES = [
     ("mixtral", "MixtralForCausalLM", {}),
     ("qwen2-moe-dense-layer-1", "Qwen2MoeForCausalLM", {"num_hidden_layers": 3, "mlp_only_layers": (1,)}),
     ("qwen3-moe", "Qwen3MoeForCausalLM", {}),
+    # Families without an sglkit implementation: model_impl="auto" serves them with the transformers fallback.
+    ("gpt-neox", "GPTNeoXForCausalLM", {}),
+    ("phi-fallback", "PhiForCausalLM", {}),
+    # An "engine_kwargs" entry goes to sglkit.Engine, not to make_tiny_model: Llama forced onto the fallback.
+    ("llama-fallback", "LlamaForCausalLM", {"engine_kwargs": {"model_impl": "transformers"}}),
 ]
+# Model folder -> the sglkit.Engine keyword arguments of its case ("engine_kwargs" of ARCH_CASES).
+CASE_ENGINE_KWARGS: dict[str, dict] = {}
 MAX_NEW = 12
 WORDS = (
     "the capital of France is Paris and the capital of Japan is Tokyo while numbers like 12 and 345 "
@@ -117,10 +124,13 @@ def assert_no_leak(llm) -> None:
 @pytest.fixture(scope="module", params=ARCH_CASES, ids=lambda c: c[0])
 def arch_case(request, tiny_model_factory, tmp_path_factory):
     case_id, arch, kwargs = request.param
-    if any(isinstance(value, dict) for value in kwargs.values()):  # unhashable overrides: built here, once
+    kwargs = dict(kwargs)
+    engine_kwargs = kwargs.pop("engine_kwargs", {})
+    if engine_kwargs or any(isinstance(value, dict) for value in kwargs.values()):  # unhashable: built here
         path = str(make_tiny_model(tmp_path_factory.mktemp(case_id), arch, **kwargs))
     else:
         path = tiny_model_factory(arch, **kwargs)
+    CASE_ENGINE_KWARGS[str(path)] = engine_kwargs
     return path, HFReference(path)
 
 
@@ -135,7 +145,8 @@ def reference_outputs(arch_case):
 def test_single_prompts_match_hf(arch_case, reference_outputs):
     path, _ = arch_case
     prompts, _, expected = reference_outputs
-    with sglkit.Engine(model_path=path, max_total_tokens=4096, random_seed=0) as llm:
+    engine_kwargs = CASE_ENGINE_KWARGS[str(path)]
+    with sglkit.Engine(model_path=path, max_total_tokens=4096, random_seed=0, **engine_kwargs) as llm:
         for prompt, want in list(zip(prompts, expected))[:4]:
             out = llm.generate(prompt, greedy_params())
             assert out["output_ids"] == want
@@ -146,7 +157,8 @@ def test_single_prompts_match_hf(arch_case, reference_outputs):
 def test_batch_chunked_and_radix_hits_match_hf(arch_case, reference_outputs):
     path, _ = arch_case
     prompts, ids, expected = reference_outputs
-    with sglkit.Engine(model_path=path, max_total_tokens=4096, chunked_prefill_size=4, random_seed=0) as llm:
+    engine_kwargs = {"chunked_prefill_size": 4, **CASE_ENGINE_KWARGS[str(path)]}
+    with sglkit.Engine(model_path=path, max_total_tokens=4096, random_seed=0, **engine_kwargs) as llm:
         first = llm.generate(prompts, [greedy_params()] * len(prompts))
         assert [o["output_ids"] for o in first] == expected
         assert min(len(x) for x in ids) > 4  # every prompt was split into chunks
@@ -162,7 +174,8 @@ def test_retraction_under_a_tiny_kv_pool_matches_hf(arch_case, reference_outputs
     need = sum(len(x) + MAX_NEW for x in ids)
     pool = max(len(x) for x in ids) + MAX_NEW + 40
     assert pool < need / 3
-    with sglkit.Engine(model_path=path, max_total_tokens=pool, random_seed=0) as llm:
+    engine_kwargs = CASE_ENGINE_KWARGS[str(path)]
+    with sglkit.Engine(model_path=path, max_total_tokens=pool, random_seed=0, **engine_kwargs) as llm:
         outs = llm.generate(prompts, [greedy_params()] * len(prompts))
         assert [o["output_ids"] for o in outs] == expected
         assert llm.scheduler.stats.num_retracted_reqs > 0
@@ -176,6 +189,7 @@ def test_prompt_and_output_logprobs_match_hf(arch_case, chunked_prefill_size):
     prompt = " ".join(WORDS[:20])
     input_ids = hf.tokenizer.encode(prompt)
     kwargs = {"chunked_prefill_size": chunked_prefill_size} if chunked_prefill_size else {}
+    kwargs.update(CASE_ENGINE_KWARGS[str(path)])
     with sglkit.Engine(model_path=path, max_total_tokens=2048, random_seed=0, **kwargs) as llm:
         out = llm.generate(
             prompt, greedy_params(3), return_logprob=True, logprob_start_len=0, top_logprobs_num=3
@@ -201,7 +215,8 @@ def test_shared_prefix_batch_matches_hf(arch_case):
     system = " ".join(WORDS * 2)  # well over 32 tokens
     prompts = [f"{system} {w} {v}" for w, v in zip(WORDS[:6], WORDS[6:12])]
     expected = [hf.greedy(hf.tokenizer.encode(p), MAX_NEW) for p in prompts]
-    with sglkit.Engine(model_path=path, max_total_tokens=4096, random_seed=0) as llm:
+    engine_kwargs = CASE_ENGINE_KWARGS[str(path)]
+    with sglkit.Engine(model_path=path, max_total_tokens=4096, random_seed=0, **engine_kwargs) as llm:
         outs = llm.generate(prompts, [greedy_params()] * len(prompts))
         assert [o["output_ids"] for o in outs] == expected
         assert sum(o["meta_info"]["cached_tokens"] > 32 for o in outs) == len(prompts) - 1

@@ -18,7 +18,7 @@ from sglkit.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TokenToKV
 from sglkit.core.forward_batch import ForwardBatch
 from sglkit.layers.attention import create_attention_backend
 from sglkit.layers.linear import pack_linear_weights
-from sglkit.models.loader import iterate_weights, load_config, load_model
+from sglkit.models.loader import load_checkpoint, load_config, load_model
 from sglkit.runtime.executor.sampler import Sampler, SamplingBatchInfo, make_generator
 from sglkit.server_args import ServerArgs
 
@@ -59,6 +59,7 @@ class ModelRunner:
             dtype=server_args.dtype,
             device=self.device,
             is_embedding=server_args.is_embedding,
+            model_impl=server_args.model_impl,
         )
         self.dtype = next(self.model.parameters()).dtype
         pack_linear_weights(self.model)
@@ -166,7 +167,7 @@ class ModelRunner:
     # ----- weights -----
     def _load_weights_from(self, model_path: str) -> None:
         with torch.inference_mode():
-            self.model.load_weights(iterate_weights(model_path))
+            load_checkpoint(self.model, model_path)
             pack_linear_weights(self.model)
 
     def update_weights(self, model_path: str) -> tuple[bool, str]:
