@@ -22,6 +22,10 @@ FAMILY_CASES = [
     ("gemma2-window", "Gemma2ForCausalLM", {"sliding_window": 8}, ()),
     ("gemma3-window", "Gemma3ForCausalLM", {"sliding_window": 8}, ()),
     ("olmo2", "Olmo2ForCausalLM", {}, ()),
+    ("phi3", "Phi3ForCausalLM", {}, ()),
+    ("mixtral", "MixtralForCausalLM", {}, ()),
+    ("qwen2-moe", "Qwen2MoeForCausalLM", {}, ()),
+    ("qwen3-moe", "Qwen3MoeForCausalLM", {}, ()),
 ]
 MESSAGES = [
     {"role": "system", "content": "You answer briefly."},
