@@ -126,7 +126,7 @@ class FusedMoE(nn.Module):
         local = self.intermediate_size_per_rank
         if shard_id is None:
             if param is self.w13_weight:
-                if loaded_weight.shape[1] != 2 * self.intermediate_size:
+                if loaded_weight.dim() != 3 or loaded_weight.shape[1] != 2 * self.intermediate_size:
                     raise ValueError(
                         f"Stacked gate/up tensor of shape {tuple(loaded_weight.shape)} does not have "
                         f"{2 * self.intermediate_size} rows per expert."

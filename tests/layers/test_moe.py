@@ -205,6 +205,8 @@ def test_loader_errors():
         moe.weight_loader(moe.w13_weight, torch.zeros(INTER + 1, H), (0, "w1"))
     with pytest.raises(ValueError, match="rows per expert"):
         moe.weight_loader(moe.w13_weight, torch.zeros(2, INTER, H))
+    with pytest.raises(ValueError, match="rows per expert"):
+        moe.weight_loader(moe.w13_weight, torch.zeros(2 * INTER, H))  # one expert's, without its shard id
     with pytest.raises(ValueError, match="not divisible"):
         FusedMoE(2, H, INTER, tp_size=5)
 

@@ -83,10 +83,14 @@ def test_checkpoint_is_per_expert_and_hf_loads_the_same_values(tiny_model_path, 
 
 
 @pytest.mark.parametrize("variant", ["qwen2-moe", "qwen3-moe-tied-bias"])
-def test_hf5_in_memory_names_load(hf_comparison, variant):
+@pytest.mark.parametrize("source", ["hf5-state-dict", "own-state-dict"])
+def test_stacked_names_load(hf_comparison, variant, source):
+    """HF 5's state_dict (stacked ``mlp.experts.gate_up_proj`` / ``down_proj``) and our own (``w13_weight`` /
+    ``w2_weight``, as update_weights re-reads it) load to the same parameters as the per-expert checkpoint."""
     comparison = hf_comparison(variant)
     model = type(comparison.model)(comparison.config)
-    model.load_weights(comparison.hf_model.state_dict().items())
+    state = comparison.hf_model.state_dict() if source == "hf5-state-dict" else comparison.model.state_dict()
+    model.load_weights(state.items())
     for name, param in comparison.model.state_dict().items():
         assert torch.equal(model.state_dict()[name], param), name
 
