@@ -146,13 +146,21 @@ class AttentionBlock(nn.Module):
         """positions: [T], hidden: [T, H] -> [T, H]."""
         num_tokens = hidden.shape[0]
         q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k = self.prepare_qk(positions, q, k)
+        out = self.attn(q.reshape(num_tokens, -1), k.reshape(num_tokens, -1), v, forward_batch)
+        return self.o_proj(out)
+
+    def prepare_qk(
+        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """q: [T, Hq*D], k: [T, Hkv*D] -> (q [T, Hq, D], k [T, Hkv, D]): split into heads, per-head norm when
+        ``qk_norm``, rotary. Families that normalise or rotate differently (OLMo 2) override this."""
+        num_tokens = q.shape[0]
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary_emb(positions, q, k)
-        out = self.attn(q.reshape(num_tokens, -1), k.reshape(num_tokens, -1), v, forward_batch)
-        return self.o_proj(out)
+        return self.rotary_emb(positions, q, k)
 
 
 class DecoderLayer(nn.Module):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 
-from sglkit.core.forward_batch import ForwardBatch
 from sglkit.core.model_config import ModelConfig
 from sglkit.layers.norm import Float32WeightRMSNorm, RMSNorm
 from sglkit.layers.rotary import RotaryEmbedding
@@ -50,19 +49,17 @@ class Olmo2Attention(AttentionBlock):
         self.q_norm = norm_cls(self.q_size, eps, dtype=dtype)
         self.k_norm = norm_cls(self.kv_size, eps, dtype=dtype)
 
-    def forward(
-        self, positions: torch.Tensor, hidden: torch.Tensor, forward_batch: ForwardBatch
-    ) -> torch.Tensor:
-        """positions: [T], hidden: [T, H] -> [T, H]."""
-        num_tokens = hidden.shape[0]
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q, k = self.q_norm(q), self.k_norm(k)  # [T, Hq*D], [T, Hkv*D]: over all heads at once
+    def prepare_qk(
+        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """q: [T, Hq*D], k: [T, Hkv*D] -> (q [T, Hq, D], k [T, Hkv, D]): norms over all heads at once, then the
+        split into heads, then rotary in float32 (cast back to the input dtype)."""
+        num_tokens = q.shape[0]
+        q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         q32, k32 = self.rotary_emb(positions, q.float(), k.float())
-        q, k = q32.to(q.dtype), k32.to(k.dtype)
-        out = self.attn(q.reshape(num_tokens, -1), k.reshape(num_tokens, -1), v, forward_batch)
-        return self.o_proj(out)
+        return q32.to(q.dtype), k32.to(k.dtype)
 
 
 class Olmo2ForCausalLM(LlamaForCausalLM):

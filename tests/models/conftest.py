@@ -218,6 +218,21 @@ class PagedRunner:
         return [logits[s : s + n] for s, n in zip(starts, ext_lens, strict=True)]
 
 
+def assert_bfloat16_close_to_hf(path, atol: float = 3e-2) -> None:
+    """Our bfloat16 logits of a 30-token prompt through the paged pool vs HF's bfloat16 forward of ``path``."""
+    from transformers import AutoModelForCausalLM
+
+    from sglkit.models import load_model
+
+    model, config = load_model(path, dtype="bfloat16")
+    prompt = list(range(10, 40))
+    (logits,) = PagedRunner(model, config, dtype=torch.bfloat16).forward([("a", prompt)])
+    with torch.no_grad():
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+        ref = hf(torch.tensor([prompt])).logits[0]
+    torch.testing.assert_close(logits, ref.float(), atol=atol, rtol=1e-2)
+
+
 @pytest.fixture
 def paged_runner():
     """Return a function (model, config, dtype=float32) -> fresh PagedRunner."""

@@ -11,6 +11,7 @@ from sglkit.core.model_config import ModelConfig
 from sglkit.layers.norm import GemmaRMSNorm
 from sglkit.models.gemma2 import Gemma2ForCausalLM, embedding_scale
 from sglkit.models.post_norm_blocks import PostNormDecoderLayer
+from tests.models.conftest import assert_bfloat16_close_to_hf
 
 # HFComparison methods (tests/models/conftest.py): (a) (b) (c) (d) of the model test plan.
 SCENARIOS = ("single_prefill", "packed_extend", "prefix_extend", "decode_after_prefill")
@@ -63,18 +64,8 @@ def test_each_feature_changes_hf_logits(tiny_model_path, hf_comparison, override
     assert (changed - comparison.reference(prompt)).abs().max() > 1e-2
 
 
-def test_bfloat16_matches_transformers_bfloat16(tiny_model_path, paged_runner):
-    from sglkit.models import load_model
-
-    path = tiny_model_path("gemma2-window-6")
-    model, config = load_model(path, dtype="bfloat16")
-    prompt = list(range(10, 40))
-    (logits,) = paged_runner(model, config, dtype=torch.bfloat16).forward([("a", prompt)])
-    with torch.no_grad():
-        ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)(torch.tensor([prompt])).logits[
-            0
-        ]
-    torch.testing.assert_close(logits, ref.float(), atol=3e-2, rtol=1e-2)
+def test_bfloat16_matches_transformers_bfloat16(tiny_model_path):
+    assert_bfloat16_close_to_hf(tiny_model_path("gemma2-window-6"))
 
 
 @pytest.mark.parametrize("hidden_size", [64, 2304, 3584, 4608])

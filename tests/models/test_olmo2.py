@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Olmo2Config
+from transformers import Olmo2Config
 
 from sglkit.core.model_config import ModelConfig
 from sglkit.layers.norm import Float32WeightRMSNorm
 from sglkit.layers.rotary import get_rope
 from sglkit.models.olmo2 import Olmo2Attention, Olmo2ForCausalLM
 from sglkit.models.post_norm_blocks import PostNormDecoderLayer
+from tests.models.conftest import assert_bfloat16_close_to_hf
 
 # HFComparison methods (tests/models/conftest.py): (a) (b) (c) (d) of the model test plan.
 SCENARIOS = ("single_prefill", "packed_extend", "prefix_extend", "decode_after_prefill")
@@ -38,18 +39,8 @@ def test_structure(hf_comparison):
     assert not hasattr(tied, "lm_head") and tied.model.layers[0].self_attn.qkv_proj.bias is not None
 
 
-def test_bfloat16_matches_transformers_bfloat16(tiny_model_path, paged_runner):
-    from sglkit.models import load_model
-
-    path = tiny_model_path("olmo2")
-    model, config = load_model(path, dtype="bfloat16")
-    prompt = list(range(10, 40))
-    (logits,) = paged_runner(model, config, dtype=torch.bfloat16).forward([("a", prompt)])
-    with torch.no_grad():
-        ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)(torch.tensor([prompt])).logits[
-            0
-        ]
-    torch.testing.assert_close(logits, ref.float(), atol=3e-2, rtol=1e-2)
+def test_bfloat16_matches_transformers_bfloat16(tiny_model_path):
+    assert_bfloat16_close_to_hf(tiny_model_path("olmo2"))
 
 
 def test_rotary_in_float32_equals_transformers_in_bfloat16():
