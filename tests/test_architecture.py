@@ -22,6 +22,15 @@ FORBIDDEN = {
     "sglkit.models": ("sglkit.runtime", "sglkit.server", "sglkit.launch"),
     "sglkit.runtime": ("sglkit.server", "sglkit.widgets"),
     "sglkit.launch": ("sglkit.runtime", "sglkit.server", "sglkit.models", "sglkit.layers", "sglkit.widgets"),
+    "sglkit.parallel": (
+        "sglkit.runtime",
+        "sglkit.server",
+        "sglkit.models",
+        "sglkit.layers",
+        "sglkit.cache",
+        "sglkit.launch",
+        "sglkit.widgets",
+    ),
 }
 
 
