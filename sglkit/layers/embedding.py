@@ -1,9 +1,14 @@
 """Model layers: vocabulary embedding and LM head (input_ids -> embed_tokens -> decoder ... -> lm head -> logits).
 
-Both hold a [V / tp_size, H] slice of the vocabulary: rank r owns token ids [r * V/tp, (r + 1) * V/tp) and its
-``weight_loader`` copies those rows of the checkpoint tensor. With tp_size == 1 (today) that is the whole
-matrix and ``VocabParallelEmbedding.forward`` is ``F.embedding``. With tp_size > 1 it returns zeros for ids
-outside the rank's range; the caller would sum the ranks' outputs (all-reduce), not implemented yet.
+Both hold a contiguous shard of the vocabulary, SGLang-style: the vocabulary V is padded to a multiple of
+tp_size (``num_embeddings_padded``), each rank r owns ids [r * P, (r + 1) * P) with P = padded / tp_size, and its
+``weight_loader`` copies those rows of the checkpoint tensor (the padding rows past V stay zero). With
+tp_size 1 the shard is the whole matrix and ``forward`` is ``F.embedding``. With tp_size > 1 each rank looks up
+its own ids (zeros for the others) and the ranks' rows are summed (all-reduce).
+
+Logits (``vocab_parallel_logits``): each rank multiplies the hidden states by its shard, the shards are
+all-gathered along the vocabulary and the padding trimmed, so every rank holds the full [N, V] logits (a tied
+LM head uses the embedding's shard). ``tp_rank`` / ``tp_size`` default to ``sglkit.parallel``'s state.
 """
 
 from __future__ import annotations
@@ -12,47 +17,66 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sglkit.layers.linear import divide
-from sglkit.layers.weight_loader import copy_weight, set_weight_loader, shard_tensor
+from sglkit.layers.linear import resolve_tp
+from sglkit.layers.weight_loader import copy_weight, set_weight_loader
+from sglkit.parallel import tensor_model_parallel_all_gather, tensor_model_parallel_all_reduce
 
-__all__ = ["ParallelLMHead", "VocabParallelEmbedding"]
+__all__ = ["ParallelLMHead", "VocabParallelEmbedding", "pad_vocab_size", "vocab_parallel_logits"]
+
+
+def pad_vocab_size(vocab_size: int, tp_size: int) -> int:
+    """The vocabulary rounded up to a multiple of ``tp_size`` (every rank then holds as many rows)."""
+    return -(-vocab_size // tp_size) * tp_size
 
 
 class VocabParallelEmbedding(nn.Module):
-    """Token embedding table ``weight`` [V / tp_size, H]; input_ids: [T] -> [T, H]."""
+    """Token embedding table ``weight`` [padded V / tp_size, H]; input_ids: [T] -> [T, H]."""
 
     def __init__(
         self,
         num_embeddings: int,
         embedding_dim: int,
         dtype: torch.dtype | None = None,
-        tp_rank: int = 0,
-        tp_size: int = 1,
+        tp_rank: int | None = None,
+        tp_size: int | None = None,
     ) -> None:
         super().__init__()
-        self.num_embeddings = num_embeddings  # the full vocabulary
+        tp_rank, tp_size = resolve_tp(tp_rank, tp_size)
+        self.num_embeddings = num_embeddings  # the full (real) vocabulary
         self.embedding_dim = embedding_dim
         self.tp_rank = tp_rank
         self.tp_size = tp_size
-        self.num_embeddings_per_partition = divide(num_embeddings, tp_size)
-        self.vocab_start = tp_rank * self.num_embeddings_per_partition
+        self.num_embeddings_padded = pad_vocab_size(num_embeddings, tp_size)
+        self.num_embeddings_per_partition = self.num_embeddings_padded // tp_size
+        self.vocab_start = tp_rank * self.num_embeddings_per_partition  # this rank's ids [start, end)
         self.vocab_end = self.vocab_start + self.num_embeddings_per_partition
+        self.num_real_rows = max(0, min(self.vocab_end, num_embeddings) - self.vocab_start)  # rest: padding
         self.weight = nn.Parameter(torch.empty(self.num_embeddings_per_partition, embedding_dim, dtype=dtype))
         set_weight_loader(self.weight, self.weight_loader)
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
-        """Copy this rank's rows [vocab_start, vocab_end) of the full [V, H] checkpoint matrix."""
+        """Copy this rank's rows [vocab_start, vocab_end) of the full [V, H] checkpoint matrix; zero the padding."""
         if shard_id is not None:
             raise ValueError(f"{type(self).__name__} has no shards; got shard_id={shard_id!r}.")
-        copy_weight(param.data, shard_tensor(loaded_weight, 0, self.tp_rank, self.tp_size))
+        if self.tp_size == 1:
+            copy_weight(param.data, loaded_weight)
+            return
+        if loaded_weight.shape[0] != self.num_embeddings:
+            raise ValueError(
+                f"Vocabulary tensor of shape {tuple(loaded_weight.shape)} does not have {self.num_embeddings} rows."
+            )
+        real = self.num_real_rows
+        copy_weight(param.data[:real], loaded_weight.narrow(0, self.vocab_start, real))
+        param.data[real:].zero_()
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids: [T] -> [T, H] (with tp_size > 1: this rank's partial sum, zeros for other ranks' ids)."""
+        """input_ids: [T] -> [T, H] (with tp_size > 1: each rank's own rows, summed over the ranks)."""
         if self.tp_size == 1:
             return F.embedding(input_ids, self.weight)
-        local = (input_ids >= self.vocab_start) & (input_ids < self.vocab_end)
-        out = F.embedding(torch.where(local, input_ids - self.vocab_start, 0), self.weight)
-        return out * local.unsqueeze(-1).to(out.dtype)
+        local = (input_ids >= self.vocab_start) & (input_ids < self.vocab_end)  # [T]
+        out = F.embedding(torch.where(local, input_ids - self.vocab_start, 0), self.weight)  # [T, H]
+        out = out * local.unsqueeze(-1).to(out.dtype)
+        return tensor_model_parallel_all_reduce(out)
 
     def extra_repr(self) -> str:
         """Sizes (this rank's) and tensor-parallel placement, for ``print(model)``."""
@@ -61,7 +85,7 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    """Output projection [V / tp_size, H] of a causal LM; the model computes logits as F.linear(hidden, weight).
+    """Output projection [padded V / tp_size, H] of a causal LM; logits come from ``vocab_parallel_logits``.
 
     Not a ``Linear``: it is never packed for oneDNN (the logits use ``weight`` directly).
     """
@@ -69,3 +93,15 @@ class ParallelLMHead(VocabParallelEmbedding):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Not an embedding lookup: the model multiplies hidden states by ``weight``."""
         raise RuntimeError("ParallelLMHead has no forward; use its weight in the model's compute_logits.")
+
+
+def vocab_parallel_logits(hidden: torch.Tensor, head: VocabParallelEmbedding) -> torch.Tensor:
+    """hidden: [N, H] -> logits [N, V] float32 over the whole vocabulary, on every rank.
+
+    Each rank computes its shard [N, padded V / tp]; the shards are all-gathered along the vocabulary and the
+    padding columns dropped. ``head``: the LM head, or the embedding when tied.
+    """
+    logits = F.linear(hidden, head.weight)  # [N, padded V / tp]
+    if head.tp_size > 1:
+        logits = tensor_model_parallel_all_gather(logits, dim=-1)[:, : head.num_embeddings].contiguous()
+    return logits.float()

@@ -10,11 +10,14 @@ MergedColumnParallelLinear  rows of several outputs     output ``i`` into its ro
 QKVParallelLinear           q, k, v rows of its heads   "q", "k", "v" into their rows
 ==========================  ==========================  =============================================
 
-Layers hold ``tp_rank=0, tp_size=1`` (no tensor parallelism yet): a rank-sliced layer already loads its share
-of the full checkpoint tensor, but ``forward`` does no collective (the all-reduce of a row-parallel output
-belongs to a future ``sglkit.parallel``). A fused parameter also accepts the whole fused tensor (``shard_id=None``:
-Phi-3 checkpoints store ``qkv_proj`` / ``gate_up_proj`` so, and so does our own state_dict, as ``update_weights``
-re-reads it): with tp_size > 1 it is split into its sections, each loaded as its shard (this rank's slice).
+The parallel layers take ``tp_rank`` / ``tp_size`` from ``sglkit.parallel`` (``get_tp_rank()`` / ``get_tp_size()``)
+unless given, so a model built after ``initialize_model_parallel`` is this rank's share with no plumbing; a
+plain ``Linear`` is replicated. Each loader keeps only this rank's slice of the full checkpoint tensor. The one
+collective here: ``RowParallelLinear`` all-reduces (sums) the ranks' partial outputs, then adds its bias once
+(``reduce_results=False`` leaves the sum to the caller, who may fuse several partial sums into one all-reduce).
+A fused parameter also accepts the whole fused tensor (``shard_id=None``: Phi-3 checkpoints store ``qkv_proj`` /
+``gate_up_proj`` so, and so does our own state_dict, as ``update_weights`` re-reads it): with tp_size > 1 it is
+split into its sections, each loaded as its shard (this rank's slice).
 
 On CPU the model runner calls ``pack_linear_weights(model)`` after every weight change; each ``Linear`` then
 keeps a oneDNN-blocked copy of its weight and runs ``mkldnn._linear_pointwise`` (about 2x faster than
@@ -31,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sglkit.layers.weight_loader import copy_weight, set_weight_loader, shard_tensor
+from sglkit.parallel import get_tp_rank, get_tp_size, tensor_model_parallel_all_reduce
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,11 @@ def divide(numerator: int, denominator: int) -> int:
     if numerator % denominator:
         raise ValueError(f"{numerator} is not divisible by tp_size={denominator}.")
     return numerator // denominator
+
+
+def resolve_tp(tp_rank: int | None, tp_size: int | None) -> tuple[int, int]:
+    """(tp_rank, tp_size): the given values, else this process's parallel state (0 of 1 without one)."""
+    return (get_tp_rank() if tp_rank is None else tp_rank), (get_tp_size() if tp_size is None else tp_size)
 
 
 class Linear(nn.Module):
@@ -109,9 +118,13 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., in] -> [..., out]."""
+        return self.matmul(x, self.bias)
+
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x: [..., in] -> x W^T (+ bias): [..., out], through the prepacked weight when there is one."""
         if self.packed_weight is None or torch.is_grad_enabled() or x.dtype != self.weight.dtype:
-            return F.linear(x, self.weight, self.bias)
-        bias = None if self.bias is None else self.bias.detach()
+            return F.linear(x, self.weight, bias)
+        bias = None if bias is None else bias.detach()
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed_weight, bias, "none", [], "")
 
     def extra_repr(self) -> str:
@@ -129,9 +142,10 @@ class ColumnParallelLinear(Linear):
         output_size: int,
         bias: bool = True,
         dtype: torch.dtype | None = None,
-        tp_rank: int = 0,
-        tp_size: int = 1,
+        tp_rank: int | None = None,
+        tp_size: int | None = None,
     ) -> None:
+        tp_rank, tp_size = resolve_tp(tp_rank, tp_size)
         super().__init__(input_size, divide(output_size, tp_size), bias, dtype, tp_rank, tp_size)
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
@@ -144,7 +158,9 @@ class ColumnParallelLinear(Linear):
 class RowParallelLinear(Linear):
     """Input dimension split across ranks: rank r holds columns [r * in/tp, (r + 1) * in/tp) of W; b whole.
 
-    With tp_size > 1 the partial outputs of the ranks must be summed (all-reduce) by the caller.
+    x: [..., in / tp] (this rank's share, e.g. its heads' attention output) -> [..., out]: with tp_size > 1 the
+    ranks' partial products are all-reduced and the bias is added once, after the sum. ``reduce_results=False``
+    returns this rank's partial sum without bias (the caller reduces; a bias is then refused).
     """
 
     def __init__(
@@ -153,10 +169,25 @@ class RowParallelLinear(Linear):
         output_size: int,
         bias: bool = True,
         dtype: torch.dtype | None = None,
-        tp_rank: int = 0,
-        tp_size: int = 1,
+        tp_rank: int | None = None,
+        tp_size: int | None = None,
+        reduce_results: bool = True,
     ) -> None:
+        tp_rank, tp_size = resolve_tp(tp_rank, tp_size)
+        if bias and not reduce_results:
+            raise ValueError("RowParallelLinear with reduce_results=False cannot add its bias after the sum.")
+        self.reduce_results = reduce_results
         super().__init__(divide(input_size, tp_size), output_size, bias, dtype, tp_rank, tp_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., in / tp] -> [..., out]: summed over the ranks (unless ``reduce_results`` is off), plus bias."""
+        if self.tp_size == 1:
+            return self.matmul(x, self.bias)
+        out = self.matmul(x, None)  # [..., out], this rank's partial sum
+        if not self.reduce_results:
+            return out
+        out = tensor_model_parallel_all_reduce(out)
+        return out if self.bias is None else out + self.bias
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
         """Copy this rank's columns of the full [out, in] weight; the [out] bias is replicated."""
@@ -179,9 +210,10 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         output_sizes: Sequence[int],
         bias: bool = True,
         dtype: torch.dtype | None = None,
-        tp_rank: int = 0,
-        tp_size: int = 1,
+        tp_rank: int | None = None,
+        tp_size: int | None = None,
     ) -> None:
+        tp_rank, tp_size = resolve_tp(tp_rank, tp_size)
         self.output_sizes = list(output_sizes)  # full (all-rank) size of each output
         for size in self.output_sizes:
             divide(size, tp_size)
@@ -228,9 +260,10 @@ class QKVParallelLinear(Linear):
         total_num_kv_heads: int | None = None,
         bias: bool = True,
         dtype: torch.dtype | None = None,
-        tp_rank: int = 0,
-        tp_size: int = 1,
+        tp_rank: int | None = None,
+        tp_size: int | None = None,
     ) -> None:
+        tp_rank, tp_size = resolve_tp(tp_rank, tp_size)
         total_num_kv_heads = total_num_kv_heads or total_num_heads
         self.head_dim = head_dim
         self.total_num_heads = total_num_heads

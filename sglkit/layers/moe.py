@@ -13,7 +13,9 @@ Checkpoints store one tensor per expert (``experts.{e}.w1`` gate, ``w3`` up, ``w
 ``FusedMoE.weight_loader`` copies one into its slot of the stack with shard id ``(expert_id, "w1"|"w2"|"w3")``
 and also accepts a whole stacked tensor (``shard_id=None``: our own state_dict, HF 5's fused in-memory layout).
 With tensor parallelism each rank holds every expert's share of the intermediate dim: rows of the w1 and w3
-parts of ``w13_weight``, columns of ``w2_weight`` (as column / row-parallel linears do); no collective yet.
+parts of ``w13_weight``, columns of ``w2_weight`` (as column / row-parallel linears do), so ``FusedMoE`` returns
+this rank's partial sum; ``SparseMoeBlock`` all-reduces the block output once (the router is replicated, so every
+rank picks the same experts). ``tp_rank`` / ``tp_size`` default to ``sglkit.parallel``'s state.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sglkit.layers.activation import get_act_and_mul
-from sglkit.layers.linear import Linear, divide
+from sglkit.layers.linear import Linear, divide, resolve_tp
 from sglkit.layers.weight_loader import copy_weight, set_weight_loader, shard_tensor
+from sglkit.parallel import tensor_model_parallel_all_reduce
 
 __all__ = [
     "EXPERT_SHARD_IDS",
@@ -87,7 +90,8 @@ class FusedMoE(nn.Module):
     """E experts' gated MLPs with stacked weights: ``w13_weight`` [E, 2I/tp, H], ``w2_weight`` [E, H, I/tp].
 
     ``forward(hidden [T, H], topk_weights [T, k], topk_ids [T, k]) -> [T, H]`` = for each token, the sum over its
-    k experts e of weight * down_e(act(gate_e(x)) * up_e(x)).
+    k experts e of weight * down_e(act(gate_e(x)) * up_e(x)); with tp_size > 1 this rank's partial sum (its share
+    of the intermediate dim), to be all-reduced by the caller.
     """
 
     def __init__(
@@ -97,10 +101,11 @@ class FusedMoE(nn.Module):
         intermediate_size: int,
         hidden_act: str = "silu",
         dtype: torch.dtype | None = None,
-        tp_rank: int = 0,
-        tp_size: int = 1,
+        tp_rank: int | None = None,
+        tp_size: int | None = None,
     ) -> None:
         super().__init__()
+        tp_rank, tp_size = resolve_tp(tp_rank, tp_size)
         self.act_fn = get_act_and_mul(hidden_act)  # first: an unsupported activation fails before allocating
         self.num_experts = num_experts
         self.hidden_size = hidden_size
@@ -216,7 +221,11 @@ class SparseMoeBlock(nn.Module):
         self.experts = FusedMoE(num_experts, hidden_size, intermediate_size, hidden_act, dtype)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: [T, H] -> [T, H]."""
+        """hidden: [T, H] -> [T, H] (the ranks' partial sums all-reduced once)."""
+        return tensor_model_parallel_all_reduce(self.forward_partial(hidden))
+
+    def forward_partial(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [T, H] -> this rank's partial block output [T, H] (the whole output at tp_size 1)."""
         router_logits = self.gate(hidden)  # [T, E]
         weights_dtype = router_logits.dtype if self.weights_in_input_dtype else None
         weights, ids = select_experts(router_logits, self.top_k, self.renormalize, weights_dtype)  # [T, k]

@@ -4,6 +4,8 @@ Numerics follow HF Llama: normalize in float32, cast back to the input dtype, th
 A decoder layer takes its norm class as an argument (``norm_cls(hidden_size, eps, dtype=...)``), so a variant
 with the same call convention plugs in without touching the layer: ``Float32WeightRMSNorm`` multiplies by the
 weight in float32 before the cast (HF OLMo 2), ``GemmaRMSNorm`` likewise by ``(1 + weight)`` (HF Gemma 2 / 3).
+``ShardedRMSNorm`` normalises a width split across tensor-parallel ranks (OLMo 2's q/k norm over all heads): the
+sum of squares is all-reduced, so the mean covers the full width exactly.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sglkit.layers.weight_loader import default_weight_loader, set_weight_loader
+from sglkit.layers.weight_loader import copy_weight, default_weight_loader, set_weight_loader, shard_tensor
+from sglkit.parallel import tensor_model_parallel_all_reduce
 
-__all__ = ["Float32WeightRMSNorm", "GemmaRMSNorm", "RMSNorm"]
+__all__ = ["Float32WeightRMSNorm", "GemmaRMSNorm", "RMSNorm", "ShardedRMSNorm"]
 
 
 class RMSNorm(nn.Module):
@@ -72,3 +75,52 @@ class GemmaRMSNorm(Float32WeightRMSNorm):
     def __init__(self, hidden_size: int, eps: float = 1e-6, dtype: torch.dtype | None = None) -> None:
         super().__init__(hidden_size, eps, dtype)
         nn.init.zeros_(self.weight)  # the identity, as HF initialises it
+
+
+class ShardedRMSNorm(Float32WeightRMSNorm):
+    """``Float32WeightRMSNorm`` over a width split across the tp ranks; this rank holds ``hidden_size`` of it.
+
+    The full width is ``num_shards`` distinct shards of ``hidden_size``; this rank holds shard ``shard_rank``
+    (the rows of the weight it loads). With ``tp_size`` > ``num_shards`` shards are replicated (KV heads shared by
+    several ranks): each distinct shard then appears tp_size / num_shards times in the all-reduce, so
+    mean(x^2) over the full width = all_reduce(sum of local x^2) / (hidden_size * tp_size) in every case.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        eps: float = 1e-6,
+        dtype: torch.dtype | None = None,
+        shard_rank: int = 0,
+        num_shards: int = 1,
+        tp_size: int = 1,
+    ) -> None:
+        super().__init__(hidden_size, eps, dtype)
+        if tp_size % num_shards:
+            raise ValueError(f"{num_shards} shards cannot be spread evenly over tp_size={tp_size} ranks.")
+        self.shard_rank = shard_rank
+        self.num_shards = num_shards
+        self.tp_size = tp_size
+        set_weight_loader(self.weight, self.weight_loader)
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
+        """Copy this rank's shard of the full-width [num_shards * hidden_size] weight."""
+        if shard_id is not None:
+            raise ValueError(f"{type(self).__name__} has no shards; got shard_id={shard_id!r}.")
+        copy_weight(param.data, shard_tensor(loaded_weight, 0, self.shard_rank, self.num_shards))
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., hidden_size] (this rank's part of the width) -> [..., hidden_size], normalised over all ranks."""
+        if self.tp_size == 1:
+            return super()._norm(x)
+        x32 = x.float()
+        sum_sq = tensor_model_parallel_all_reduce(x32.pow(2).sum(-1, keepdim=True))  # [..., 1]
+        x32 = x32 * torch.rsqrt(sum_sq / (self.hidden_size * self.tp_size) + self.eps)
+        return (x32 * self.weight.float()).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        """Size (this rank's), eps and sharding, for ``print(model)``."""
+        shards = (
+            f", shard={self.shard_rank}/{self.num_shards}, tp_size={self.tp_size}" if self.tp_size > 1 else ""
+        )
+        return f"{self.hidden_size}, eps={self.eps}{shards}"

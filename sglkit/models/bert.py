@@ -28,6 +28,7 @@ from sglkit.layers.embedding import VocabParallelEmbedding
 from sglkit.layers.linear import Linear, QKVParallelLinear
 from sglkit.layers.pooler import Pooler, PoolingType
 from sglkit.models.weight_utils import StackedParam, load_weights
+from sglkit.parallel import get_tp_size
 
 __all__ = ["BertModel"]
 
@@ -246,6 +247,10 @@ class BertModel(nn.Module):
 
     def __init__(self, config: Any, dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        if get_tp_size() > 1:
+            raise ValueError(
+                f"Embedding models do not support tensor parallelism (tp_size={get_tp_size()}); use tp_size=1."
+            )
         dtype = dtype or torch.get_default_dtype()
         self.model_config = ModelConfig.from_hf(config)
         # The blocks read BertConfig fields ModelConfig does not normalise (layer_norm_eps, type_vocab_size, ...).

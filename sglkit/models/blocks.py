@@ -68,7 +68,11 @@ class DecoderOptions:
 
 
 class GatedMLP(nn.Module):
-    """Dense gated MLP: x -> down(act(gate(x)) * up(x)), gate/up fused; ``hidden_act`` silu, gelu, ..."""
+    """Dense gated MLP: x -> down(act(gate(x)) * up(x)), gate/up fused; ``hidden_act`` silu, gelu, ...
+
+    With tensor parallelism each rank holds a share of the intermediate dim and ``down_proj`` all-reduces;
+    ``reduce_results=False`` returns this rank's partial sum instead (the caller reduces, e.g. with other sums).
+    """
 
     def __init__(
         self,
@@ -77,16 +81,19 @@ class GatedMLP(nn.Module):
         hidden_act: str = "silu",
         bias: bool = False,
         dtype: torch.dtype | None = None,
+        reduce_results: bool = True,
     ) -> None:
         super().__init__()
         self.act_fn = get_act_and_mul(hidden_act)  # first: an unsupported activation fails before allocating
         self.gate_up_proj = MergedColumnParallelLinear(
             hidden_size, [intermediate_size, intermediate_size], bias=bias, dtype=dtype
         )
-        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=bias, dtype=dtype)
+        self.down_proj = RowParallelLinear(
+            intermediate_size, hidden_size, bias=bias, dtype=dtype, reduce_results=reduce_results
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [T, H] -> [T, H]."""
+        """x: [T, H] -> [T, H] (a partial sum over this rank's intermediate share if ``reduce_results`` is off)."""
         return self.down_proj(self.act_fn(self.gate_up_proj(x)))
 
 
@@ -116,7 +123,8 @@ class AttentionBlock(nn.Module):
             bias=options.qkv_bias,
             dtype=dtype,
         )
-        # This rank's heads (all of them without tensor parallelism).
+        # This rank's heads (all of them without tensor parallelism); o_proj takes this rank's q width and
+        # all-reduces, so the block output is whole on every rank.
         self.num_heads = self.qkv_proj.num_heads
         self.num_kv_heads = self.qkv_proj.num_kv_heads
         self.head_dim = head_dim

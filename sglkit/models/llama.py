@@ -9,6 +9,11 @@ each layer (``ModelConfig.layer_sliding_window``); requests may be longer than t
 
 Constructors take a transformers config or an already-normalised ``ModelConfig``; sizes are read from the
 ``ModelConfig`` (``model.model_config``), and ``model.config`` stays the HF config.
+
+Tensor parallelism needs no plumbing here: built after ``sglkit.parallel.initialize_model_parallel``, every
+layer holds this rank's share (heads, intermediate dim, vocabulary rows), the row-parallel projections and the
+embedding all-reduce, and ``compute_logits`` all-gathers the vocabulary shards, so each rank returns the full
+[N, V] logits. ``num_kv_heads_per_rank`` is what this rank's KV pool must hold.
 """
 
 from __future__ import annotations
@@ -17,12 +22,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sglkit.core.forward_batch import ForwardBatch
 from sglkit.core.model_config import ModelConfig
-from sglkit.layers.embedding import ParallelLMHead
+from sglkit.layers.embedding import ParallelLMHead, VocabParallelEmbedding, vocab_parallel_logits
 from sglkit.models.blocks import AttentionOptions, DecoderLayer, DecoderModel, DecoderOptions
 from sglkit.models.weight_utils import StackedParam, load_weights
 
@@ -86,13 +90,23 @@ class LlamaForCausalLM(nn.Module):
         return self.model(input_ids, positions, forward_batch)
 
     @property
+    def logits_head(self) -> VocabParallelEmbedding:
+        """The output projection's module: the LM head, or the embedding when tied (this rank's vocab rows)."""
+        return self.model.embed_tokens if self.tie_word_embeddings else self.lm_head
+
+    @property
     def lm_head_weight(self) -> torch.Tensor:
-        """[V, H] output projection (the embedding matrix when tied)."""
-        return self.model.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
+        """[V / tp (padded), H] output projection of this rank (the embedding matrix when tied)."""
+        return self.logits_head.weight
+
+    @property
+    def num_kv_heads_per_rank(self) -> int:
+        """KV heads this rank's attention (and KV pool) holds: its QKV projection's (replicated ones count 1)."""
+        return self.model.layers[0].self_attn.num_kv_heads
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: [N, H] -> logits [N, V] float32."""
-        return F.linear(hidden, self.lm_head_weight).float()
+        """hidden: [N, H] -> logits [N, V] float32 (all ranks' vocabulary shards gathered)."""
+        return vocab_parallel_logits(hidden, self.logits_head)
 
     def checkpoint_name(self, name: str) -> str | None:
         """A checkpoint tensor's name in this model, or None to skip it (rotary buffers, a tied LM head)."""

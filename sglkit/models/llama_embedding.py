@@ -25,6 +25,7 @@ from sglkit.models.blocks import DecoderOptions
 from sglkit.models.llama import LlamaForCausalLM
 from sglkit.models.qwen2 import Qwen2ForCausalLM
 from sglkit.models.qwen3 import Qwen3ForCausalLM
+from sglkit.parallel import get_tp_size
 
 __all__ = [
     "LlamaEmbeddingModel",
@@ -43,6 +44,10 @@ class LlamaEmbeddingModel(LlamaForCausalLM):
     has_lm_head = False  # never used for embeddings: no memory, no checkpoint tensor required
 
     def __init__(self, config, dtype: torch.dtype | None = None) -> None:
+        if get_tp_size() > 1:
+            raise ValueError(
+                f"Embedding models do not support tensor parallelism (tp_size={get_tp_size()}); use tp_size=1."
+            )
         super().__init__(config, dtype)
         self.pooler = Pooler(PoolingType.LAST, normalize=True)
 

@@ -5,12 +5,12 @@ OLMo 2 in terms of the shared blocks, each point as HF transformers computes it:
 - norms only after the sublayers (``PostNormDecoderLayer`` with ``pre_norms=False``): ``post_attention_layernorm``
   and ``post_feedforward_layernorm``, no input norm; the stack's final ``norm`` as Llama;
 - q/k RMSNorm over the full projected width (``q_norm`` over num_heads * head_dim, ``k_norm`` over
-  num_kv_heads * head_dim), applied before the split into heads (``Olmo2Attention``);
+  num_kv_heads * head_dim), applied before the split into heads (``Olmo2Attention``); with tensor parallelism
+  each rank holds its heads' share of the width and the mean of squares is all-reduced (``ShardedRMSNorm``),
+  so it still covers every head exactly (replicated KV heads counted once);
 - RMSNorm weight multiplied in float32 before the cast (``Float32WeightRMSNorm``), and rotary applied in float32
   (HF keeps OLMo 2's cos/sin in float32 and casts q/k back afterwards);
 - SwiGLU MLP, ``attention_bias`` on q/k/v and o, Llama's rope types.
-
-The full-width q/k norm assumes one rank holds every head (sglkit has no tensor parallelism yet).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from sglkit.core.model_config import ModelConfig
-from sglkit.layers.norm import Float32WeightRMSNorm, RMSNorm
+from sglkit.layers.norm import Float32WeightRMSNorm, RMSNorm, ShardedRMSNorm
 from sglkit.layers.rotary import RotaryEmbedding
 from sglkit.models.blocks import AttentionBlock, AttentionOptions, DecoderOptions, NormFactory
 from sglkit.models.llama import LlamaForCausalLM
@@ -28,7 +28,11 @@ __all__ = ["Olmo2Attention", "Olmo2ForCausalLM"]
 
 
 class Olmo2Attention(AttentionBlock):
-    """Attention with q/k norms over all heads' width (before the split into heads) and float32 rotary."""
+    """Attention with q/k norms over all heads' width (before the split into heads) and float32 rotary.
+
+    The q/k norms are ``ShardedRMSNorm`` (OLMo 2's float32 weight multiply) over this rank's heads, their
+    statistics taken over all ranks' heads.
+    """
 
     def __init__(
         self,
@@ -46,8 +50,12 @@ class Olmo2Attention(AttentionBlock):
             )
         super().__init__(config, layer_id, rotary_emb, options, dtype, norm_cls, norm_eps)
         eps = config.rms_norm_eps if norm_eps is None else norm_eps
-        self.q_norm = norm_cls(self.q_size, eps, dtype=dtype)
-        self.k_norm = norm_cls(self.kv_size, eps, dtype=dtype)
+        qkv = self.qkv_proj
+        tp_rank, tp_size, replicas = qkv.tp_rank, qkv.tp_size, qkv.num_kv_replicas
+        self.q_norm = ShardedRMSNorm(self.q_size, eps, dtype, tp_rank, tp_size, tp_size)
+        self.k_norm = ShardedRMSNorm(
+            self.kv_size, eps, dtype, tp_rank // replicas, tp_size // replicas, tp_size
+        )
 
     def prepare_qk(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor

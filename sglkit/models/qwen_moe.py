@@ -58,18 +58,24 @@ def is_sparse_layer(config: ModelConfig, layer_id: int) -> bool:
 
 
 class Qwen2MoeSparseMoeBlock(SparseMoeBlock):
-    """The routed experts plus a dense shared expert for every token, gated by sigmoid(shared_expert_gate(x))."""
+    """The routed experts plus a dense shared expert for every token, gated by sigmoid(shared_expert_gate(x)).
+
+    With tensor parallelism both are partial sums over this rank's intermediate share (the gates are
+    replicated), added before the block's single all-reduce.
+    """
 
     def __init__(self, shared_expert_intermediate_size: int, **moe_kwargs) -> None:
         super().__init__(**moe_kwargs)
         hidden, dtype = moe_kwargs["hidden_size"], moe_kwargs.get("dtype")
         act = moe_kwargs.get("hidden_act", "silu")
-        self.shared_expert = GatedMLP(hidden, shared_expert_intermediate_size, act, bias=False, dtype=dtype)
+        self.shared_expert = GatedMLP(
+            hidden, shared_expert_intermediate_size, act, bias=False, dtype=dtype, reduce_results=False
+        )
         self.shared_expert_gate = Linear(hidden, 1, bias=False, dtype=dtype)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: [T, H] -> routed experts [T, H] + sigmoid(gate [T, 1]) * shared expert [T, H]."""
-        routed = super().forward(hidden)
+    def forward_partial(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [T, H] -> routed experts [T, H] + sigmoid(gate [T, 1]) * shared expert [T, H] (this rank's part)."""
+        routed = super().forward_partial(hidden)
         shared = F.sigmoid(self.shared_expert_gate(hidden)) * self.shared_expert(hidden)
         return routed + shared
 

@@ -35,6 +35,7 @@ from torch import nn
 from sglkit.core.forward_batch import ForwardBatch
 from sglkit.core.model_config import ModelConfig
 from sglkit.layers.attention.base import RadixAttention
+from sglkit.parallel import get_tp_size
 
 __all__ = [
     "AttentionState",
@@ -216,6 +217,11 @@ class TransformersForCausalLM(nn.Module):
         super().__init__()
         from transformers import AutoModelForCausalLM
 
+        if get_tp_size() > 1:
+            raise ValueError(
+                f"The transformers fallback (model_impl='transformers') does not support tensor parallelism "
+                f"(tp_size={get_tp_size()}); use tp_size=1 or a model sglkit implements."
+            )
         model_config = ModelConfig.from_hf(config)
         if model_config.hf_config is None:
             raise ValueError(
