@@ -103,7 +103,7 @@ class ModelRunner:
         if args.max_total_tokens:
             return args.max_total_tokens
         per_token = MHATokenToKVPool.bytes_per_token(
-            cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, self.dtype
+            cfg.num_hidden_layers, self.num_kv_heads_per_rank, cfg.head_dim, self.dtype
         )
         if self.device.startswith("cuda"):
             free, total = torch.cuda.mem_get_info()
@@ -137,13 +137,18 @@ class ModelRunner:
         self.token_to_kv_pool = MHATokenToKVPool(
             self.max_total_num_tokens,
             cfg.num_hidden_layers,
-            cfg.num_key_value_heads,
+            self.num_kv_heads_per_rank,
             cfg.head_dim,
             self.dtype,
             self.device,
         )
         size_gb = self.token_to_kv_pool.total_bytes() / 2 / GB
         logger.info(f"KV Cache is allocated. K size: {size_gb:.2f} GB, V size: {size_gb:.2f} GB.")
+
+    @property
+    def num_kv_heads_per_rank(self) -> int:
+        """KV heads this rank's pool holds: the built model's (its QKV projection's share), else the config's."""
+        return int(getattr(self.model, "num_kv_heads_per_rank", self.model_config.num_key_value_heads))
 
     @property
     def max_input_len(self) -> int:
