@@ -47,7 +47,8 @@ def initialize_model_parallel(
 
     ``init_method``: a torch.distributed URL, e.g. ``tcp://127.0.0.1:29500`` (rank 0 listens there).
     ``backend``: "nccl" or "gloo"; default "nccl" when CUDA is available, else "gloo". ``timeout_s`` bounds
-    every collective, so a dead rank makes the others fail instead of hanging forever.
+    every collective, so a dead rank makes the others fail instead of hanging forever. With NCCL, select this
+    rank's GPU first (``torch.cuda.set_device``; on several nodes the local rank, not ``tp_rank``).
     """
     global _TP_RANK, _TP_SIZE, _TP_GROUP, _CPU_GROUP
     if model_parallel_is_initialized():
