@@ -2,8 +2,9 @@
 
 Mirrors ``tests/models/conftest.py``'s ``PagedRunner``, with a KV pool of this rank's KV heads
 (``model.num_kv_heads_per_rank``, as the model runner sizes it). ``scenario_logits(path)`` loads a checkpoint
-in float32 (this process's parallel state decides the shard) and returns the logits of packed prompts, two
-decode steps, a chunked prefill and a request reusing a cached prefix (a radix hit).
+in float32 (this process's parallel state decides the shard), packs the linear weights for oneDNN as the model
+runner does on CPU, and returns the logits of packed prompts, two decode steps, a chunked prefill and a
+request reusing a cached prefix (a radix hit).
 """
 
 from __future__ import annotations
@@ -81,9 +82,11 @@ class RankPagedRunner:
 
 def scenario_logits(path) -> dict:
     """Load ``path`` (float32) and run the scenarios; {"logits": [[N_i, V] ...], "kv_heads", "kv_pool_shape"}."""
+    from sglkit.layers.linear import pack_linear_weights
     from sglkit.models import load_model
 
     model, config = load_model(path, dtype="float32")
+    pack_linear_weights(model)
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(6, config.vocab_size, (n,), generator=gen).tolist() for n in PROMPT_LENGTHS]
     out: list[torch.Tensor] = []
