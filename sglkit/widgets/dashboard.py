@@ -29,6 +29,7 @@ from sglkit.widgets.formatting import (
     log_html,
     summary_lines,
 )
+from sglkit.widgets.replicas import replica_lines, replicas_html
 from sglkit.widgets.sparkline import Sparkline
 from sglkit.widgets.tasks import BackgroundTask, Ticker
 
@@ -72,7 +73,8 @@ def _bar() -> widgets.FloatProgress:
 
 class ServerDashboard(widgets.VBox):
     """A live view of one server: health light, model, server args, KV pool, radix cache, requests,
-    throughput (with a chart of its recent history), totals, and (with ``process``) its log and a
+    throughput (with a chart of its recent history), totals, the data-parallel replicas (``--dp-size`` > 1:
+    each one's running, queued, cache hit rate), and (with ``process``) its log and a
     Terminate button; plus :class:`CacheControls`, :class:`WeightControls` and a :class:`ChatPlayground`.
 
     ``timeout`` bounds every request (s); ``log_lines`` is how much of the log to show; ``history`` how many
@@ -113,6 +115,7 @@ class ServerDashboard(widgets.VBox):
         self.throughput_html, self.sparkline = widgets.HTML(), Sparkline(size=history)
         self.totals_html = widgets.HTML()
         self.totals_html.add_class("sglkit-totals")
+        self.replicas_html = widgets.HTML()  # one row per data-parallel replica (hidden without replicas)
         self.args_html = widgets.HTML()
         self.log_view = widgets.HTML()
         self.refresh_button = widgets.Button(description="Refresh", icon="sync")
@@ -159,6 +162,7 @@ class ServerDashboard(widgets.VBox):
                 ),
                 self.model_html,
                 cards,
+                self.replicas_html,
                 controls,
                 details,
             ],
@@ -257,6 +261,8 @@ class ServerDashboard(widgets.VBox):
             f"{format_count(s.get('total_prompt_tokens'))} prompt + "
             f"{format_count(s.get('total_completion_tokens'))} completion tokens"
         )
+        self.replicas_html.value = replicas_html(s)
+        self.replicas_html.layout.display = None if s.get("replicas") else "none"
         self.args_html.value = args_table_html(s) if s else "<i>no data yet</i>"
         if self.process is not None:
             self.log_view.value = log_html(tail_log(self.process, self.log_lines), self.log_lines)
@@ -305,11 +311,10 @@ class ServerDashboard(widgets.VBox):
     # -- text ---------------------------------------------------------------------------------------------------
     def summary(self) -> str:
         """The dashboard as plain text."""
-        return "\n".join(
-            summary_lines(
-                self.client.base_url, self.state, self.detail, self.stats, self.served_model, self.throughput
-            )
+        lines = summary_lines(
+            self.client.base_url, self.state, self.detail, self.stats, self.served_model, self.throughput
         )
+        return "\n".join(lines + replica_lines(self.stats))
 
     def __repr__(self) -> str:
         return self.summary()

@@ -102,6 +102,8 @@ class SchedulerStats:
             "token_usage": num_used_tokens / self.max_total_num_tokens,
             "num_cached_tokens": num_cached_tokens,
             "cache_hit_rate": self.cache_hit_rate,
+            "cache_hit_tokens": self.cache_hit_tokens,  # the rate's numerator and denominator (dp totals sum them)
+            "cache_total_tokens": self.cache_total_tokens,
             "gen_throughput": self.gen_throughput,
             "num_decode_steps": self.num_decode_steps,
             "num_generated_tokens": self.num_generated_tokens,
