@@ -160,7 +160,8 @@ async def get_server_args(request: Request) -> dict[str, Any]:
 @router.get("/get_server_info")
 @router.get("/server_info")
 async def get_server_info(request: Request) -> dict[str, Any]:
-    """Server arguments plus live runtime statistics."""
+    """Server arguments plus live runtime statistics (dp_size > 1: the totals, each replica's under
+    ``replicas`` and the router's policy and decision counts under ``router``)."""
     stats = await _tm(request).get_stats()
     return {**request.app.state.server_args.to_dict(), **stats, "version": __version__}
 
@@ -228,7 +229,11 @@ METRICS = (
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    """Prometheus text exposition of the runtime statistics (with --enable-metrics)."""
+    """Prometheus text exposition of the runtime statistics (with --enable-metrics).
+
+    With data parallelism each metric has the server's total (no ``dp_rank`` label) and one series per replica
+    (``dp_rank="0"``, ...): aggregate with ``sum by (...) (metric{dp_rank!=""})`` or use the total.
+    """
     if not request.app.state.server_args.enable_metrics:
         return error_response(
             404, "Metrics are disabled; start the server with --enable-metrics.", code="not_found"
@@ -243,5 +248,9 @@ async def metrics(request: Request) -> Response:
             f"# HELP {metric} {help_text}",
             f"# TYPE {metric} {kind}",
             f'{metric}{{model_name="{name}"}} {float(stats.get(key, 0.0))}',
+        ]
+        lines += [
+            f'{metric}{{model_name="{name}",dp_rank="{replica["dp_rank"]}"}} {float(replica.get(key, 0.0))}'
+            for replica in stats.get("replicas", ())
         ]
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
