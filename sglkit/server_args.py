@@ -15,6 +15,7 @@ SCHEDULE_POLICIES = ("lpm", "fcfs")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 MODEL_IMPLS = ("auto", "sglkit", "transformers")  # as sglkit.models.loader.MODEL_IMPLS
+LOAD_BALANCE_METHODS = ("cache_aware", "shortest_queue", "round_robin")  # as sglkit.server.router's
 
 
 def _arg(default: Any, help: str, **argparse_kwargs: Any) -> Any:
@@ -105,6 +106,22 @@ class ServerArgs:
         "'flashinfer' are reserved names that fail at start-up (not implemented yet; they need CUDA).",
     )
 
+    # Data parallelism.
+    dp_size: int = _arg(
+        1,
+        "Data-parallel size: this many replicas of the runtime (each tp_size ranks) behind one HTTP server; a "
+        "router sends each request to one of them. On CPU each replica gets cores / dp_size threads (unless "
+        "OMP_NUM_THREADS is set); on CUDA replica i starts at device base_gpu_id + i * tp_size.",
+        cli_aliases=("--dp",),
+    )
+    load_balance_method: str = _arg(
+        "cache_aware",
+        "How the router picks a replica (dp_size > 1): 'cache_aware' (the replica that recently served the "
+        "longest prefix of the request, unless the load is imbalanced; else the least loaded), "
+        "'shortest_queue' (fewest requests in flight) or 'round_robin'.",
+        choices=LOAD_BALANCE_METHODS,
+    )
+
     # HTTP server.
     host: str = _arg("127.0.0.1", "Address to bind; the default keeps the server on this machine.")
     port: int = _arg(30000, "Port to listen on.")
@@ -181,6 +198,21 @@ class ServerArgs:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}.")
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65535], got {self.port!r}.")
+        self._validate_data_parallel()
+
+    def _validate_data_parallel(self) -> None:
+        """dp_size and load_balance_method, and what data parallelism refuses."""
+        if not isinstance(self.dp_size, int) or isinstance(self.dp_size, bool) or self.dp_size < 1:
+            raise ValueError(f"dp_size must be a positive integer, got {self.dp_size!r}.")
+        if self.load_balance_method not in LOAD_BALANCE_METHODS:
+            raise ValueError(
+                f"load_balance_method must be one of {LOAD_BALANCE_METHODS}, got {self.load_balance_method!r}."
+            )
+        if self.dp_size > 1 and getattr(self, "nnodes", 1) > 1:
+            raise ValueError(
+                "dp_size > 1 is not supported with nnodes > 1: data-parallel replicas run on node 0 only. "
+                "Use dp_size=1 for a multi-node launch, or one node per server."
+            )
 
     def resolved_device(self) -> str:
         """The device to run on: the one asked for, else cuda when available, else cpu."""
@@ -197,12 +229,15 @@ class ServerArgs:
             flag = "--" + f.name.replace("_", "-")
             meta = dict(f.metadata)
             help_text = meta.pop("help", "")
+            flags = (flag, *meta.pop("cli_aliases", ()))
             if f.type in ("bool", bool):
-                parser.add_argument(flag, action="store_true", help=help_text)
+                parser.add_argument(*flags, action="store_true", help=help_text)
                 continue
             arg_type = _cli_type(f.type)
             default_text = "" if f.default is None else f" (default: {f.default})"
-            parser.add_argument(flag, type=arg_type, default=f.default, help=help_text + default_text, **meta)
+            parser.add_argument(
+                *flags, dest=f.name, type=arg_type, default=f.default, help=help_text + default_text, **meta
+            )
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> ServerArgs:

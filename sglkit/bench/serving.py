@@ -9,6 +9,7 @@ Without ``--base-url`` a server is launched with ``--model-path`` (default: a ~2
 and always terminated. Per request it records TTFT (first token chunk), inter-token latencies, end-to-end latency
 and output tokens, then prints SGLang's result block. ``--compare-offline`` then runs the same prompts through
 ``sglkit.Engine`` in this process (after the server is gone) and prints the ratio server / offline.
+``--compare-dp`` instead launches data-parallel servers in turn (``sglkit.bench.serving_dp``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 from typing import TYPE_CHECKING
 
 from sglkit.bench.serving_client import BACKENDS, run_requests
+from sglkit.bench.serving_dp import add_dp_args, compare_dp
 from sglkit.bench.serving_metrics import compute_metrics, format_metrics
 from sglkit.bench.workloads import Workload, make_workload
 
@@ -96,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-running-requests", type=int, default=None)
     p.add_argument("--chunked-prefill-size", type=int, default=None)
     p.add_argument("--disable-radix-cache", action="store_true")
+    add_dp_args(p)
     return p.parse_args(argv)
 
 
@@ -119,16 +122,19 @@ def offline_engine_kwargs(args: argparse.Namespace, engine_kwargs: dict) -> dict
     return {**engine_kwargs, "max_running_requests": cap} if cap else dict(engine_kwargs)
 
 
-def launch_server(model_path: str, engine_kwargs: dict) -> tuple[subprocess.Popen, str]:
-    """Start ``sglkit.launch_server`` on a free port and wait until it can generate; returns (process, url)."""
+def launch_server(
+    model_path: str, engine_kwargs: dict, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """Start ``sglkit.launch_server`` (with ``env`` added to its environment) on a free port and wait until it can
+    generate; returns (process, url)."""
     from sglkit.utils import launch_server_cmd, terminate_process, wait_for_server
 
     flags = "".join(
         f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in engine_kwargs.items()
     )
-    command = (
-        f"python -m sglkit.launch_server --model-path {shlex.quote(model_path)} --log-level warning{flags}"
-    )
+    prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
+    model = shlex.quote(model_path)
+    command = f"{prefix}python -m sglkit.launch_server --model-path {model} --log-level warning{flags}"
     process, port = launch_server_cmd(command, echo=False)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -146,12 +152,17 @@ def server_model_path(base_url: str) -> str:
     return httpx.get(f"{base_url}/get_model_info", timeout=30, trust_env=False).json()["model_path"]
 
 
-def load_workload(args: argparse.Namespace, model_path: str) -> Workload:
-    """The run's workload, drawn from the model's vocabulary minus its special tokens."""
+def workload_vocabulary(model_path: str) -> tuple[int, set[int]]:
+    """The model's vocabulary size and its special token ids (never drawn into a workload)."""
     from transformers import AutoConfig, AutoTokenizer
 
     vocab_size = AutoConfig.from_pretrained(model_path).vocab_size
-    reserved = set(AutoTokenizer.from_pretrained(model_path).all_special_ids)
+    return vocab_size, set(AutoTokenizer.from_pretrained(model_path).all_special_ids)
+
+
+def load_workload(args: argparse.Namespace, model_path: str) -> Workload:
+    """The run's workload, drawn from the model's vocabulary minus its special tokens."""
+    vocab_size, reserved = workload_vocabulary(model_path)
     return make_workload(
         args.num_prompts,
         args.random_input_len,
@@ -166,6 +177,8 @@ def load_workload(args: argparse.Namespace, model_path: str) -> Workload:
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; print SGLang's result block (and the offline comparison); return the metrics."""
     args = parse_args(argv)
+    if args.compare_dp and args.base_url:
+        raise SystemExit("--compare-dp launches its own servers; drop --base-url.")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sglkit.utils import terminate_process
 
@@ -179,10 +192,14 @@ def main(argv: list[str] | None = None) -> dict:
 
             tmp_dir = tempfile.mkdtemp(prefix="sglkit-bench-")
             model_path = str(make_tiny_model(os.path.join(tmp_dir, "small-llama"), preset="small"))
-        if base_url is None:
+        if base_url is None and not args.compare_dp:
             process, base_url = launch_server(model_path, engine_kwargs)
         model_path = model_path or server_model_path(base_url)
         workload = load_workload(args, model_path)
+        if args.compare_dp:
+            return compare_dp(
+                args, model_path, engine_kwargs, workload, launch_server, workload_vocabulary(model_path)
+            )
         print(
             f"#Input tokens: {sum(map(len, workload.prompts))} | #Output tokens: {sum(workload.output_lens)} | "
             f"server: {base_url}",

@@ -38,6 +38,12 @@ class Engine:
 
     def __init__(self, log_level: str | None = None, **kwargs: Any) -> None:
         self.server_args = ServerArgs(log_level=log_level or kwargs.pop("log_level", "error"), **kwargs)
+        if self.server_args.dp_size > 1:
+            raise ValueError(
+                f"sglkit.Engine runs one replica (dp_size=1), got dp_size={self.server_args.dp_size}. For data "
+                "parallelism start a server: python -m sglkit.launch_server --dp-size N (its router balances "
+                "requests over the replicas)."
+            )
         configure_logging(self.server_args.log_level)
         self.scheduler: SchedulerBase | None = create_scheduler(self.server_args)
         self.tokenizer = self.scheduler.tokenizer

@@ -7,6 +7,7 @@ The HTTP process only tokenizes and routes; the scheduler process dies with it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing as mp
@@ -240,13 +241,53 @@ def start_scheduler(server_args: ServerArgs, ipc_dir: str) -> tuple[mp.Process, 
     return process, port_args, info
 
 
+def replica_server_args(server_args: ServerArgs, dp_rank: int) -> ServerArgs:
+    """Data-parallel replica ``dp_rank``'s arguments: on CUDA its own devices (after the previous replicas'
+    ``tp_size`` ranks), and its own rendezvous port when ``dist_init_addr`` is given."""
+    if server_args.dp_size == 1:
+        return server_args
+    changes: dict = {}
+    if server_args.resolved_device().startswith("cuda") and hasattr(server_args, "base_gpu_id"):
+        changes["base_gpu_id"] = server_args.base_gpu_id + dp_rank * server_args.tp_size_per_node
+    if getattr(server_args, "dist_init_addr", None):
+        host, _, port = server_args.dist_init_addr.rpartition(":")
+        changes["dist_init_addr"] = f"{host}:{int(port) + dp_rank}"
+    return dataclasses.replace(server_args, **changes) if changes else server_args
+
+
+def share_cpu_threads(server_args: ServerArgs) -> None:
+    """On CPU with ``dp_size > 1``: the replicas' processes get cores // dp_size threads each (OMP_NUM_THREADS,
+    inherited by the processes spawned next), unless OMP_NUM_THREADS is already set."""
+    if server_args.dp_size == 1 or "OMP_NUM_THREADS" in os.environ:
+        return
+    if not server_args.resolved_device().startswith("cpu"):
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // server_args.dp_size)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    logger.info(f"dp_size={server_args.dp_size} on CPU: {threads} thread(s) per replica (OMP_NUM_THREADS).")
+
+
+def stop_processes(processes: list) -> None:
+    """Terminate every process, then wait for each (killing those still alive after 5 s)."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
+
+
 def _exit_on_signal(signum: int, _frame) -> None:
     """SIGTERM: unwind (so ``launch_server``'s cleanup runs) and exit with the shell's code, 128 + signal."""
     raise SystemExit(128 + signum)
 
 
 def launch_server(server_args: ServerArgs) -> None:
-    """Run the server until it is stopped (SIGINT/SIGTERM); the scheduler process goes down with it.
+    """Run the server until it is stopped (SIGINT/SIGTERM); the scheduler processes go down with it.
+
+    With ``dp_size`` N, N replicas are started one after the other, each with its own IPC sub-folder.
 
     uvicorn handles SIGTERM with a graceful shutdown and then re-raises it under the handler it found, so
     a Python handler is installed first: the process then unwinds through the cleanup below (scheduler
@@ -257,14 +298,24 @@ def launch_server(server_args: ServerArgs) -> None:
     logger.info(f"server_args={server_args}")
     check_port_free(server_args.host, server_args.port)
     ipc_dir = tempfile.mkdtemp(prefix="sglkit-ipc-")
+    processes, port_args, infos = [], [], []  # one entry per data-parallel replica
     try:
-        process, port_args, info = start_scheduler(server_args, ipc_dir)
+        share_cpu_threads(server_args)
+        for dp_rank in range(server_args.dp_size):
+            replica_dir = os.path.join(ipc_dir, f"dp{dp_rank}")
+            os.makedirs(replica_dir)
+            replica_args = replica_server_args(server_args, dp_rank)
+            process, replica_ports, info = start_scheduler(replica_args, replica_dir)
+            processes.append(process)
+            port_args.append(replica_ports)
+            infos.append(info)
     except BaseException:
+        stop_processes(processes)
         shutil.rmtree(ipc_dir, ignore_errors=True)
         raise
     try:
-        tokenizer_manager = TokenizerManager(server_args, port_args, info)
-        app = create_app(server_args, tokenizer_manager, process)
+        tokenizer_manager = TokenizerManager(server_args, port_args, infos[0])
+        app = create_app(server_args, tokenizer_manager, processes)
         if not server_args.skip_server_warmup:
             threading.Thread(
                 target=warmup, args=(app, server_args), daemon=True, name="sglkit-warmup"
@@ -281,10 +332,6 @@ def launch_server(server_args: ServerArgs) -> None:
         )
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
-        if process.is_alive():
-            process.terminate()
-            process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
+        stop_processes(processes)
         shutil.rmtree(ipc_dir, ignore_errors=True)
         sys.stdout.flush()

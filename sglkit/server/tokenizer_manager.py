@@ -3,6 +3,9 @@
 HTTP handler -> tokenize (off the event loop) -> [ZMQ] scheduler -> [ZMQ] GenerateOutput deltas -> per-request
 asyncio queues -> chunks with cumulative text for the handler. A client that goes away aborts its requests;
 a dead scheduler process ends every waiting request with an error instead of a hang.
+
+``--dp-size N``: a PUSH socket per replica, one PULL socket for all; ``router.Router`` picks each request's replica
+(in-flight counts and each request's replica are tracked here); control requests go to every replica in turn.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from sglkit.runtime.frontend.input_processor import GenerateInput, InvalidReques
 from sglkit.runtime.frontend.output_folder import OutputFolder
 from sglkit.runtime.frontend.tokenizer import load_tokenizer
 from sglkit.runtime.scheduler.process import PortArgs
+from sglkit.server.replica_stats import combine_results, combine_stats
+from sglkit.server.router import Router
 from sglkit.server_args import ServerArgs
 
 logger = logging.getLogger("sglkit.server")
@@ -57,9 +62,11 @@ SCHEDULER_DIED = "The server is unhealthy: the scheduler process died."
 
 
 class TokenizerManager:
-    """Sends requests to the scheduler process and routes its outputs back to waiting handlers."""
+    """Sends requests to the scheduler(s) and routes outputs back; ``port_args``: one or a list (one per replica)."""
 
-    def __init__(self, server_args: ServerArgs, port_args: PortArgs, model_info: dict[str, Any]) -> None:
+    def __init__(
+        self, server_args: ServerArgs, port_args: PortArgs | Sequence[PortArgs], model_info: dict[str, Any]
+    ) -> None:
         self.server_args = server_args
         self.tokenizer = load_tokenizer(server_args.tokenizer_path, server_args.chat_template)
         self.context_len: int = model_info["context_len"]
@@ -67,10 +74,20 @@ class TokenizerManager:
         self.vocab_size: int = model_info.get("vocab_size") or len(self.tokenizer)
         self.model_path: str = server_args.model_path
         self.ctx = zmq.asyncio.Context()
+        replicas = [port_args] if isinstance(port_args, PortArgs) else list(port_args)
+        self.dp_size = len(replicas)
         self.recv_sock = self.ctx.socket(zmq.PULL)
-        self.recv_sock.bind(port_args.scheduler_output)
-        self.send_sock = zmq.Context.instance().socket(zmq.PUSH)
-        self.send_sock.connect(port_args.scheduler_input)
+        self.send_socks: list[zmq.Socket] = []
+        for replica in replicas:
+            self.recv_sock.bind(replica.scheduler_output)
+            sock = zmq.Context.instance().socket(zmq.PUSH)
+            sock.connect(replica.scheduler_input)
+            self.send_socks.append(sock)
+        self.router = Router(
+            self.dp_size, server_args.load_balance_method, max_tree_tokens=self.max_total_num_tokens
+        )
+        self.replica_loads = [0] * self.dp_size  # requests in flight per replica (the router's load)
+        self.rid_to_replica: dict[str, int] = {}
         self.rid_to_queue: dict[str, asyncio.Queue] = {}
         self.control_lock = asyncio.Lock()
         self.control_future: asyncio.Future | None = None
@@ -82,10 +99,14 @@ class TokenizerManager:
 
     # ----- background tasks -----
     def start(self, scheduler_process) -> None:
-        """Start the output loop and the scheduler-death watcher on the running event loop."""
+        """Start the output loop and the scheduler-death watcher on the running event loop.
+
+        ``scheduler_process``: the replica's process, or a list with one per replica (data parallelism).
+        """
+        processes = scheduler_process if isinstance(scheduler_process, (list, tuple)) else [scheduler_process]
         self._tasks = [
             asyncio.create_task(self._handle_loop()),
-            asyncio.create_task(self._watch_scheduler(scheduler_process)),
+            asyncio.create_task(self._watch_schedulers(processes)),
         ]
 
     async def _handle_loop(self) -> None:
@@ -106,12 +127,26 @@ class TokenizerManager:
                 if queue is not None:
                     queue.put_nowait(out)
 
-    async def _watch_scheduler(self, process) -> None:
-        while process.is_alive():
+    async def _watch_schedulers(self, processes: Sequence) -> None:
+        """Poll every replica's process; each death is handled once (``_on_scheduler_death``)."""
+        dead: set[int] = set()
+        while len(dead) < len(processes):
+            for dp_rank, process in enumerate(processes):
+                if dp_rank not in dead and not process.is_alive():
+                    dead.add(dp_rank)
+                    self._on_scheduler_death(dp_rank, process)
             await asyncio.sleep(0.5)
+
+    def _on_scheduler_death(self, dp_rank: int, process) -> None:
+        """Mark the server unhealthy; end the dead replica's requests (and any control wait) with an error."""
         self.alive = False
-        logger.error(f"The scheduler process died (exit code {process.exitcode}). The server is unhealthy.")
+        where = f" of DP replica {dp_rank}" if self.dp_size > 1 else ""
+        logger.error(
+            f"The scheduler process{where} died (exit code {process.exitcode}). The server is unhealthy."
+        )
         for rid, queue in list(self.rid_to_queue.items()):
+            if self.rid_to_replica.get(rid, 0) != dp_rank:
+                continue
             queue.put_nowait(
                 GenerateOutput(
                     rid,
@@ -150,12 +185,18 @@ class TokenizerManager:
             if r.rid in self.rid_to_queue:
                 raise InvalidRequestError(f"Duplicate request id {r.rid!r}.", "rid")
         queue: asyncio.Queue = asyncio.Queue()
+        by_replica: dict[int, list] = {}
         for r in reqs:
             self.rid_to_queue[r.rid] = queue
+            replica = self.router.select(r.input_ids, self.replica_loads)
+            self.rid_to_replica[r.rid] = replica
+            self.replica_loads[replica] += 1
+            by_replica.setdefault(replica, []).append(r)
         unfinished = {r.rid for r in reqs}
         self.num_in_flight += len(reqs)
         try:
-            self.send_sock.send_pyobj(list(reqs))
+            for replica, group in by_replica.items():
+                self.send_socks[replica].send_pyobj(group)
             while unfinished:
                 try:
                     out = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL_S)
@@ -164,17 +205,25 @@ class TokenizerManager:
                         logger.info(f"Client disconnected; aborting {len(unfinished)} request(s).")
                         raise ClientDisconnected() from None
                     continue
-                if out.finished:
+                if out.finished and out.rid in unfinished:
                     unfinished.discard(out.rid)
+                    self._release(out.rid)
                 if out.error and not self.alive:
                     raise ServerUnavailableError(out.error)
                 yield out
         finally:
             for rid in unfinished:
-                self.send_sock.send_pyobj(AbortReq(rid=rid))
+                self.send_socks[self.rid_to_replica[rid]].send_pyobj(AbortReq(rid=rid))
+                self._release(rid)
             for r in reqs:
                 self.rid_to_queue.pop(r.rid, None)
             self.num_in_flight -= len(reqs)
+
+    def _release(self, rid: str) -> None:
+        """A request left its replica (finished or aborted): it no longer counts towards that replica's load."""
+        replica = self.rid_to_replica.pop(rid, None)
+        if replica is not None:
+            self.replica_loads[replica] -= 1
 
     async def run(
         self, reqs: list[TokenizedGenerateReq], owners: list[int] | None = None, request=None
@@ -255,32 +304,53 @@ class TokenizerManager:
         """Abort by id (or all). Returns False when the id is not in flight."""
         if not abort_all and rid not in self.rid_to_queue:
             return False
-        self.send_sock.send_pyobj(AbortReq(rid=rid, abort_all=abort_all))
+        replicas = range(self.dp_size) if abort_all else [self.rid_to_replica.get(rid, 0)]
+        for replica in replicas:
+            self.send_socks[replica].send_pyobj(AbortReq(rid=rid, abort_all=abort_all))
         return True
 
     # ----- control -----
-    async def control(self, msg, timeout: float = CONTROL_TIMEOUT_S) -> ControlResult:
-        """Send one control message and wait for its ControlResult."""
+    async def control_all(
+        self, msg, timeout: float = CONTROL_TIMEOUT_S, replicas: Sequence[int] | None = None
+    ) -> list[ControlResult]:
+        """Send one control message to each replica (default: all) in turn, one answer awaited at a time under one
+        lock (answers share one socket, so each is known to be its replica's); their ControlResults in order."""
         self._check_alive()
+        results: list[ControlResult] = []
         async with self.control_lock:
-            self._check_alive()  # it died while we waited for the lock: nobody would answer
-            self.control_future = asyncio.get_running_loop().create_future()
-            self.send_sock.send_pyobj(msg)
-            try:
-                return await asyncio.wait_for(self.control_future, timeout)
-            finally:
-                self.control_future = None
+            for replica in range(self.dp_size) if replicas is None else replicas:
+                self._check_alive()  # it died while we waited: nobody would answer
+                self.control_future = asyncio.get_running_loop().create_future()
+                self.send_socks[replica].send_pyobj(msg)
+                try:
+                    results.append(await asyncio.wait_for(self.control_future, timeout))
+                finally:
+                    self.control_future = None
+        return results
+
+    async def control(self, msg, timeout: float = CONTROL_TIMEOUT_S) -> ControlResult:
+        """Send one control message to every replica and wait: one ControlResult, success only if all succeeded."""
+        return combine_results(await self.control_all(msg, timeout))
 
     async def flush_cache(self) -> ControlResult:
-        """Flush the radix cache (refused while requests are in flight)."""
-        return await self.control(FlushCacheReq())
+        """Flush every replica's radix cache (each refuses while it has requests in flight)."""
+        results = await self.control_all(FlushCacheReq())
+        self.router.reset([i for i, r in enumerate(results) if r.success])
+        return combine_results(results)
 
     async def get_stats(self) -> dict[str, Any]:
-        """Live scheduler statistics."""
-        return (await self.control(GetStatsReq(), timeout=30.0)).payload
+        """Live scheduler statistics; with data parallelism the totals, ``replicas`` (each one's) and ``router``."""
+        results = await self.control_all(GetStatsReq(), timeout=30.0)
+        if self.dp_size == 1:
+            return results[0].payload
+        return {**combine_stats([r.payload for r in results]), "router": self.router.info()}
 
     async def update_weights(self, model_path: str, drain_timeout: float = 300.0) -> ControlResult:
-        """Hold new requests, let in-flight ones finish, swap weights, resume."""
+        """Hold new requests, let in-flight ones finish, swap weights on every replica, resume.
+
+        Replicas never serve different weights: when some replicas fail, those that succeeded reload the
+        previous weights.
+        """
         async with self.weights_lock:
             self.unpaused.clear()
             try:
@@ -291,7 +361,14 @@ class TokenizerManager:
                             False, "Failed to update weights: in-flight requests did not finish."
                         )
                     await asyncio.sleep(0.02)
-                result = await self.control(UpdateWeightsReq(model_path))
+                results = await self.control_all(UpdateWeightsReq(model_path))
+                succeeded = [i for i, r in enumerate(results) if r.success]
+                self.router.reset(succeeded)
+                result = combine_results(results)
+                if succeeded and not result.success:
+                    back = await self.control_all(UpdateWeightsReq(self.model_path), replicas=succeeded)
+                    restored = "went back to" if all(r.success for r in back) else "failed to reload"
+                    result.message += f" (DP replicas {succeeded} {restored} {self.model_path}.)"
                 if result.success:
                     self.model_path = model_path
                 return result
