@@ -1,4 +1,8 @@
-"""``python -m sglkit.launch_server``: parse flags into ServerArgs and run the HTTP server."""
+"""``python -m sglkit.launch_server``: parse flags into ServerArgs and run the HTTP server.
+
+Multi-node (``--nnodes N --node-rank K --dist-init-addr HOST:PORT``): node 0 serves HTTP and runs ranks
+0 .. tp_size/N - 1; node K > 0 runs only its ranks, with no HTTP server, until they exit (non-zero on failure).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,14 @@ def main(argv: list[str] | None = None) -> None:
     from sglkit.server_args import prepare_server_args
 
     server_args = prepare_server_args(argv)  # no --model-path: the built-in demo model (ServerArgs' default)
+    if server_args.node_rank > 0:
+        from sglkit.launch.log_format import configure_logging
+        from sglkit.runtime.scheduler.rank_group import run_node
+
+        configure_logging(server_args.log_level)
+        code = run_node(server_args)
+        gc.freeze()
+        sys.exit(code)
     from sglkit.server.http_server import launch_server
 
     try:

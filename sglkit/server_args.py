@@ -106,7 +106,32 @@ class ServerArgs:
         "'flashinfer' are reserved names that fail at start-up (not implemented yet; they need CUDA).",
     )
 
-    # Data parallelism.
+    # Parallelism (tensor parallel across processes, possibly across nodes).
+    tp_size: int = _arg(
+        1,
+        "Tensor-parallel size: the model's layers are split over this many rank processes (one device each), "
+        "which run every batch together; rank 0 decides the batches, the others mirror it.",
+        cli_aliases=("--tp",),
+    )
+    nnodes: int = _arg(
+        1, "Number of nodes the tensor-parallel ranks are spread over (tp_size / nnodes each)."
+    )
+    node_rank: int = _arg(
+        0,
+        "This node's index in [0, nnodes). Node 0 serves HTTP and runs ranks 0 .. tp_size/nnodes - 1; "
+        "node k runs only its ranks and blocks until they exit.",
+    )
+    dist_init_addr: str | None = _arg(
+        None,
+        "host:port where rank 0 listens for the other ranks to join (torch.distributed, tcp://). Required when "
+        "nnodes > 1; on one node a free local port is picked when unset.",
+    )
+    dist_timeout: float | None = _arg(
+        None,
+        "Seconds a torch.distributed collective may wait for the other ranks before failing (default 600); a rank "
+        "or node that dies makes the others fail and the server exit instead of hanging.",
+    )
+    base_gpu_id: int = _arg(0, "On CUDA, the node's local rank r uses device cuda:(base_gpu_id + r).")
     dp_size: int = _arg(
         1,
         "Data-parallel size: this many replicas of the runtime (each tp_size ranks) behind one HTTP server; a "
@@ -198,6 +223,7 @@ class ServerArgs:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}.")
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65535], got {self.port!r}.")
+        self._validate_parallel()
         self._validate_data_parallel()
 
     def _validate_data_parallel(self) -> None:
@@ -213,6 +239,44 @@ class ServerArgs:
                 "dp_size > 1 is not supported with nnodes > 1: data-parallel replicas run on node 0 only. "
                 "Use dp_size=1 for a multi-node launch, or one node per server."
             )
+
+    def _validate_parallel(self) -> None:
+        """tp_size / nnodes / node_rank / dist_init_addr / dist_timeout, and what tensor parallelism refuses."""
+        for name in ("tp_size", "nnodes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.tp_size % self.nnodes:
+            raise ValueError(
+                f"tp_size ({self.tp_size}) must be divisible by nnodes ({self.nnodes}): each node runs "
+                "tp_size / nnodes ranks."
+            )
+        if not isinstance(self.node_rank, int) or not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"node_rank must be in [0, nnodes={self.nnodes}), got {self.node_rank!r}.")
+        if self.nnodes > 1 and not self.dist_init_addr:
+            raise ValueError("dist_init_addr (host:port of node 0) is required when nnodes > 1.")
+        if self.dist_init_addr is not None:
+            host, _, port = self.dist_init_addr.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"dist_init_addr must be 'host:port', got {self.dist_init_addr!r}.")
+        if self.dist_timeout is not None and not self.dist_timeout > 0:
+            raise ValueError(f"dist_timeout must be positive (seconds), got {self.dist_timeout!r}.")
+        if not isinstance(self.base_gpu_id, int) or self.base_gpu_id < 0:
+            raise ValueError(f"base_gpu_id must be a non-negative integer, got {self.base_gpu_id!r}.")
+        if self.tp_size > 1 and self.is_embedding:
+            raise ValueError(
+                "tp_size > 1 is not supported for embedding models (is_embedding=True); use tp_size=1."
+            )
+        if self.tp_size > 1 and self.model_impl == "transformers":
+            raise ValueError(
+                "tp_size > 1 needs sglkit's own model implementation: the transformers fallback "
+                "(model_impl='transformers') runs unsplit HF layers. Use model_impl='auto' or 'sglkit'."
+            )
+
+    @property
+    def tp_size_per_node(self) -> int:
+        """Ranks each node runs: tp_size / nnodes."""
+        return self.tp_size // self.nnodes
 
     def resolved_device(self) -> str:
         """The device to run on: the one asked for, else cuda when available, else cpu."""

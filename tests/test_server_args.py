@@ -106,3 +106,33 @@ def test_chunked_prefill_and_running_request_defaults_in_help():
     assert "8192 on CUDA, 2048 on CPU" in _help("chunked_prefill_size")
     text = _help("max_running_requests")
     assert "256 on CPU" in text and "4096 on CUDA" in text
+
+
+def test_parallel_flags_and_their_aliases(tmp_path):
+    args = prepare_server_args(
+        ["--model-path", str(tmp_path), "--tp", "4", "--nnodes", "2", "--node-rank", "1"]
+        + ["--dist-init-addr", "10.0.0.1:5000", "--dist-timeout", "30", "--base-gpu-id", "2"]
+    )
+    assert (args.tp_size, args.nnodes, args.node_rank, args.tp_size_per_node) == (4, 2, 1, 2)
+    assert (args.dist_init_addr, args.dist_timeout, args.base_gpu_id) == ("10.0.0.1:5000", 30.0, 2)
+    assert prepare_server_args(["--model-path", str(tmp_path), "--tp-size", "2"]).tp_size == 2
+    info = ServerArgs(model_path=str(tmp_path), tp_size=2).to_dict()  # what /get_server_info reports
+    assert info["tp_size"] == 2 and info["nnodes"] == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"tp_size": 0}, "tp_size must be a positive integer"),
+        ({"tp_size": 3, "nnodes": 2, "dist_init_addr": "h:1"}, "divisible by nnodes"),
+        ({"tp_size": 2, "nnodes": 2, "node_rank": 2, "dist_init_addr": "h:1"}, "node_rank must be in"),
+        ({"tp_size": 2, "nnodes": 2}, "dist_init_addr .* is required when nnodes > 1"),
+        ({"dist_init_addr": "no-port"}, "dist_init_addr must be 'host:port'"),
+        ({"dist_timeout": 0}, "dist_timeout must be positive"),
+        ({"tp_size": 2, "is_embedding": True}, "not supported for embedding models"),
+        ({"tp_size": 2, "model_impl": "transformers"}, "needs sglkit's own model implementation"),
+    ],
+)
+def test_parallel_arguments_are_validated(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ServerArgs(model_path=str(tmp_path), **kwargs)

@@ -272,6 +272,20 @@ def find_process(port: int) -> subprocess.Popen | None:
     return pool[-1] if pool else None
 
 
+def watch_session(pid: int) -> None:
+    """Have the session led by ``pid`` (a process that called ``os.setsid``) ended if this interpreter dies.
+
+    For processes not started by :func:`spawn`, e.g. ``sglkit.Engine``'s tensor-parallel rank processes.
+    """
+    if USE_WATCHDOG:
+        _watchdog.watch(pid, create_time_of(pid))
+
+
+def unwatch_session(pid: int) -> None:
+    """Stop watching a session registered with :func:`watch_session` (its process was stopped normally)."""
+    _watchdog.unwatch(pid)
+
+
 # -- termination -----------------------------------------------------------------------------------------------
 
 

@@ -5,6 +5,11 @@ until done -> frontend.output_folder folds the deltas into SGLang's {"text", "ou
 (or they are streamed as chunks). With ``is_embedding=True``: encode() -> frontend.embedding_input ->
 the embedding scheduler (prefill-only passes) -> {"embedding", "meta_info"} dicts. Every message goes through
 ``SchedulerBase.handle``, exactly as the server's scheduler process dispatches what arrives over ZMQ.
+
+With ``tp_size=N`` this process is tensor-parallel rank 0 (its scheduler a ``mirror.LeaderScheduler``, which
+broadcasts every call first) and ranks 1..N-1 run in spawned processes (``rank_group``) that mirror it; they
+die with this process, lead their own sessions watched by the notebook session watchdog, and are stopped by
+``shutdown()`` / the context manager.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from sglkit.runtime.frontend.input_processor import GenerateInput, build_request
 from sglkit.runtime.frontend.output_folder import OutputFolder
 from sglkit.runtime.scheduler import create_scheduler
 from sglkit.runtime.scheduler.base import SchedulerBase
+from sglkit.runtime.scheduler.tp_engine import TensorParallelRanks
 from sglkit.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
@@ -45,7 +51,12 @@ class Engine:
                 "requests over the replicas)."
             )
         configure_logging(self.server_args.log_level)
-        self.scheduler: SchedulerBase | None = create_scheduler(self.server_args)
+        self._ranks: TensorParallelRanks | None = None
+        if self.server_args.tp_size > 1:
+            self._ranks = TensorParallelRanks(self.server_args)  # spawns ranks 1.., joins as rank 0
+            self.scheduler: SchedulerBase | None = self._ranks.start()
+        else:
+            self.scheduler = create_scheduler(self.server_args)
         self.tokenizer = self.scheduler.tokenizer
 
     # ----- generation -----
@@ -174,8 +185,11 @@ class Engine:
         return {**self.server_args.to_dict(), **stats}
 
     def shutdown(self) -> None:
-        """Release the model and the KV pool. Idempotent."""
+        """Release the model and the KV pool; with tp_size > 1 stop the other ranks' processes. Idempotent."""
         self.scheduler = None
+        if self._ranks is not None:
+            self._ranks.stop()
+            self._ranks = None
 
     def _require_scheduler(self) -> SchedulerBase:
         if self.scheduler is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import multiprocessing as mp
 import os
 import secrets
 import shutil
@@ -28,7 +27,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sglkit.launch.log_format import configure_logging
 from sglkit.launch.ports import port_bind_error
-from sglkit.runtime.scheduler.process import PortArgs, run_scheduler_process
+from sglkit.runtime.scheduler.process import PortArgs
+from sglkit.runtime.scheduler.rank_group import RankGroup
+from sglkit.runtime.scheduler.rank_process import default_init_method, node_ranks
 from sglkit.server import embeddings_api, native_api, openai_api
 from sglkit.server.errors import error_body, install_error_handlers
 from sglkit.server.tokenizer_manager import TokenizerManager
@@ -211,34 +212,22 @@ def warmup(app: FastAPI, server_args: ServerArgs) -> None:
     logger.info("The server is fired up and ready to roll!")
 
 
-def start_scheduler(server_args: ServerArgs, ipc_dir: str) -> tuple[mp.Process, PortArgs, dict]:
-    """Spawn the scheduler process (ZMQ sockets in ``ipc_dir``) and wait until it has loaded the model; raise
-    with its error otherwise."""
+def start_scheduler(server_args: ServerArgs, ipc_dir: str) -> tuple[RankGroup, PortArgs, dict]:
+    """Spawn this node's rank processes and wait until each has loaded its shard; raise with a rank's error.
+
+    Rank 0 is the scheduler process (ZMQ sockets in ``ipc_dir``); with tp_size > 1 the other local ranks mirror
+    it, meeting at ``tcp://{dist_init_addr}`` or at a free local port picked for this call. The returned
+    ``RankGroup`` behaves as one process: alive while every rank is, and stopped as a whole.
+    """
     port_args = PortArgs(f"ipc://{ipc_dir}/scheduler_input", f"ipc://{ipc_dir}/scheduler_output")
-    ctx = mp.get_context("spawn")
-    reader, writer = ctx.Pipe(duplex=False)
-    process = ctx.Process(
-        target=run_scheduler_process,
-        args=(server_args, port_args, writer, os.getpid()),
-        name="sglkit-scheduler",
-        daemon=True,
-    )
-    process.start()
-    writer.close()
-    while True:
-        if reader.poll(0.5):
-            info = reader.recv()
-            break
-        if not process.is_alive():
-            raise RuntimeError(
-                f"The scheduler process exited during start-up (exit code {process.exitcode})."
-            )
-    if info["status"] != "ready":
-        process.join(timeout=5)
-        raise RuntimeError(
-            f"The scheduler process failed to start: {info['message']}\n{info.get('traceback', '')}"
-        )
-    return process, port_args, info
+    init_method = default_init_method(server_args) if server_args.tp_size > 1 else None
+    group = RankGroup.launch(server_args, node_ranks(server_args), init_method, port_args)
+    try:
+        info = group.wait_ready()
+    except BaseException:
+        group.stop()
+        raise
+    return group, port_args, info
 
 
 def replica_server_args(server_args: ServerArgs, dp_rank: int) -> ServerArgs:
@@ -247,9 +236,9 @@ def replica_server_args(server_args: ServerArgs, dp_rank: int) -> ServerArgs:
     if server_args.dp_size == 1:
         return server_args
     changes: dict = {}
-    if server_args.resolved_device().startswith("cuda") and hasattr(server_args, "base_gpu_id"):
+    if server_args.resolved_device().startswith("cuda"):
         changes["base_gpu_id"] = server_args.base_gpu_id + dp_rank * server_args.tp_size_per_node
-    if getattr(server_args, "dist_init_addr", None):
+    if server_args.dist_init_addr:
         host, _, port = server_args.dist_init_addr.rpartition(":")
         changes["dist_init_addr"] = f"{host}:{int(port) + dp_rank}"
     return dataclasses.replace(server_args, **changes) if changes else server_args
@@ -313,6 +302,7 @@ def launch_server(server_args: ServerArgs) -> None:
         stop_processes(processes)
         shutil.rmtree(ipc_dir, ignore_errors=True)
         raise
+    tokenizer_manager = None
     try:
         tokenizer_manager = TokenizerManager(server_args, port_args, infos[0])
         app = create_app(server_args, tokenizer_manager, processes)
@@ -335,3 +325,5 @@ def launch_server(server_args: ServerArgs) -> None:
         stop_processes(processes)
         shutil.rmtree(ipc_dir, ignore_errors=True)
         sys.stdout.flush()
+        if tokenizer_manager is not None and tokenizer_manager.exit_code:  # the scheduler died: a failure
+            raise SystemExit(tokenizer_manager.exit_code)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
@@ -44,6 +46,7 @@ logger = logging.getLogger("sglkit.server")
 
 DISCONNECT_POLL_S = 1.0
 CONTROL_TIMEOUT_S = 600.0
+UNHEALTHY_EXIT_DELAY_S = 10.0  # a dead scheduler: answer 503 this long, then exit
 
 
 class ServerUnavailableError(RuntimeError):
@@ -95,6 +98,7 @@ class TokenizerManager:
         self.unpaused = asyncio.Event()
         self.unpaused.set()
         self.alive = True
+        self.exit_code: int | None = None  # set when the server must exit (launch_server exits with it)
         self.num_in_flight = 0
 
     # ----- background tasks -----
@@ -107,7 +111,19 @@ class TokenizerManager:
         self._tasks = [
             asyncio.create_task(self._handle_loop()),
             asyncio.create_task(self._watch_schedulers(processes)),
+            asyncio.create_task(self._exit_when_unhealthy()),
         ]
+
+    async def _exit_when_unhealthy(self) -> None:
+        """Once a scheduler died the server cannot recover: answer 503 for ``UNHEALTHY_EXIT_DELAY_S`` (in-flight
+        requests get their errors, probes see the failure), then stop this process (exit code 1)."""
+        while self.alive:
+            await asyncio.sleep(0.2)
+        logger.error(f"The server will exit in {UNHEALTHY_EXIT_DELAY_S:.0f} s: its scheduler is gone.")
+        await asyncio.sleep(UNHEALTHY_EXIT_DELAY_S)
+        logger.error("Exiting: the scheduler process died.")
+        self.exit_code = 1
+        os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down, then launch_server cleans up and exits
 
     async def _handle_loop(self) -> None:
         while True:

@@ -296,6 +296,9 @@ def test_a_dead_scheduler_makes_the_server_unhealthy_without_hangs(server_model_
         assert requests.get(f"{base}/health_generate", timeout=10).status_code == 503
         assert requests.get(f"{base}/get_server_info", timeout=10).status_code == 503
         assert "The scheduler process died" in running.log()
+        # It does not serve 503 forever: after a short delay the server exits, non-zero, and says why.
+        assert running.process.wait(timeout=60) == 1
+        assert "Exiting: the scheduler process died." in running.log()
     finally:
         client.close()
         terminate_process(running.process)

@@ -19,6 +19,7 @@ from sglkit.core.forward_batch import ForwardBatch
 from sglkit.layers.attention import create_attention_backend
 from sglkit.layers.linear import pack_linear_weights
 from sglkit.models.loader import load_checkpoint, load_config, load_model
+from sglkit.parallel import all_reduce_min_int
 from sglkit.runtime.executor.sampler import Sampler, SamplingBatchInfo, make_generator
 from sglkit.server_args import ServerArgs
 
@@ -114,6 +115,7 @@ class ModelRunner:
             num_tokens = min(
                 int(psutil.virtual_memory().available * fraction // per_token), CPU_MAX_AUTO_TOKENS
             )
+        num_tokens = all_reduce_min_int(num_tokens)  # tensor parallel: every rank's pool holds as many
         if num_tokens < self.context_len // 4:
             raise RuntimeError(
                 f"Not enough memory for the KV cache: room for {num_tokens} tokens. "

@@ -66,10 +66,14 @@ class PrefillAdder:
             return False
         return self.rem_chunk_tokens is None or self.rem_chunk_tokens > 0
 
-    def add_one(self, req: Req, prefix_len: int) -> bool:
-        """Admit ``req`` (whole or its first chunk) if the budgets allow; True when admitted."""
+    def add_one(self, req: Req, prefix_len: int, reserve: bool = True) -> bool:
+        """Admit ``req`` (whole or its first chunk) if the budgets allow; True when admitted.
+
+        ``reserve=False`` skips ``req``'s own decode reserve (a chunked request with nothing else running: it
+        must be able to continue, and decoding retracts if the estimate was short).
+        """
         extend_len = len(req.fill_ids) - prefix_len
-        reserve = decode_reserve(req, self.new_token_ratio)
+        reserve = decode_reserve(req, self.new_token_ratio) if reserve else 0
         if self.can_run and extend_len > self.rem_input_tokens:  # max_prefill_tokens, chunked or not
             return False
         if self.rem_chunk_tokens is not None and extend_len > self.rem_chunk_tokens:

@@ -3,6 +3,8 @@
 The HTTP process never runs model compute; it talks to this process with the dataclasses of
 ``sglkit.core.messages``. This process dies with its parent (PR_SET_PDEATHSIG) and kills itself when a
 batch makes no progress for ``watchdog_timeout`` seconds, so a hung runtime never hangs the server.
+With tensor parallelism it is rank 0: its scheduler is a ``mirror.LeaderScheduler`` (each handle / step is
+broadcast to the follower ranks first), and it exits non-zero when a collective with them fails.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import zmq
 from sglkit.core.messages import ControlResult
 from sglkit.launch.log_format import configure_logging
 from sglkit.launch.parent_death import die_with_parent
+from sglkit.runtime.scheduler.mirror import LeaderScheduler, RankFailedError
+from sglkit.runtime.scheduler.rank_process import setup_rank
 from sglkit.server_args import ServerArgs
 
 if TYPE_CHECKING:
@@ -103,9 +107,20 @@ class ShutdownSignal:
             pass
 
 
-def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_pipe, parent_pid: int) -> None:
-    """Entry point of the scheduler process: load the model, report readiness, then serve until SIGTERM."""
-    die_with_parent(signal.SIGKILL, parent_pid)  # a killed HTTP process takes this one down too
+def run_scheduler_process(
+    server_args: ServerArgs,
+    port_args: PortArgs,
+    ready_pipe,
+    parent_pid: int,
+    init_method: str | None = None,
+    with_parent: bool = True,
+) -> None:
+    """Entry point of the scheduler process (tp rank 0): load the model, report readiness, serve until SIGTERM.
+
+    ``init_method``: where the tp ranks meet (tp_size > 1). ``with_parent``: die with the spawning thread.
+    """
+    if with_parent:
+        die_with_parent(signal.SIGKILL, parent_pid)  # a killed HTTP process takes this one down too
     configure_logging(server_args.log_level, prefix="TP0")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server stops us itself
@@ -115,7 +130,9 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_pi
     try:
         from sglkit.runtime.scheduler import create_scheduler
 
-        scheduler = create_scheduler(server_args)
+        scheduler = create_scheduler(setup_rank(server_args, 0, init_method))
+        if server_args.tp_size > 1:
+            scheduler = LeaderScheduler(scheduler)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which exits with the message
         ready_pipe.send(
             {"status": "error", "message": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
@@ -133,6 +150,24 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_pi
         lambda: scheduler.forward_ct, lambda: not scheduler.is_idle(), server_args.watchdog_timeout
     )
     shutdown = ShutdownSignal()
+    try:
+        serve(scheduler, recv_sock, send_sock, shutdown)
+    except RankFailedError as e:  # a rank or node died (or hung past --dist-timeout): fail, never hang
+        logger.error(f"{e}. Exiting the scheduler process.")
+        sys.stderr.flush()
+        os._exit(1)
+    if isinstance(scheduler, LeaderScheduler):
+        scheduler.shutdown()  # the followers exit too
+    # SIGTERM: the server is stopping. Close the sockets and return (multiprocessing runs the finalizers and
+    # exits); skip the cyclic GC passes of interpreter shutdown, which take seconds with a loaded model.
+    recv_sock.close(linger=0)
+    send_sock.close(linger=0)
+    ctx.term()
+    gc.freeze()
+
+
+def serve(scheduler: SchedulerBase, recv_sock, send_sock, shutdown: ShutdownSignal) -> None:
+    """recv -> handle -> step -> send until SIGTERM (idle: a step every second, which heartbeats the tp ranks)."""
     poller = zmq.Poller()
     poller.register(recv_sock, zmq.POLLIN)
     poller.register(shutdown, zmq.POLLIN)
@@ -148,12 +183,6 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready_pi
             outputs = scheduler.step()
             if outputs:
                 send_sock.send_pyobj(outputs)
-    # SIGTERM: the server is stopping. Close the sockets and return (multiprocessing runs the finalizers and
-    # exits); skip the cyclic GC passes of interpreter shutdown, which take seconds with a loaded model.
-    recv_sock.close(linger=0)
-    send_sock.close(linger=0)
-    ctx.term()
-    gc.freeze()
 
 
 def handle_message(scheduler: SchedulerBase, msg, send_sock) -> None:

@@ -173,8 +173,10 @@ class Scheduler(SchedulerBase):
         prefix_lens: list[int] = []
         if self.chunked_req is not None:
             req = self.chunked_req
-            prefix_lens.append(len(req.prefix_indices))
-            adder.add_one(req, len(req.prefix_indices))
+            if adder.add_one(req, len(req.prefix_indices), reserve=bool(self.running_reqs)):
+                prefix_lens.append(len(req.prefix_indices))
+            else:  # no KV for its next part: back to the queue; its computed part stays cached (a radix hit)
+                self._retract(req)
             self.chunked_req = None
         sort_waiting_queue(self.server_args.schedule_policy, self.waiting_queue, self._match_prefix)
         admitted: list[Req] = []
