@@ -34,6 +34,7 @@ NOTEBOOK_ORDER = [
     "offline_engine",
     "radix_cache",
     "widgets_dashboard",
+    "parallelism",
     "benchmarking",
 ]
 NOTEBOOKS_INDEX = """# Notebooks

@@ -257,15 +257,17 @@ def share_cpu_threads(server_args: ServerArgs) -> None:
 
 
 def stop_processes(processes: list) -> None:
-    """Terminate every process, then wait for each (killing those still alive after 5 s)."""
+    """Terminate every replica, then wait for each (killing whatever still runs after 5 s).
+
+    Unconditional: a replica whose group has one dead rank reports ``is_alive() == False`` while its other ranks
+    may still run, and ``terminate`` / ``kill`` only signal the processes still running.
+    """
     for process in processes:
-        if process.is_alive():
-            process.terminate()
+        process.terminate()
     for process in processes:
         process.join(timeout=5)
-        if process.is_alive():
-            process.kill()
-            process.join(timeout=5)
+        process.kill()
+        process.join(timeout=5)
 
 
 def _exit_on_signal(signum: int, _frame) -> None:
