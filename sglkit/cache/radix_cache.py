@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -82,8 +83,8 @@ class TreeNode:
         return f"TreeNode(id={self.id}, len={len(self.key)}, lock_ref={self.lock_ref}, t={self.last_access_time})"
 
 
-def _match_len(node_key: list[int], key: list[int], start: int) -> int:
-    """Length of the common prefix of ``node_key`` and ``key[start:]``."""
+def common_prefix_len(node_key: Sequence[int], key: Sequence[int], start: int) -> int:
+    """Length of the common prefix of ``node_key`` and ``key[start:]`` (also used by the data-parallel router)."""
     n = min(len(node_key), len(key) - start)
     i = 0
     while i < n and node_key[i] == key[start + i]:
@@ -139,7 +140,7 @@ class RadixCache:
             child = node.children.get(key[pos])
             if child is None:
                 break
-            n = _match_len(child.key, key, pos)
+            n = common_prefix_len(child.key, key, pos)
             if n < len(child.key):
                 child = self._split_node(child, n)  # the unmatched tail keeps its old access time
             child.last_access_time = now
@@ -171,7 +172,7 @@ class RadixCache:
             child = node.children.get(key[pos])
             if child is None:
                 break
-            n = _match_len(child.key, key, pos)
+            n = common_prefix_len(child.key, key, pos)
             if n < len(child.key):
                 child = self._split_node(child, n)  # the unmatched tail keeps its old access time
             child.last_access_time = now

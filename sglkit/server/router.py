@@ -34,6 +34,8 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
+from sglkit.cache.radix_cache import common_prefix_len
+
 LOAD_BALANCE_METHODS = ("cache_aware", "shortest_queue", "round_robin")
 """The ``--load-balance-method`` choices (``sglkit.server_args`` repeats them for argparse)."""
 
@@ -61,15 +63,6 @@ class _Node:
         self.last_access = last_access
 
 
-def _common_len(key: tuple[int, ...], ids: Sequence[int], start: int) -> int:
-    """How many leading ids of ``key`` equal ``ids[start:]``."""
-    n = min(len(key), len(ids) - start)
-    i = 0
-    while i < n and key[i] == ids[start + i]:
-        i += 1
-    return i
-
-
 class ApproxPrefixTree:
     """Token-id prefixes one replica was sent recently: a radix tree of at most ``max_tokens`` ids.
 
@@ -93,7 +86,7 @@ class ApproxPrefixTree:
             child = node.children.get(ids[i])
             if child is None:
                 break
-            k = _common_len(child.key, ids, i)
+            k = common_prefix_len(child.key, ids, i)
             i += k
             if k < len(child.key):
                 break
@@ -111,7 +104,7 @@ class ApproxPrefixTree:
                 node.children[ids[i]] = _Node(tuple(ids[i:]), node, now)
                 self.size += len(ids) - i
                 break
-            k = _common_len(child.key, ids, i)
+            k = common_prefix_len(child.key, ids, i)
             if k < len(child.key):  # split: ``upper`` keeps the shared part, ``child`` the rest below it
                 upper = _Node(child.key[:k], node, child.last_access)
                 node.children[ids[i]] = upper

@@ -99,11 +99,11 @@ def test_python_api_page_documents_the_public_modules(site: Path) -> None:
 
 
 def test_server_arguments_page_lists_every_flag() -> None:
-    """One row per ServerArgs field, under its argparse flag, with its help text."""
+    """One row per ServerArgs field, under its argparse flag (and its aliases), with its help text."""
     page = gen_reference.server_arguments_page()
     for f in dataclasses.fields(ServerArgs):
         flag = "--" + f.name.replace("_", "-")
-        assert f"| `{flag}` |" in page, flag
+        assert f"| `{flag}` |" in page or f"| `{flag}`/" in page, flag  # "`--tp-size`/`--tp`" with an alias
         assert f.metadata["help"].split(".")[0] in page
     assert "## Model and tokenizer" in page  # sections come from the dataclass's comments
 

@@ -10,7 +10,6 @@ import logging
 
 import pytest
 import torch
-from conftest import SCENARIOS, HFComparison, PagedRunner
 
 from sglkit.core.forward_batch import ForwardMode
 from sglkit.core.model_config import ModelConfig
@@ -19,6 +18,7 @@ from sglkit.models.llama import LlamaForCausalLM
 from sglkit.models.loader import MODEL_IMPLS, iterate_weights, resolve_model_class
 from sglkit.models.transformers_backend import ATTENTION_IMPLEMENTATION, TransformersForCausalLM
 from sglkit.testing import make_tiny_model
+from tests.models.conftest import SCENARIOS, HFComparison, PagedRunner
 
 # name -> (make_tiny_model keyword arguments, model_impl)
 FALLBACK_CASES: dict[str, tuple[dict, str]] = {
