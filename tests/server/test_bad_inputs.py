@@ -164,7 +164,9 @@ def post(base_url: str, route: str, body: Any) -> requests.Response:
 def good_generation(base_url: str) -> None:
     """A normal request still works."""
     response = requests.post(
-        f"{base_url}/generate", json={"text": "hi", "sampling_params": {"max_new_tokens": 2}}
+        f"{base_url}/generate",
+        # ignore_eos: a sampled EOS as the first token would end the request after one token
+        json={"text": "hi", "sampling_params": {"max_new_tokens": 2, "ignore_eos": True}},
     )
     assert response.status_code == 200, response.text
     assert response.json()["meta_info"]["completion_tokens"] == 2
