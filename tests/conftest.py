@@ -75,6 +75,7 @@ INTEGRATION_PATHS = (
 )
 SLOW_PATHS = (
     "testing/test_demo_reward_model.py",  # the shipped reward model scored on its fact tables (~40 s on 2 cores)
+    "runtime/test_engine_tp.py",  # Engine(tp_size=2) vs tp 1 for every architecture: spawned ranks (~100 s)
 )
 _TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
