@@ -235,7 +235,7 @@ def sampling_params_page() -> str:
 # ----------------------------------------------------------------------------- HTTP API
 def http_models() -> tuple[dict[str, type], dict[str, type]]:
     """(path -> request body model, path -> response model): the models the routes validate with / emit."""
-    from sglkit.server import embeddings_api, native_api, protocol
+    from sglkit.server import embeddings_api, native_api, protocol, tokenize_api
 
     requests_ = {
         "/generate": native_api.GenerateReqInput,
@@ -247,12 +247,16 @@ def http_models() -> tuple[dict[str, type], dict[str, type]]:
         "/encode": embeddings_api.EncodeReqInput,
         "/classify": embeddings_api.EncodeReqInput,
         "/v1/embeddings": embeddings_api.EmbeddingRequest,
+        **{p: tokenize_api.TokenizeRequest for p in ("/tokenize", "/v1/tokenize")},
+        **{p: tokenize_api.DetokenizeRequest for p in ("/detokenize", "/v1/detokenize")},
     }
     responses = {
         "/v1/chat/completions": protocol.ChatCompletionResponse,
         "/v1/completions": protocol.CompletionResponse,
         "/v1/models": protocol.ModelList,
         "/v1/models/{model_id}": protocol.ModelCard,
+        **{p: tokenize_api.TokenizeResponse for p in ("/tokenize", "/v1/tokenize")},
+        **{p: tokenize_api.DetokenizeResponse for p in ("/detokenize", "/v1/detokenize")},
     }
     return requests_, responses
 
@@ -324,9 +328,8 @@ def model_table(model: dict[str, Any]) -> list[str]:
     lines = ["| field | type | default | notes |", "|---|---|---|---|"]
     for name, prop in model.get("properties", {}).items():
         default = "required" if name in required else f"`{json.dumps(prop.get('default'))}`"
-        lines.append(
-            f"| `{name}` | {cell(schema_type(prop, link=True))} | {cell(default)} | {cell(schema_notes(prop))} |"
-        )
+        notes = "; ".join(x for x in (schema_notes(prop), prop.get("description", "")) if x)
+        lines.append(f"| `{name}` | {cell(schema_type(prop, link=True))} | {cell(default)} | {cell(notes)} |")
     return lines
 
 
