@@ -32,6 +32,7 @@ class TokenizedGenerateReq:
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
     stream: bool = False
+    token_ids_logprob: list[int] | None = None  # also return these ids' logprobs at every scored position
 
 
 @dataclass
@@ -48,6 +49,9 @@ class GenerateOutput:
     input_top_logprobs: list[Any] = field(default_factory=list)
     output_token_logprobs_delta: list[tuple[float, int]] = field(default_factory=list)
     output_top_logprobs_delta: list[Any] = field(default_factory=list)
+    # token_ids_logprob: per position, the (logprob, token_id) pairs of the asked ids; None when not asked.
+    input_token_ids_logprobs: list[Any] | None = None
+    output_token_ids_logprobs_delta: list[Any] | None = None
     error: str | None = None  # set when the request failed inside the scheduler
 
 

@@ -51,6 +51,7 @@ class Req:
     top_logprobs_num: int = 0
     logprob_start_len: int = -1
     stream: bool = False
+    token_ids_logprob: list[int] | None = None  # ids whose logprobs are returned at every scored position
 
     # Generation state.
     output_ids: list[int] = field(default_factory=list)
@@ -72,6 +73,9 @@ class Req:
     input_top_logprobs: list[list[tuple[float, int]] | None] = field(default_factory=list)
     output_token_logprobs: list[tuple[float, int]] = field(default_factory=list)
     output_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
+    # token_ids_logprob: one list of (logprob, token_id) per scored position (None for the prompt's first token).
+    input_token_ids_logprobs: list[list[tuple[float, int]] | None] = field(default_factory=list)
+    output_token_ids_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
 
     # Streaming / detokenization state (owned by the output path).
     detokenizer: Any = None

@@ -70,8 +70,12 @@ class Engine:
         top_logprobs_num: int | list[int] | None = None,
         stream: bool = False,
         rid: str | list[str] | None = None,
+        token_ids_logprob: list[int] | list[list[int]] | None = None,
     ) -> dict | list[dict] | Iterator[dict]:
         """Generate for one prompt (dict) or a batch (list of dicts); ``stream=True`` yields incremental chunks.
+
+        ``token_ids_logprob`` (with ``return_logprob``): also the logprobs of these ids at every scored position
+        (``meta_info["input_token_ids_logprobs"]`` / ``["output_token_ids_logprobs"]``), as SGLang's /generate.
 
         Raises ValueError (naming the parameter) for invalid inputs; the engine keeps serving afterwards.
         """
@@ -89,6 +93,7 @@ class Engine:
             logprob_start_len=logprob_start_len,
             top_logprobs_num=top_logprobs_num,
             stream=stream,
+            token_ids_logprob=token_ids_logprob,
         )
         is_batch, reqs, owners = build_requests(
             inp, self.tokenizer, scheduler.model_runner.vocab_size, scheduler.context_len

@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict
 from sglkit import __version__
 from sglkit.runtime.frontend.input_processor import GenerateInput
 from sglkit.server.errors import error_response
-from sglkit.server.protocol import Bool, Int, parse_json_object, validate_request
+from sglkit.server.generate_request import GenerateReqInput, add_logprob_texts, parse_generate_request
+from sglkit.server.openai_logprobs import TokenText
+from sglkit.server.protocol import Bool, parse_json_object, validate_request
 
 router = APIRouter()
 
@@ -26,23 +28,6 @@ FLUSH_OK_TEXT = (
     "Cache flushed.\nPlease check backend logs for more details. "
     "(When there are running or waiting requests, the operation will not be performed.)"
 )
-
-
-class GenerateReqInput(BaseModel):
-    """Body of /generate (SGLang's GenerateReqInput, the fields sglkit supports).
-
-    Same type rules as the OpenAI routes: no strings or booleans for numbers, only true/false for flags.
-    """
-
-    model_config = ConfigDict(extra="ignore")
-    text: str | list[str] | None = None
-    input_ids: list[Int] | list[list[Int]] | None = None
-    sampling_params: dict[str, Any] | list[dict[str, Any]] | None = None
-    rid: str | list[str] | None = None
-    return_logprob: Bool | list[Bool] = False
-    logprob_start_len: Int | list[Int] | None = None
-    top_logprobs_num: Int | list[Int] | None = None
-    stream: Bool = False
 
 
 class UpdateWeightsReqInput(BaseModel):
@@ -73,8 +58,15 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8", "replace") + b"\n\n"
 
 
-def _native_chunk(chunk: dict[str, Any], with_index: bool) -> dict[str, Any]:
-    out = {"text": chunk["text"], "output_ids": chunk["output_ids"], "meta_info": chunk["meta_info"]}
+def _native_chunk(
+    chunk: dict[str, Any], with_index: bool, token_text: TokenText | None = None
+) -> dict[str, Any]:
+    """One request's SGLang answer; ``token_text`` (return_text_in_logprobs) fills the logprob entries' text."""
+    meta_info = chunk["meta_info"]
+    if token_text is not None:
+        meta_info = dict(meta_info)
+        add_logprob_texts(meta_info, token_text)
+    out = {"text": chunk["text"], "output_ids": chunk["output_ids"], "meta_info": meta_info}
     if with_index:
         out["index"] = chunk["index"]
     return out
@@ -83,15 +75,15 @@ def _native_chunk(chunk: dict[str, Any], with_index: bool) -> dict[str, Any]:
 @router.api_route("/generate", methods=["POST", "PUT"])
 async def generate(request: Request) -> Response:
     """Native generation: text or input_ids, single or batch, optional SSE streaming of cumulative text."""
-    obj = await _parse(request, GenerateReqInput)
+    obj: GenerateReqInput = parse_generate_request(await request.body())
     if request.app.state.server_args.is_embedding:
         return error_response(
             400, "This model is an embedding model; use /encode or /v1/embeddings.", "model"
         )
     tm = _tm(request)
-    inp = GenerateInput(**obj.model_dump())
-    is_batch, reqs, _ = await tm.tokenize(inp)
+    is_batch, reqs, _ = await tm.tokenize(obj.to_generate_input())
     with_index = is_batch or len(reqs) > 1
+    token_text = TokenText(tm.tokenizer) if obj.return_text_in_logprobs else None
     if obj.stream:
 
         async def stream() -> AsyncIterator[bytes]:
@@ -100,7 +92,7 @@ async def generate(request: Request) -> Response:
                     if chunk["error"]:
                         yield _sse({"error": {"message": chunk["error"], "type": "server_error"}})
                         break
-                    yield _sse(_native_chunk(chunk, with_index))
+                    yield _sse(_native_chunk(chunk, with_index, token_text))
             except Exception as e:  # noqa: BLE001 - errors after the 200 go in-band
                 yield _sse({"error": {"message": str(e), "type": "server_error"}})
             yield b"data: [DONE]\n\n"
@@ -112,7 +104,7 @@ async def generate(request: Request) -> Response:
     errors = [c["error"] for c in finals if c and c["error"]]
     if errors:
         return error_response(400, errors[0])
-    outputs = [_native_chunk(c, False) for c in finals]
+    outputs = [_native_chunk(c, False, token_text) for c in finals]
     return JSONResponse(outputs if with_index else outputs[0])
 
 

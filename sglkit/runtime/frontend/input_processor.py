@@ -12,6 +12,7 @@ from typing import Any
 
 from sglkit.core.messages import TokenizedGenerateReq, input_too_long_message
 from sglkit.core.sampling_params import SamplingParamError, SamplingParams
+from sglkit.runtime.frontend.logprob_options import TokenIdsLogprobError, pick_token_ids_logprob
 
 MAX_TOP_LOGPROBS = 20
 
@@ -36,6 +37,7 @@ class GenerateInput:
     logprob_start_len: int | list[int] | None = None
     top_logprobs_num: int | list[int] | None = None
     stream: bool = False
+    token_ids_logprob: list[int] | list[list[int]] | None = None
 
 
 def _is_batch(inp: GenerateInput) -> bool:
@@ -150,6 +152,12 @@ def build_requests(
             raise InvalidRequestError(
                 f"top_logprobs_num must be in [0, {MAX_TOP_LOGPROBS}].", "top_logprobs_num"
             )
+        try:
+            token_ids = pick_token_ids_logprob(
+                inp.token_ids_logprob, i, num, is_batch, vocab_size, return_logprob
+            )
+        except TokenIdsLogprobError as e:
+            raise InvalidRequestError(str(e), e.param) from None
         base_rid = _pick(inp.rid, i, num, "rid") or uuid.uuid4().hex
         for j in range(params.n):
             rid = base_rid if params.n == 1 else f"{base_rid}-{j}"
@@ -167,6 +175,7 @@ def build_requests(
                     logprob_start_len=start,
                     top_logprobs_num=top_n,
                     stream=inp.stream,
+                    token_ids_logprob=token_ids,
                 )
             )
             owners.append(i)

@@ -15,6 +15,8 @@ from sglkit.core.messages import GenerateOutput
 __all__ = ["OutputFolder", "format_logprobs"]
 
 LOGPROB_KEYS = ("input_token_logprobs", "input_top_logprobs", "output_token_logprobs", "output_top_logprobs")
+TOKEN_IDS_KEYS = ("input_token_ids_logprobs", "output_token_ids_logprobs")
+POSITION_LIST_KEYS = ("input_top_logprobs", "output_top_logprobs", *TOKEN_IDS_KEYS)
 
 
 def _triples(pairs: list) -> list[list]:
@@ -22,13 +24,16 @@ def _triples(pairs: list) -> list[list]:
 
 
 def format_logprobs(logprobs: dict[str, list]) -> dict[str, list]:
-    """(logprob, id) pairs -> SGLang's [logprob, id, None] triples; top-k lists likewise (None rows kept)."""
-    return {
+    """(logprob, id) pairs -> SGLang's [logprob, id, None] triples; per-position lists (top-k, token_ids_logprob)
+    likewise, None rows kept. The token_ids keys are there only when the request asked for token_ids_logprob."""
+    out = {
         "input_token_logprobs": _triples(logprobs["input_token_logprobs"]),
         "output_token_logprobs": _triples(logprobs["output_token_logprobs"]),
-        "input_top_logprobs": [None if t is None else _triples(t) for t in logprobs["input_top_logprobs"]],
-        "output_top_logprobs": [_triples(t) for t in logprobs["output_top_logprobs"]],
     }
+    for key in POSITION_LIST_KEYS:
+        if key in logprobs:
+            out[key] = [None if t is None else _triples(t) for t in logprobs[key]]
+    return out
 
 
 class OutputFolder:
@@ -55,6 +60,11 @@ class OutputFolder:
             self.logprobs["input_top_logprobs"].extend(out.input_top_logprobs)
             self.logprobs["output_token_logprobs"].extend(out.output_token_logprobs_delta)
             self.logprobs["output_top_logprobs"].extend(out.output_top_logprobs_delta)
+            if out.input_token_ids_logprobs is not None:  # token_ids_logprob was asked for
+                self.logprobs.setdefault("input_token_ids_logprobs", []).extend(out.input_token_ids_logprobs)
+                self.logprobs.setdefault("output_token_ids_logprobs", []).extend(
+                    out.output_token_ids_logprobs_delta or []
+                )
 
     def response(self) -> dict[str, Any]:
         """SGLang's ``{"text", "output_ids", "meta_info"}``; logprobs as [logprob, id, None] triples in meta_info."""

@@ -91,6 +91,9 @@ def make_output(req: Req) -> GenerateOutput:
         done = req.sent_output_len
         out.output_token_logprobs_delta = req.output_token_logprobs[done:]
         out.output_top_logprobs_delta = req.output_top_logprobs[done:]
+        if req.token_ids_logprob is not None:
+            out.input_token_ids_logprobs = req.input_token_ids_logprobs if done == 0 else []
+            out.output_token_ids_logprobs_delta = req.output_token_ids_logprobs[done:]
     if finished and req.finished_reason.type == "abort" and req.finished_reason.message:
         out.error = req.finished_reason.message
     req.sent_text_len = end
@@ -111,6 +114,16 @@ def record_output_logprobs(req: Req, logprobs: torch.Tensor, token_id: int) -> N
     if req.top_logprobs_num > 0:
         values, ids = get_top_logprobs(logprobs[None], req.top_logprobs_num)
         req.output_top_logprobs.append(list(zip(values[0].tolist(), ids[0].tolist())))
+    if req.token_ids_logprob is not None:
+        req.output_token_ids_logprobs.append(_token_ids_logprobs(logprobs[None], req.token_ids_logprob)[0])
+
+
+def _token_ids_logprobs(logprobs: torch.Tensor, token_ids: list[int]) -> list[list[tuple[float, int]]]:
+    """logprobs: [N, V] -> for each row, the (logprob, token_id) pairs of ``token_ids`` in their order."""
+    if not token_ids:
+        return [[] for _ in range(logprobs.shape[0])]
+    values = logprobs[:, torch.tensor(token_ids, device=logprobs.device)].tolist()  # [N, len(token_ids)]
+    return [list(zip(row, token_ids)) for row in values]
 
 
 def collect_input_logprobs(
@@ -122,6 +135,10 @@ def collect_input_logprobs(
     if req.logprob_start_len == 0 and first_pos == 0 and not req.input_token_logprobs:
         req.input_token_logprobs.append((None, req.origin_input_ids[0]))
         req.input_top_logprobs.append(None)
+        if req.token_ids_logprob is not None:
+            req.input_token_ids_logprobs.append(None)
+    if req.token_ids_logprob is not None:
+        req.input_token_ids_logprobs.extend(_token_ids_logprobs(lp, req.token_ids_logprob))
     values = get_token_logprobs(lp, targets).tolist()
     req.input_token_logprobs.extend(zip(values, targets.tolist()))
     if req.top_logprobs_num > 0:

@@ -88,6 +88,7 @@ class Scheduler(SchedulerBase):
             top_logprobs_num=recv.top_logprobs_num,
             logprob_start_len=recv.logprob_start_len,
             stream=recv.stream,
+            token_ids_logprob=recv.token_ids_logprob,
         )
         req.created_time = time.perf_counter()
         if params.sampling_seed is not None:

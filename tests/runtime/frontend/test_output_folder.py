@@ -68,3 +68,36 @@ def test_format_logprobs_empty():
         )
     }
     assert format_logprobs(empty) == empty
+
+
+def test_token_ids_logprobs_fold_only_when_asked():
+    folder = OutputFolder(return_logprob=True)
+    folder.add(
+        delta(
+            "a",
+            [5],
+            input_token_logprobs=[(None, 7), (-0.5, 8)],
+            input_token_ids_logprobs=[None, [(-3.0, 1), (-4.0, 2)]],
+            output_token_logprobs_delta=[(-0.1, 5)],
+            output_token_ids_logprobs_delta=[[(-2.5, 1), (-6.0, 2)]],
+        )
+    )
+    folder.add(
+        delta(
+            "b",
+            [6],
+            True,
+            input_token_ids_logprobs=[],
+            output_token_logprobs_delta=[(-0.2, 6)],
+            output_token_ids_logprobs_delta=[[(-1.5, 1), (-7.0, 2)]],
+        )
+    )
+    meta = folder.response()["meta_info"]
+    assert meta["input_token_ids_logprobs"] == [None, [[-3.0, 1, None], [-4.0, 2, None]]]
+    assert meta["output_token_ids_logprobs"] == [
+        [[-2.5, 1, None], [-6.0, 2, None]],
+        [[-1.5, 1, None], [-7.0, 2, None]],
+    ]
+    plain = OutputFolder(return_logprob=True)
+    plain.add(delta("a", [5], True, output_token_logprobs_delta=[(-0.1, 5)]))
+    assert "output_token_ids_logprobs" not in plain.response()["meta_info"]
