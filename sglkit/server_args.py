@@ -16,6 +16,7 @@ DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 MODEL_IMPLS = ("auto", "sglkit", "transformers")  # as sglkit.models.loader.MODEL_IMPLS
 LOAD_BALANCE_METHODS = ("cache_aware", "shortest_queue", "round_robin")  # as sglkit.server.router's
+GRAMMAR_BACKENDS = ("xgrammar", "none")  # as sglkit.constrained.GRAMMAR_BACKENDS
 
 
 def _arg(default: Any, help: str, **argparse_kwargs: Any) -> Any:
@@ -104,6 +105,19 @@ class ServerArgs:
         None,
         "Attention kernels. Only 'torch_native' (the default, CPU and CUDA) is implemented; 'triton' and "
         "'flashinfer' are reserved names that fail at start-up (not implemented yet; they need CUDA).",
+    )
+
+    grammar_backend: str = _arg(
+        "xgrammar",
+        "Constrained decoding (json_schema, regex, ebnf, structural_tag, response_format, tool_choice "
+        "required/named): 'xgrammar', or 'none' to refuse constrained requests with a 400.",
+        choices=GRAMMAR_BACKENDS,
+    )
+    constrained_json_any_whitespace: bool = _arg(
+        False,
+        "Let JSON-schema output put any whitespace between tokens (the permissive form). By default JSON is "
+        "generated with fixed separators and no free whitespace, so a weak model cannot emit whitespace until "
+        "max_tokens.",
     )
 
     # Parallelism (tensor parallel across processes, possibly across nodes).
@@ -214,6 +228,10 @@ class ServerArgs:
         if self.schedule_policy not in SCHEDULE_POLICIES:
             raise ValueError(
                 f"schedule_policy must be one of {SCHEDULE_POLICIES}, got {self.schedule_policy!r}."
+            )
+        if self.grammar_backend not in GRAMMAR_BACKENDS:
+            raise ValueError(
+                f"grammar_backend must be one of {GRAMMAR_BACKENDS}, got {self.grammar_backend!r}."
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}.")

@@ -57,6 +57,8 @@ class Req:
     output_ids: list[int] = field(default_factory=list)
     finished_reason: FinishReason | None = None
     generator: torch.Generator | None = None  # per-request RNG when sampling_seed is set
+    grammar: Any = None  # sglkit.constrained.GrammarMatcher when the request is constrained
+    grammar_future: Any = None  # the compile in flight while the request waits for its grammar
 
     # KV / cache state (owned by the scheduler and the radix cache).
     req_pool_idx: int | None = None

@@ -12,12 +12,17 @@ strings are never accepted where a number is expected, and boolean fields accept
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
 GREEDY_TEMPERATURE_EPS = 1e-6
 MAX_N = 128
 MAX_STOP_STRS = 32
+MAX_STOP_REGEXES = 16
+MAX_STOP_REGEX_LEN = 4096
+GRAMMAR_FIELDS = ("json_schema", "regex", "ebnf", "structural_tag")
+"""The constrained-decoding fields; at most one may be set (SGLang's rule)."""
 _SEED_MIN = -(1 << 63)
 _SEED_MAX = (1 << 64) - 1
 
@@ -104,6 +109,19 @@ _FLOAT_FIELDS = (
     "repetition_penalty",
 )
 _BOOL_FIELDS = ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim")
+_STR_FIELDS = GRAMMAR_FIELDS
+_OPTIONAL_FIELDS = (
+    "stop",
+    "stop_token_ids",
+    "stop_regex",
+    "logit_bias",
+    "sampling_seed",
+    "stream_interval",
+    *GRAMMAR_FIELDS,
+    "beam_width",
+    "custom_params",
+    "watermark",
+)
 
 
 @dataclass
@@ -129,6 +147,16 @@ class SamplingParams:
     logit_bias: dict | None = None
     sampling_seed: int | None = None
     stream_interval: int | None = None
+    stop_regex: str | list[str] | None = None
+    # Constrained decoding (sglkit.constrained): at most one of these; empty strings mean "not set".
+    json_schema: str | None = None
+    regex: str | None = None
+    ebnf: str | None = None
+    structural_tag: str | None = None
+    # SGLang keys sglkit refuses unless unset (beam_width 1, empty custom_params, no watermark): see verify.
+    beam_width: int | None = None
+    custom_params: dict | None = None
+    watermark: Any = None
 
     @classmethod
     def from_dict(cls, d: dict | None) -> SamplingParams:
@@ -147,6 +175,9 @@ class SamplingParams:
                 raise SamplingParamError(str(key), f"{key} is not a known sampling parameter")
             if value is not None:
                 kwargs[key] = _coerce(key, value)
+        for key in GRAMMAR_FIELDS:  # an empty grammar means "unset", as in SGLang
+            if kwargs.get(key) == "":
+                del kwargs[key]
         return cls(**kwargs)
 
     def _check_types(self) -> None:
@@ -154,7 +185,7 @@ class SamplingParams:
         for f in fields(self):
             value = getattr(self, f.name)
             if value is None:
-                if f.name in ("stop", "stop_token_ids", "logit_bias", "sampling_seed", "stream_interval"):
+                if f.name in _OPTIONAL_FIELDS:
                     continue
                 raise _fail(f.name, "set", value)
             setattr(self, f.name, _coerce(f.name, value))
@@ -202,6 +233,42 @@ class SamplingParams:
             raise _fail("sampling_seed", "an integer that fits in 64 bits", self.sampling_seed)
         if self.stream_interval is not None and self.stream_interval < 1:
             raise _fail("stream_interval", "an integer >= 1", self.stream_interval)
+        self._verify_stop_regex()
+        grammars = [name for name in GRAMMAR_FIELDS if getattr(self, name)]
+        if len(grammars) > 1:
+            raise SamplingParamError(
+                grammars[1], "Only one of json_schema, regex, ebnf, or structural_tag can be set."
+            )
+        if self.beam_width is not None and self.beam_width != 1:
+            raise SamplingParamError("beam_width", "beam_width > 1 (beam search) is not supported by sglkit.")
+        if self.custom_params:
+            raise SamplingParamError(
+                "custom_params",
+                "custom_params is not supported: sglkit has no custom logit processors "
+                "(SGLang's --enable-custom-logit-processor).",
+            )
+        if self.watermark is not None:
+            raise SamplingParamError("watermark", "watermark is not supported by sglkit.")
+
+    def _verify_stop_regex(self) -> None:
+        patterns = self.stop_regexes
+        if len(patterns) > MAX_STOP_REGEXES:
+            raise SamplingParamError(
+                "stop_regex", f"stop_regex must have at most {MAX_STOP_REGEXES} patterns, got {len(patterns)}"
+            )
+        for pattern in patterns:
+            if len(pattern.encode("utf-8")) > MAX_STOP_REGEX_LEN:
+                raise SamplingParamError(
+                    "stop_regex", f"stop_regex patterns must be at most {MAX_STOP_REGEX_LEN} bytes"
+                )
+            try:
+                compiled = re.compile(pattern)
+            except re.error as e:
+                raise SamplingParamError(
+                    "stop_regex", f"stop_regex {pattern!r} is not a valid regex: {e}"
+                ) from None
+            if compiled.fullmatch("") is not None:
+                raise SamplingParamError("stop_regex", f"stop_regex {pattern!r} matches the empty string")
 
     def normalize(self) -> None:
         """Canonical forms: ``stop`` becomes a list, ``logit_bias`` keys become ints (idempotent)."""
@@ -215,6 +282,24 @@ class SamplingParams:
             self.stop_token_ids = [int(t) for t in self.stop_token_ids]
         if self.logit_bias is not None:
             self.logit_bias = _as_logit_bias("logit_bias", self.logit_bias)
+        if isinstance(self.stop_regex, str):
+            self.stop_regex = [self.stop_regex]
+
+    @property
+    def grammar(self) -> tuple[str, str] | None:
+        """The constrained-decoding spec as ``(field, value)`` (e.g. ``("regex", "[0-9]+")``), or None."""
+        for name in GRAMMAR_FIELDS:
+            value = getattr(self, name)
+            if value:
+                return name, value
+        return None
+
+    @property
+    def stop_regexes(self) -> list[str]:
+        """The stop_regex patterns as a list (whether or not ``normalize`` ran)."""
+        if not self.stop_regex:
+            return []
+        return [self.stop_regex] if isinstance(self.stop_regex, str) else list(self.stop_regex)
 
     @property
     def is_greedy(self) -> bool:
@@ -242,6 +327,8 @@ class SamplingParams:
             out["stop_token_ids"] = list(out["stop_token_ids"])
         if out["logit_bias"] is not None:
             out["logit_bias"] = {str(k): v for k, v in out["logit_bias"].items()}
+        if isinstance(out["stop_regex"], list):
+            out["stop_regex"] = list(out["stop_regex"])
         return out
 
 
@@ -259,6 +346,18 @@ def _coerce(name: str, value: Any) -> Any:
         return _as_int_list(name, value)
     if name == "logit_bias":
         return _as_logit_bias(name, value)
-    if name in ("sampling_seed", "stream_interval"):
+    if name in ("sampling_seed", "stream_interval", "beam_width"):
         return _as_int(name, value)
+    if name == "stop_regex":
+        return _as_stop(name, value)
+    if name in _STR_FIELDS:
+        if not isinstance(value, str):
+            raise _fail(name, "a string", value)
+        return value
+    if name == "custom_params":
+        if not isinstance(value, dict):
+            raise _fail(name, "an object", value)
+        return value
+    if name == "watermark":
+        return value
     raise SamplingParamError(name, f"{name} is not a known sampling parameter")

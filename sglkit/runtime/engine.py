@@ -96,7 +96,11 @@ class Engine:
             token_ids_logprob=token_ids_logprob,
         )
         is_batch, reqs, owners = build_requests(
-            inp, self.tokenizer, scheduler.model_runner.vocab_size, scheduler.context_len
+            inp,
+            self.tokenizer,
+            scheduler.model_runner.vocab_size,
+            scheduler.context_len,
+            self.server_args.grammar_backend,
         )
         if stream:
             return self._stream(reqs, owners, is_batch)

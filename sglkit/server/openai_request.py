@@ -13,6 +13,7 @@ from typing import Any
 
 from sglkit.runtime.frontend.input_processor import GenerateInput, InvalidRequestError
 from sglkit.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from sglkit.server.response_format import grammar_params, response_format_grammar
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16
 """``max_tokens`` of a completion request that sets none (OpenAI's default)."""
@@ -23,15 +24,7 @@ _INTERNAL_NAME = re.compile(
 
 def check_supported(req: SamplingRequest) -> None:
     """Refuse (400) the features sglkit does not implement instead of silently ignoring them."""
-    fmt = req.response_format
-    if fmt is not None and fmt.get("type", "text") != "text":
-        raise InvalidRequestError(
-            f"response_format type {fmt.get('type')!r} is not supported (sglkit has no constrained decoding).",
-            "response_format",
-        )
-    for name in ("regex", "json_schema", "ebnf"):
-        if getattr(req, name) is not None:
-            raise InvalidRequestError(f"{name} is not supported (sglkit has no constrained decoding).", name)
+    grammar_params(req.response_format, req.regex, req.ebnf, req.json_schema)
     if isinstance(req, ChatCompletionRequest):
         if req.top_logprobs and not req.logprobs:
             raise InvalidRequestError("top_logprobs requires logprobs to be true.", "top_logprobs")
@@ -72,6 +65,7 @@ def sampling_params_dict(req: SamplingRequest, max_new_tokens: int) -> dict[str,
         "no_stop_trim": req.no_stop_trim,
         "logit_bias": req.logit_bias,
         "sampling_seed": req.seed,
+        **grammar_params(req.response_format, req.regex, req.ebnf, req.json_schema),
     }
     return {k: v for k, v in values.items() if v is not None}
 
@@ -115,6 +109,8 @@ def completion_to_generate_input(req: CompletionRequest) -> GenerateInput:
 def param_names(req: SamplingRequest) -> dict[str, str]:
     """Internal (GenerateInput / SamplingParams) name -> the name in this OpenAI request."""
     names = {"min_new_tokens": "min_tokens", "sampling_seed": "seed"}
+    if response_format_grammar(req.response_format):
+        names.update(json_schema="response_format", structural_tag="response_format")
     if isinstance(req, ChatCompletionRequest):
         names["max_new_tokens"] = (
             "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"

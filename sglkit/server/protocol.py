@@ -130,10 +130,10 @@ class SamplingRequest(BaseModel):
     spaces_between_special_tokens: Bool | None = None
     no_stop_trim: Bool | None = None
     rid: str | None = None
-    # Constrained decoding: accepted in the schema so the answer can be a clear 400 (not supported).
+    # Constrained decoding (sglkit.server.response_format -> the native grammar sampling params).
     response_format: dict[str, Any] | None = None
     regex: str | None = None
-    json_schema: str | None = None
+    json_schema: str | dict[str, Any] | None = None
     ebnf: str | None = None
 
     @property

@@ -174,8 +174,11 @@ def test_internal_names_in_errors_become_openai_names():
 @pytest.mark.parametrize(
     "req, param",
     [
-        (chat({"response_format": {"type": "json_object"}}), "response_format"),
-        (chat({"regex": "a+"}), "regex"),
+        (chat({"response_format": {"type": "xml"}}), "response_format"),
+        (chat({"response_format": {"type": "json_schema"}}), "response_format"),
+        (chat({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}), "response_format"),
+        (chat({"response_format": {"type": "json_object"}, "regex": "a+"}), "regex"),
+        (chat({"regex": "a+", "ebnf": 'root ::= "a"'}), "ebnf"),
         (chat({"top_logprobs": 2}), "top_logprobs"),
         (chat({"tool_choice": "required"}), "tool_choice"),
         (completion({"prompt": "a", "suffix": "z"}), "suffix"),

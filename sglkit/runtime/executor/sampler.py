@@ -2,8 +2,9 @@
 
 Per step the scheduler builds one ``SamplingBatchInfo`` (``from_reqs``: per-row parameter tensors, penalty counts,
 masks) and calls ``model_runner.sample(logits, info)``, which runs ``Sampler.sample(logits, info, generator)``.
-Order of operations on a row: logit_bias -> min_new_tokens (EOS / stop_token_ids masked) -> penalties
-(repetition over prompt+output tokens, vLLM's rule; frequency/presence over output tokens, OpenAI's rule) ->
+Order of operations on a row: logit_bias -> min_new_tokens (EOS / stop_token_ids masked; not on constrained rows,
+whose grammar decides where the output ends) -> penalties (repetition over prompt+output tokens, vLLM's rule;
+frequency/presence over output tokens, OpenAI's rule) -> the grammar's vocabulary mask (constrained rows) ->
 greedy rows take argmax -> other rows: temperature, top_k, top_p (on the top-k-renormalized distribution),
 min_p, softmax, one inverse-CDF draw.
 
@@ -15,7 +16,7 @@ is in the batch. ``sample`` never modifies ``logits``: logprobs are computed fro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,10 @@ class SamplingBatchInfo:
     output_counts: torch.Tensor | None = None  # [M] float32 occurrences of each output token
     frequency_penalties: torch.Tensor | None = None  # [B] float32
     presence_penalties: torch.Tensor | None = None  # [B] float32
+    # Constrained rows: the grammar backend's mask (sglkit.constrained) and the function that applies it.
+    vocab_mask: torch.Tensor | None = None  # [B, ...] in the backend's format (xgrammar: packed int32 bits)
+    vocab_mask_rows: list[int] | None = None
+    apply_vocab_mask: Callable[[torch.Tensor, torch.Tensor, list[int]], None] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -83,6 +88,7 @@ class SamplingBatchInfo:
             or self.banned_index is not None
             or self.repetition_index is not None
             or self.output_index is not None
+            or self.vocab_mask is not None
         )
 
     @classmethod
@@ -129,7 +135,7 @@ class SamplingBatchInfo:
 
         eos = list(eos_token_ids)
         banned = [
-            eos + list(p.stop_token_ids or []) if len(out) < p.min_new_tokens else None
+            eos + list(p.stop_token_ids or []) if len(out) < p.min_new_tokens and p.grammar is None else None
             for p, out in zip(params, output_ids, strict=True)
         ]
         if any(banned):
@@ -177,7 +183,9 @@ class SamplingBatchInfo:
 
 
 def apply_logit_processors(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
-    """logits: [B, V] -> new float32 [B, V] with bias, min_new_tokens ban and penalties applied (input untouched).
+    """logits: [B, V] -> new float32 [B, V] with bias, min_new_tokens ban, penalties and the grammar mask applied.
+
+    The input is untouched.
 
     repetition (vLLM): for tokens in prompt+output, positive logits are divided by the penalty and negative ones
     multiplied; frequency/presence (OpenAI): ``logit -= count * frequency_penalty + (count > 0) * presence_penalty``
@@ -200,6 +208,8 @@ def apply_logit_processors(logits: torch.Tensor, info: SamplingBatchInfo) -> tor
         rows = index // vocab
         delta = info.output_counts * info.frequency_penalties[rows] + info.presence_penalties[rows]
         flat.index_add_(0, index, -delta)
+    if info.vocab_mask is not None:
+        info.apply_vocab_mask(out, info.vocab_mask, info.vocab_mask_rows)
     return out
 
 

@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sglkit.constrained import GrammarError, validate_grammar
 from sglkit.core.messages import TokenizedGenerateReq, input_too_long_message
 from sglkit.core.sampling_params import SamplingParamError, SamplingParams
 from sglkit.runtime.frontend.logprob_options import TokenIdsLogprobError, pick_token_ids_logprob
@@ -99,9 +100,13 @@ def check_context_length(
 
 
 def build_requests(
-    inp: GenerateInput, tokenizer, vocab_size: int, context_len: int
+    inp: GenerateInput, tokenizer, vocab_size: int, context_len: int, grammar_backend: str = "xgrammar"
 ) -> tuple[bool, list[TokenizedGenerateReq], list[int]]:
-    """Validate and tokenize. Returns (is_batch, requests, input index of each request); n > 1 expands in place."""
+    """Validate and tokenize. Returns (is_batch, requests, input index of each request); n > 1 expands in place.
+
+    A grammar (json_schema / regex / ebnf / structural_tag) is parsed here, so a bad one is refused before
+    anything is queued; ``grammar_backend`` "none" refuses every grammar.
+    """
     is_batch = _is_batch(inp)
     if is_batch:
         items = inp.text if inp.text is not None else inp.input_ids
@@ -122,7 +127,8 @@ def build_requests(
             params = SamplingParams.from_dict(params_dict)
             params.verify(vocab_size)
             params.normalize()
-        except SamplingParamError as e:
+            validate_grammar(params.grammar, grammar_backend)
+        except (SamplingParamError, GrammarError) as e:
             raise InvalidRequestError(str(e), e.param) from e
         if inp.text is not None:
             if not isinstance(item, str):

@@ -1,12 +1,15 @@
 """Scheduler output path: after sampling, append tokens, check finish conditions, detokenize, emit GenerateOutput.
 
-Finish order (SGLang's): max_new_tokens -> EOS / stop_token_ids -> stop strings -> context length.
+Finish order (SGLang's): max_new_tokens -> EOS / stop_token_ids -> stop strings -> stop_regex -> the grammar
+(a constrained request whose grammar rejects the token aborts; one whose grammar reached its end stops) -> context
+length.
 While stop strings are active, streamed text holds back the last ``max_stop_len - 1`` characters so a
 stream never shows the start of a stop string that the final text trims.
 """
 
 from __future__ import annotations
 
+import re
 import time
 
 import torch
@@ -49,10 +52,35 @@ def append_token(req: Req, token_id: int, eos_token_ids: set[int], context_len: 
             index, matched = found
             req.text = req.text[: index + (len(matched) if params.no_stop_trim else 0)]
             req.finished_reason = FinishReason("stop", matched=matched)
+    if req.finished_reason is None and params.stop_regex:
+        _check_stop_regex(req)
+    if req.finished_reason is None and req.grammar is not None:
+        if not req.grammar.accept_token(token_id):
+            req.finished_reason = FinishReason(
+                "abort", message=f"Token {token_id} is not allowed by the request's grammar."
+            )
+        elif req.grammar.is_terminated():
+            req.finished_reason = FinishReason("stop", matched=token_id)
     if req.finished_reason is None and req.seq_len >= context_len:
         req.finished_reason = FinishReason("length", length=len(req.output_ids))
     if req.finished_reason is not None:
         req.text += req.detokenizer.flush() if req.finished_reason.type == "length" else ""
+
+
+def _check_stop_regex(req: Req) -> None:
+    """Stop at the leftmost match of any ``stop_regex`` pattern (trimmed unless ``no_stop_trim``).
+
+    The whole text is searched: a match that ended in earlier text would have stopped the request then.
+    """
+    params = req.sampling_params
+    best: re.Match | None = None
+    for pattern in params.stop_regexes:
+        match = re.search(pattern, req.text)
+        if match is not None and (best is None or match.start() < best.start()):
+            best = match
+    if best is not None:
+        req.text = req.text[: best.end() if params.no_stop_trim else best.start()]
+        req.finished_reason = FinishReason("stop", matched=best.group(0))
 
 
 def streamable_text_end(req: Req) -> int:

@@ -15,6 +15,7 @@ import time
 import torch
 
 from sglkit.cache.radix_cache import RadixCache
+from sglkit.constrained import GrammarBackend, create_grammar_backend
 from sglkit.core.forward_batch import ForwardMode
 from sglkit.core.messages import ControlResult, GenerateOutput, TokenizedGenerateReq
 from sglkit.core.req import FinishReason, Req
@@ -30,6 +31,7 @@ from sglkit.runtime.scheduler.batch import (
     input_logprob_start,
     to_forward_batch,
 )
+from sglkit.runtime.scheduler.grammar_queue import GrammarQueue, build_vocab_mask
 from sglkit.runtime.scheduler.output import (
     append_token,
     collect_input_logprobs,
@@ -69,11 +71,24 @@ class Scheduler(SchedulerBase):
         self.eos_token_ids = get_eos_token_ids(
             self.model_runner.model_config.hf_config, self.tokenizer, server_args.model_path
         )
+        self.grammar_queue = GrammarQueue(self._create_grammar_backend(), sync=server_args.tp_size > 1)
         self.waiting_queue: list[Req] = []
         self.running_reqs: list[Req] = []
         self.chunked_req: Req | None = None
         self.new_token_ratio = INIT_NEW_TOKEN_RATIO
         self.log_limits()
+
+    def _create_grammar_backend(self) -> GrammarBackend | None:
+        if self.tokenizer is None:
+            return None
+        args = self.server_args
+        return create_grammar_backend(
+            args.grammar_backend,
+            self.tokenizer,
+            self.model_runner.vocab_size,
+            self.eos_token_ids,
+            any_whitespace=args.constrained_json_any_whitespace,
+        )
 
     # ------------------------------------------------------------------ intake
     def add_request(self, recv: TokenizedGenerateReq) -> GenerateOutput | None:
@@ -94,6 +109,10 @@ class Scheduler(SchedulerBase):
         if params.sampling_seed is not None:
             req.generator = make_generator(params.sampling_seed, self.device)
         error = self._check_fits(req)
+        if not error and params.grammar is not None:
+            error = self.grammar_queue.add(req)
+            if not error:
+                return None
         if error:
             req.finished_reason = FinishReason("abort", message=error)
             return make_output(req)
@@ -112,6 +131,10 @@ class Scheduler(SchedulerBase):
     def abort_request(self, rid: str | None = None, abort_all: bool = False) -> list[GenerateOutput]:
         """Abort one request (by id) or all; returns their final outputs. Their KV is released at once."""
         outputs = []
+        for req in self.grammar_queue.remove(rid, abort_all):
+            req.finished_reason = FinishReason("abort")
+            self.stats.record_finished(req)
+            outputs.append(make_output(req))
         for req in list(self.waiting_queue):
             if abort_all or req.rid == rid:
                 self.waiting_queue.remove(req)
@@ -130,10 +153,16 @@ class Scheduler(SchedulerBase):
     # ------------------------------------------------------------------ loop
     def is_idle(self) -> bool:
         """True when nothing is queued or running."""
-        return not self.waiting_queue and not self.running_reqs and self.chunked_req is None
+        return (
+            not self.waiting_queue
+            and not self.running_reqs
+            and self.chunked_req is None
+            and not len(self.grammar_queue)
+        )
 
     def step(self) -> list[GenerateOutput]:
         """Run one forward pass (prefill if anything can be admitted, else decode); return the outputs."""
+        self._admit_compiled_grammars()
         batch = self._get_new_prefill_batch()
         if batch is None and self.running_reqs:
             batch = self._get_decode_batch()
@@ -143,6 +172,20 @@ class Scheduler(SchedulerBase):
         if batch.forward_mode.is_extend():
             return self._run_extend(batch)
         return self._run_decode(batch)
+
+    def _admit_compiled_grammars(self) -> None:
+        """Constrained requests whose grammar compiled join the waiting queue; failed ones finish with the error."""
+        if not len(self.grammar_queue):
+            return
+        if not self.waiting_queue and not self.running_reqs and self.chunked_req is None:
+            self.grammar_queue.wait(
+                timeout=0.01
+            )  # nothing else to run: no busy loop while the grammar compiles
+        ready, failed = self.grammar_queue.pop_ready()
+        self.waiting_queue.extend(ready)
+        for req in failed:
+            self.stats.record_finished(req)
+            self._pending_outputs.append(make_output(req))
 
     def _drain_finished_without_pass(self) -> list[GenerateOutput]:
         self.stats.idle()
@@ -299,6 +342,7 @@ class Scheduler(SchedulerBase):
         info = SamplingBatchInfo.from_reqs(
             reqs, self.model_runner.vocab_size, self.eos_token_ids, logits.device
         )
+        build_vocab_mask(info, reqs, self.grammar_queue.backend)
         next_ids = self.model_runner.sample(logits, info).tolist()
         logprobs = compute_logprobs(logits) if any(r.return_logprob for r in reqs) else None
         for i, req in enumerate(reqs):
@@ -365,7 +409,7 @@ class Scheduler(SchedulerBase):
         """Running (incl. a half-prefilled chunked request), queued, and KV slots in use."""
         return {
             "num_running": self._num_running(),
-            "num_queued": len(self.waiting_queue),
+            "num_queued": len(self.waiting_queue) + len(self.grammar_queue),
             "num_used_tokens": self._num_used_tokens(),
         }
 
