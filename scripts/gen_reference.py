@@ -378,7 +378,9 @@ def http_api_page() -> str:
         "",
         "The routes of `python -m sglkit.launch_server`, from the server's OpenAPI schema (a running server "
         "serves it at `/openapi.json`, browsable at `/docs`). Bodies are JSON objects whatever the "
-        "Content-Type; unknown fields are ignored and `null` means the default. Errors are JSON "
+        "Content-Type and `null` means the default; `/generate` and the tokenizer routes refuse unknown fields "
+        "(and `/generate` the SGLang fields sglkit does not implement, when set: [clients](../clients.md)). "
+        "Errors are JSON "
         '`{"error": {"message", "type", "param", "code"}}` with a 4xx/5xx status. With `--api-key`, '
         "every route but `/health` and `/health_generate` needs `Authorization: Bearer <key>`.",
         "",
