@@ -5,6 +5,7 @@
     python -m sglkit.bench_offline_throughput --model-path P --num-prompts 64 --shared-prefix-len 1024 \
         --input-len 16 --output-len 32 --compare-radix
     python -m sglkit.bench_offline_throughput --num-prompts 32 --output-len 64 --compare-model-impl
+    python -m sglkit.bench_offline_throughput --num-prompts 32 --output-len 512 --json-schema
 
 Both sides run in this process, one after the other, on the same prompts; the ratio is what to read.
 Without --model-path a ~20M-parameter Llama is made by sglkit.testing (preset "small").
@@ -92,6 +93,33 @@ def report(name: str, result: dict, num_prompts: int, input_tokens: int) -> None
     )
 
 
+def report_constrained(
+    model_path: str,
+    prompts: list[list[int]],
+    output_len: int,
+    schema_arg: str,
+    engine_kwargs: dict,
+    input_tokens: int,
+) -> None:
+    """--json-schema: constrained vs unconstrained on the same prompts and lengths, and the compile times."""
+    from sglkit.bench.constrained import compile_times, load_schema, run_constrained_pair
+
+    schema = load_schema(schema_arg)
+    first, cached = compile_times(model_path, schema)
+    num_props = len(schema.get("properties", {}))
+    print(
+        f"grammar compile ({num_props} properties): first {first * 1e3:.1f} ms | cached {cached * 1e3:.3f} ms"
+    )
+    constrained, plain = run_constrained_pair(model_path, prompts, output_len, schema, engine_kwargs)
+    report("sglkit json_schema", constrained, len(prompts), input_tokens)
+    report("sglkit unconstrained", plain, len(prompts), input_tokens)
+    print(f"valid JSON outputs: {constrained['num_valid']}/{len(prompts)}")
+    ratio = (constrained["output_tokens"] / constrained["elapsed"]) / (
+        plain["output_tokens"] / plain["elapsed"]
+    )
+    print(f"output throughput ratio constrained / unconstrained: {ratio:.2f}x")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse flags, run the benchmark(s), print figures and ratios."""
     parser = argparse.ArgumentParser(
@@ -130,6 +158,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hf-batch-size", type=int, default=64)
     parser.add_argument("--compare-radix", action="store_true", help="Run with and without the radix cache.")
     parser.add_argument("--check-outputs", action="store_true", help="Report how many outputs equal HF's.")
+    parser.add_argument(
+        "--json-schema",
+        nargs="?",
+        const="builtin",
+        default=None,
+        help="Constrained workload: generate JSON for this schema file (default: a built-in 30-property schema; "
+        "--output-len caps each output), then the same prompts unconstrained with the same output lengths; "
+        "prints the throughput ratio and the schema's compile time (first and cached).",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -155,6 +192,11 @@ def main(argv: list[str] | None = None) -> None:
         "model_impl": args.model_impl,
     }
     engine_kwargs = {k: v for k, v in engine_kwargs.items() if v not in (None, False)}
+    if args.json_schema:
+        report_constrained(
+            model_path, prompts, args.output_len, args.json_schema, engine_kwargs, input_tokens
+        )
+        return
     ours = run_sglkit(model_path, prompts, args.output_len, engine_kwargs)
     report("sglkit", ours, len(prompts), input_tokens)
     if args.compare_radix:
