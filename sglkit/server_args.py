@@ -183,7 +183,11 @@ class ServerArgs:
 
     # Logging and metrics.
     log_level: str = _arg("info", "Log level of the server.", choices=LOG_LEVELS)
-    log_requests: bool = _arg(False, "Log the input and output of every finished generation request.")
+    log_requests: bool = _arg(
+        False,
+        "Log the input and output of every finished generation request, and every refused request (4xx) with "
+        "its route, param and reason.",
+    )
     enable_metrics: bool = _arg(False, "Expose Prometheus metrics at /metrics.")
     decode_log_interval: int = _arg(40, "Log a 'Decode batch' line every this many decode steps.")
 

@@ -133,20 +133,33 @@ def validation_error_response(errors: Sequence[dict[str, Any]]) -> JSONResponse:
     return error_response(400, f"Invalid request: {shown}", param=loc_to_param(first.get("loc", ())))
 
 
+def log_rejected(request: Request, response: JSONResponse) -> JSONResponse:
+    """``--log-requests``: one line per refused request (4xx) with its route, status, param and reason."""
+    server_args = getattr(request.app.state, "server_args", None)
+    if server_args is not None and server_args.log_requests and 400 <= response.status_code < 500:
+        error = json.loads(response.body)["error"]
+        param = f" (param: {error['param']})" if error.get("param") else ""
+        logger.info(
+            f"Rejected request: {request.method} {request.url.path} -> {response.status_code}{param}: "
+            f"{error['message']}"
+        )
+    return response
+
+
 async def _on_request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return validation_error_response(exc.errors())
+    return log_rejected(request, validation_error_response(exc.errors()))
 
 
 async def _on_openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
-    return error_response(exc.status, exc.message, exc.param, exc.err_type, exc.code)
+    return log_rejected(request, error_response(exc.status, exc.message, exc.param, exc.err_type, exc.code))
 
 
 async def _on_invalid_request(request: Request, exc: InvalidRequestError) -> JSONResponse:
-    return error_response(400, str(exc), param=exc.param)
+    return log_rejected(request, error_response(400, str(exc), param=exc.param))
 
 
 async def _on_sampling_param(request: Request, exc: SamplingParamError) -> JSONResponse:
-    return error_response(400, str(exc), param=exc.param)
+    return log_rejected(request, error_response(400, str(exc), param=exc.param))
 
 
 async def _on_http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:

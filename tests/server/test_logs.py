@@ -52,3 +52,15 @@ def test_batch_lines_and_request_log(server):
     assert re.search(
         r"Finish: rid=log-me, input='Log me please', output='.*', meta_info=\{'id': 'log-me'", log
     )
+
+
+def test_rejected_requests_are_logged_with_the_reason(server):
+    response = requests.post(
+        f"{server.base_url}/generate", json={"text": "x", "sampling_params": {"regex": "(unclosed"}}
+    )
+    assert response.status_code == 400
+    response = requests.post(f"{server.base_url}/v1/chat/completions", json={"messages": []})
+    assert response.status_code == 400
+    log = server.log()
+    assert re.search(r"Rejected request: POST /generate -> 400 \(param: regex\): Invalid regex", log)
+    assert "Rejected request: POST /v1/chat/completions -> 400 (param: messages)" in log
