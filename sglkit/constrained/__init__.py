@@ -5,14 +5,8 @@ Front end: ``validate_grammar`` refuses a bad spec (400 naming the field) before
 ``GrammarMatcher`` that advances with each accepted token, and the sampler applies the batch's mask.
 """
 
-from sglkit.constrained.base import (
-    GRAMMAR_BACKENDS,
-    GrammarBackend,
-    GrammarError,
-    GrammarMatcher,
-    create_grammar_backend,
-    validate_grammar,
-)
+from sglkit.constrained.base import GRAMMAR_BACKENDS, GrammarBackend, GrammarError, GrammarMatcher
+from sglkit.constrained.factory import create_grammar_backend, validate_grammar
 
 __all__ = [
     "GRAMMAR_BACKENDS",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from concurrent.futures import FIRST_COMPLETED, wait
 
-from sglkit.constrained import GrammarBackend
+from sglkit.constrained import GrammarBackend, create_grammar_backend
 from sglkit.core.req import FinishReason, Req
 from sglkit.runtime.executor.sampler import SamplingBatchInfo
 
@@ -23,6 +23,21 @@ class GrammarQueue:
         self.backend = backend
         self.sync = sync
         self.reqs: list[Req] = []
+
+    @classmethod
+    def for_server(cls, server_args, tokenizer, vocab_size: int, eos_token_ids) -> GrammarQueue:
+        """The queue of a scheduler: ``--grammar-backend``'s backend (none without a tokenizer); synchronous
+        compiles under tensor parallelism."""
+        backend = None
+        if tokenizer is not None:
+            backend = create_grammar_backend(
+                server_args.grammar_backend,
+                tokenizer,
+                vocab_size,
+                eos_token_ids,
+                any_whitespace=server_args.constrained_json_any_whitespace,
+            )
+        return cls(backend, sync=server_args.tp_size > 1)
 
     def __len__(self) -> int:
         return len(self.reqs)
@@ -38,8 +53,15 @@ class GrammarQueue:
         self.reqs.append(req)
         return None
 
-    def pop_ready(self) -> tuple[list[Req], list[Req]]:
-        """(requests ready to queue, each with its matcher; requests whose grammar failed, finished with abort)."""
+    def pop_ready(self, wait: bool = False) -> tuple[list[Req], list[Req]]:
+        """(requests ready to queue, each with its matcher; requests whose grammar failed, finished with abort).
+
+        ``wait``: the scheduler has nothing else to run, so block briefly for a compile instead of spinning.
+        """
+        if not self.reqs:
+            return [], []
+        if wait:
+            self.wait(timeout=0.01)
         ready, failed, still = [], [], []
         for req in self.reqs:
             future = req.grammar_future

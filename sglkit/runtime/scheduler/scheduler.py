@@ -15,7 +15,6 @@ import time
 import torch
 
 from sglkit.cache.radix_cache import RadixCache
-from sglkit.constrained import GrammarBackend, create_grammar_backend
 from sglkit.core.forward_batch import ForwardMode
 from sglkit.core.messages import ControlResult, GenerateOutput, TokenizedGenerateReq
 from sglkit.core.req import FinishReason, Req
@@ -71,24 +70,14 @@ class Scheduler(SchedulerBase):
         self.eos_token_ids = get_eos_token_ids(
             self.model_runner.model_config.hf_config, self.tokenizer, server_args.model_path
         )
-        self.grammar_queue = GrammarQueue(self._create_grammar_backend(), sync=server_args.tp_size > 1)
+        self.grammar_queue = GrammarQueue.for_server(
+            server_args, self.tokenizer, self.model_runner.vocab_size, self.eos_token_ids
+        )
         self.waiting_queue: list[Req] = []
         self.running_reqs: list[Req] = []
         self.chunked_req: Req | None = None
         self.new_token_ratio = INIT_NEW_TOKEN_RATIO
         self.log_limits()
-
-    def _create_grammar_backend(self) -> GrammarBackend | None:
-        if self.tokenizer is None:
-            return None
-        args = self.server_args
-        return create_grammar_backend(
-            args.grammar_backend,
-            self.tokenizer,
-            self.model_runner.vocab_size,
-            self.eos_token_ids,
-            any_whitespace=args.constrained_json_any_whitespace,
-        )
 
     # ------------------------------------------------------------------ intake
     def add_request(self, recv: TokenizedGenerateReq) -> GenerateOutput | None:
@@ -153,12 +142,8 @@ class Scheduler(SchedulerBase):
     # ------------------------------------------------------------------ loop
     def is_idle(self) -> bool:
         """True when nothing is queued or running."""
-        return (
-            not self.waiting_queue
-            and not self.running_reqs
-            and self.chunked_req is None
-            and not len(self.grammar_queue)
-        )
+        running = self.waiting_queue or self.running_reqs or self.chunked_req is not None
+        return not running and not len(self.grammar_queue)
 
     def step(self) -> list[GenerateOutput]:
         """Run one forward pass (prefill if anything can be admitted, else decode); return the outputs."""
@@ -175,13 +160,8 @@ class Scheduler(SchedulerBase):
 
     def _admit_compiled_grammars(self) -> None:
         """Constrained requests whose grammar compiled join the waiting queue; failed ones finish with the error."""
-        if not len(self.grammar_queue):
-            return
-        if not self.waiting_queue and not self.running_reqs and self.chunked_req is None:
-            self.grammar_queue.wait(
-                timeout=0.01
-            )  # nothing else to run: no busy loop while the grammar compiles
-        ready, failed = self.grammar_queue.pop_ready()
+        nothing_else = not self.waiting_queue and not self.running_reqs and self.chunked_req is None
+        ready, failed = self.grammar_queue.pop_ready(wait=nothing_else)
         self.waiting_queue.extend(ready)
         for req in failed:
             self.stats.record_finished(req)
