@@ -129,6 +129,17 @@ SAMPLING_DESCRIPTIONS = {
     "sampling_seed": "Seed of this request's sampler: the same seed and inputs give the same output.",
     "stream_interval": "Send a streaming chunk every this many tokens (defaults to the server's "
     "`--stream-interval`).",
+    "stop_regex": "Stop at the first match of one of these regular expressions (Python `re` syntax) in the "
+    "output; the match is trimmed off unless `no_stop_trim`.",
+    "json_schema": "Constrain the output to JSON matching this JSON Schema (a string). JSON comes with fixed "
+    "separators unless the server runs with `--constrained-json-any-whitespace`.",
+    "regex": "Constrain the output to a full match of this regular expression.",
+    "ebnf": "Constrain the output to this EBNF grammar (GBNF-style, rule `root`).",
+    "structural_tag": "Free text, but each trigger (e.g. `<function=`) starts a tagged region whose body must "
+    "match its JSON schema (SGLang's `structures`/`triggers` form, or xgrammar's `format` form; a string).",
+    "beam_width": "Beam search width; only 1 (no beam search) is supported.",
+    "custom_params": "Parameters of a custom logit processor; sglkit has none, so only empty or null.",
+    "watermark": "Watermarking configuration; not supported (null only).",
 }
 
 # Values just outside each field's range; verify's error messages are the ranges shown in the docs.
@@ -148,6 +159,11 @@ SAMPLING_PROBES: dict[str, list[Any]] = {
     "logit_bias": [{-1: 0.0}, {0: float("inf")}],
     "sampling_seed": [1 << 80],
     "stream_interval": [0],
+    "stop_regex": [["x"] * 100, ["(unclosed"], ["a*"]],
+    "json_schema": [],
+    "beam_width": [4],
+    "custom_params": [{"x": 1}],
+    "watermark": [{"key": 1}],
 }
 PROBE_VOCAB_SIZE = 987_654_321
 
@@ -235,7 +251,7 @@ def sampling_params_page() -> str:
 # ----------------------------------------------------------------------------- HTTP API
 def http_models() -> tuple[dict[str, type], dict[str, type]]:
     """(path -> request body model, path -> response model): the models the routes validate with / emit."""
-    from sglkit.server import embeddings_api, native_api, protocol, tokenize_api
+    from sglkit.server import embeddings_api, native_api, parser_api, protocol, tokenize_api
 
     requests_ = {
         "/generate": native_api.GenerateReqInput,
@@ -249,6 +265,8 @@ def http_models() -> tuple[dict[str, type], dict[str, type]]:
         "/v1/embeddings": embeddings_api.EmbeddingRequest,
         **{p: tokenize_api.TokenizeRequest for p in ("/tokenize", "/v1/tokenize")},
         **{p: tokenize_api.DetokenizeRequest for p in ("/detokenize", "/v1/detokenize")},
+        "/parse_function_call": parser_api.ParseFunctionCallReq,
+        "/separate_reasoning": parser_api.SeparateReasoningReqInput,
     }
     responses = {
         "/v1/chat/completions": protocol.ChatCompletionResponse,
