@@ -17,6 +17,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 MODEL_IMPLS = ("auto", "sglkit", "transformers")  # as sglkit.models.loader.MODEL_IMPLS
 LOAD_BALANCE_METHODS = ("cache_aware", "shortest_queue", "round_robin")  # as sglkit.server.router's
 GRAMMAR_BACKENDS = ("xgrammar", "none")  # as sglkit.constrained.GRAMMAR_BACKENDS
+SAMPLING_DEFAULTS_MODES = ("model", "openai")  # as sglkit.runtime.frontend.sampling_defaults's
 
 
 def _arg(default: Any, help: str, **argparse_kwargs: Any) -> Any:
@@ -112,6 +113,13 @@ class ServerArgs:
         "Constrained decoding (json_schema, regex, ebnf, structural_tag, response_format, tool_choice "
         "required/named): 'xgrammar', or 'none' to refuse constrained requests with a 400.",
         choices=GRAMMAR_BACKENDS,
+    )
+    sampling_defaults: str = _arg(
+        "model",
+        "Where unset sampling parameters (temperature, top_p, top_k, min_p, repetition_penalty) come from: "
+        "'model' (the model's generation_config.json, when it sets them) or 'openai' (temperature 1, no "
+        "filtering).",
+        choices=SAMPLING_DEFAULTS_MODES,
     )
     constrained_json_any_whitespace: bool = _arg(
         False,
@@ -236,6 +244,10 @@ class ServerArgs:
         if self.grammar_backend not in GRAMMAR_BACKENDS:
             raise ValueError(
                 f"grammar_backend must be one of {GRAMMAR_BACKENDS}, got {self.grammar_backend!r}."
+            )
+        if self.sampling_defaults not in SAMPLING_DEFAULTS_MODES:
+            raise ValueError(
+                f"sampling_defaults must be one of {SAMPLING_DEFAULTS_MODES}, got {self.sampling_defaults!r}."
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}.")

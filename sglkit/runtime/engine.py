@@ -23,6 +23,7 @@ from sglkit.launch.log_format import configure_logging
 from sglkit.runtime.frontend.embedding_input import EmbeddingInput, build_embedding_requests
 from sglkit.runtime.frontend.input_processor import GenerateInput, build_requests
 from sglkit.runtime.frontend.output_folder import OutputFolder
+from sglkit.runtime.frontend.sampling_defaults import model_sampling_defaults
 from sglkit.runtime.scheduler import create_scheduler
 from sglkit.runtime.scheduler.base import SchedulerBase
 from sglkit.runtime.scheduler.tp_engine import TensorParallelRanks
@@ -58,6 +59,9 @@ class Engine:
         else:
             self.scheduler = create_scheduler(self.server_args)
         self.tokenizer = self.scheduler.tokenizer
+        self.sampling_defaults = model_sampling_defaults(
+            self.server_args.model_path, self.server_args.sampling_defaults
+        )
 
     # ----- generation -----
     def generate(
@@ -101,6 +105,7 @@ class Engine:
             scheduler.model_runner.vocab_size,
             scheduler.context_len,
             self.server_args.grammar_backend,
+            self.sampling_defaults,
         )
         if stream:
             return self._stream(reqs, owners, is_batch)

@@ -36,6 +36,7 @@ from sglkit.core.messages import (
 from sglkit.runtime.frontend.embedding_input import EmbeddingInput, build_embedding_requests
 from sglkit.runtime.frontend.input_processor import GenerateInput, InvalidRequestError, build_requests
 from sglkit.runtime.frontend.output_folder import OutputFolder
+from sglkit.runtime.frontend.sampling_defaults import model_sampling_defaults
 from sglkit.runtime.frontend.tokenizer import load_tokenizer
 from sglkit.runtime.scheduler.process import PortArgs
 from sglkit.server.replica_stats import combine_results, combine_stats
@@ -76,6 +77,9 @@ class TokenizerManager:
         self.max_total_num_tokens: int = model_info["max_total_num_tokens"]
         self.vocab_size: int = model_info.get("vocab_size") or len(self.tokenizer)
         self.model_path: str = server_args.model_path
+        self.sampling_defaults = model_sampling_defaults(
+            server_args.model_path, server_args.sampling_defaults
+        )
         self.ctx = zmq.asyncio.Context()
         replicas = [port_args] if isinstance(port_args, PortArgs) else list(port_args)
         self.dp_size = len(replicas)
@@ -191,6 +195,7 @@ class TokenizerManager:
             self.vocab_size,
             self.context_len,
             self.server_args.grammar_backend,
+            self.sampling_defaults,
         )
 
     async def _dispatch(

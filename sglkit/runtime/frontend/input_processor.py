@@ -14,6 +14,7 @@ from sglkit.constrained import GrammarError, validate_grammar
 from sglkit.core.messages import TokenizedGenerateReq, input_too_long_message
 from sglkit.core.sampling_params import SamplingParamError, SamplingParams
 from sglkit.runtime.frontend.logprob_options import TokenIdsLogprobError, pick_token_ids_logprob
+from sglkit.runtime.frontend.sampling_defaults import apply_sampling_defaults
 
 MAX_TOP_LOGPROBS = 20
 
@@ -100,12 +101,19 @@ def check_context_length(
 
 
 def build_requests(
-    inp: GenerateInput, tokenizer, vocab_size: int, context_len: int, grammar_backend: str = "xgrammar"
+    inp: GenerateInput,
+    tokenizer,
+    vocab_size: int,
+    context_len: int,
+    grammar_backend: str = "xgrammar",
+    sampling_defaults: dict | None = None,
 ) -> tuple[bool, list[TokenizedGenerateReq], list[int]]:
     """Validate and tokenize. Returns (is_batch, requests, input index of each request); n > 1 expands in place.
 
     A grammar (json_schema / regex / ebnf / structural_tag) is parsed here, so a bad one is refused before
-    anything is queued; ``grammar_backend`` "none" refuses every grammar.
+    anything is queued; ``grammar_backend`` "none" refuses every grammar. ``sampling_defaults`` (the model's
+    generation_config.json values, ``sampling_defaults.model_sampling_defaults``) fill the keys a request leaves
+    unset.
     """
     is_batch = _is_batch(inp)
     if is_batch:
@@ -123,6 +131,7 @@ def build_requests(
         params_dict = _pick(inp.sampling_params, i, num, "sampling_params") or {}
         if not isinstance(params_dict, dict):
             raise InvalidRequestError("sampling_params must be an object.", "sampling_params")
+        params_dict = apply_sampling_defaults(params_dict, sampling_defaults or {})
         try:
             params = SamplingParams.from_dict(params_dict)
             params.verify(vocab_size)
