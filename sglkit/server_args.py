@@ -18,6 +18,8 @@ MODEL_IMPLS = ("auto", "sglkit", "transformers")  # as sglkit.models.loader.MODE
 LOAD_BALANCE_METHODS = ("cache_aware", "shortest_queue", "round_robin")  # as sglkit.server.router's
 GRAMMAR_BACKENDS = ("xgrammar", "none")  # as sglkit.constrained.GRAMMAR_BACKENDS
 SAMPLING_DEFAULTS_MODES = ("model", "openai")  # as sglkit.runtime.frontend.sampling_defaults's
+TOOL_CALL_PARSERS = ("qwen25", "hermes", "llama3", "mistral", "pythonic")  # as sglkit.server.function_call's
+REASONING_PARSERS = ("qwen3", "deepseek-r1")  # as sglkit.server.reasoning_parser's
 
 
 def _arg(default: Any, help: str, **argparse_kwargs: Any) -> Any:
@@ -107,7 +109,6 @@ class ServerArgs:
         "Attention kernels. Only 'torch_native' (the default, CPU and CUDA) is implemented; 'triton' and "
         "'flashinfer' are reserved names that fail at start-up (not implemented yet; they need CUDA).",
     )
-
     grammar_backend: str = _arg(
         "xgrammar",
         "Constrained decoding (json_schema, regex, ebnf, structural_tag, response_format, tool_choice "
@@ -189,6 +190,24 @@ class ServerArgs:
         "a request's own stream_interval overrides it.",
     )
 
+    # Tool calls and reasoning.
+    tool_call_parser: str | None = _arg(
+        None,
+        "The format tool calls are read in from the model's output (tools with tool_choice 'auto'). 'qwen25'/'hermes' "
+        "(<tool_call>{json}</tool_call>), 'llama3' (JSON, after <|python_tag|>, ';'-separated), 'mistral' "
+        "([TOOL_CALLS] [...]) or 'pythonic' ([f(a=1)]). Unset: recognised from the chat template when it is "
+        "unambiguous (<tool_call> -> qwen25, [TOOL_CALLS] -> mistral, <|python_tag|> -> llama3), else tool calls "
+        "stay in the content. tool_choice 'required' or a named function needs no parser (a JSON-schema grammar).",
+        choices=TOOL_CALL_PARSERS,
+    )
+    reasoning_parser: str | None = _arg(
+        None,
+        "Separate the model's reasoning (<think>...</think>) into reasoning_content: 'qwen3' (reasoning inside "
+        "<think>, or from the start when the chat template opened <think>) or 'deepseek-r1' (reasoning until "
+        "</think>, the opening tag optional). Requests can turn it off with separate_reasoning=false.",
+        choices=REASONING_PARSERS,
+    )
+
     # Logging and metrics.
     log_level: str = _arg("info", "Log level of the server.", choices=LOG_LEVELS)
     log_requests: bool = _arg(
@@ -259,6 +278,14 @@ class ServerArgs:
             raise ValueError(f"port must be in [0, 65535], got {self.port!r}.")
         self._validate_parallel()
         self._validate_data_parallel()
+        if self.tool_call_parser is not None and self.tool_call_parser not in TOOL_CALL_PARSERS:
+            raise ValueError(
+                f"tool_call_parser must be one of {TOOL_CALL_PARSERS}, got {self.tool_call_parser!r}."
+            )
+        if self.reasoning_parser is not None and self.reasoning_parser not in REASONING_PARSERS:
+            raise ValueError(
+                f"reasoning_parser must be one of {REASONING_PARSERS}, got {self.reasoning_parser!r}."
+            )
 
     def _validate_data_parallel(self) -> None:
         """dp_size and load_balance_method, and what data parallelism refuses."""

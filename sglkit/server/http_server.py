@@ -30,7 +30,7 @@ from sglkit.launch.ports import port_bind_error
 from sglkit.runtime.scheduler.process import PortArgs
 from sglkit.runtime.scheduler.rank_group import RankGroup
 from sglkit.runtime.scheduler.rank_process import default_init_method, node_ranks
-from sglkit.server import embeddings_api, native_api, openai_api, tokenize_api
+from sglkit.server import embeddings_api, native_api, openai_api, parser_api, tokenize_api
 from sglkit.server.errors import error_body, install_error_handlers
 from sglkit.server.tokenizer_manager import TokenizerManager
 from sglkit.server_args import ServerArgs
@@ -118,6 +118,7 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager, sch
     app.include_router(native_api.router)
     app.include_router(openai_api.router)
     app.include_router(embeddings_api.router)
+    app.include_router(parser_api.router)
     app.include_router(tokenize_api.router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware)

@@ -23,8 +23,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sglkit.core.messages import TokenizedGenerateReq
 from sglkit.runtime.frontend.input_processor import GenerateInput, InvalidRequestError
 from sglkit.server.errors import OpenAIError, error_body
+from sglkit.server.openai_chat_output import chat_output_options, prompt_opens_reasoning
 from sglkit.server.openai_logprobs import TokenText
-from sglkit.server.openai_prompt import apply_chat_template, prompt_texts, template_messages
+from sglkit.server.openai_prompt import apply_chat_template, generation_flags, prompt_texts, template_messages
 from sglkit.server.openai_request import (
     chat_to_generate_input,
     check_supported,
@@ -38,6 +39,11 @@ from sglkit.server.openai_response import (
     CompletionStreamFormatter,
     build_chat_response,
     build_completion_response,
+)
+from sglkit.server.openai_tools import (
+    add_tool_constraint,
+    resolve_tool_call_parser,
+    resolve_tool_plan,
 )
 from sglkit.server.protocol import (
     ChatCompletionRequest,
@@ -191,18 +197,50 @@ async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
     return _model_card(request).model_dump()
 
 
+def _tool_call_parser(request: Request) -> str | None:
+    """``--tool-call-parser``, else the format recognised in the chat template (worked out once)."""
+    state = request.app.state
+    if not hasattr(state, "tool_call_parser"):
+        tm = state.tokenizer_manager
+        state.tool_call_parser = resolve_tool_call_parser(
+            getattr(state.server_args, "tool_call_parser", None), getattr(tm.tokenizer, "chat_template", None)
+        )
+    return state.tool_call_parser
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    """OpenAI chat completions (streaming or not), with SGLang's sampling extras."""
+    """OpenAI chat completions (streaming or not), with SGLang's sampling extras, tool calls
+    (``tools``, ``tool_choice``) and reasoning separation (``--reasoning-parser``)."""
     req: ChatCompletionRequest = await _parse(request, ChatCompletionRequest)  # type: ignore[assignment]
     tm = request.app.state.tokenizer_manager
     if not tm.alive:
         raise ServerUnavailableError("The server is unhealthy: the scheduler process died.")
+    plan = resolve_tool_plan(req, _tool_call_parser(request))
+    add_prompt, continue_final = generation_flags(req)
     input_ids = await asyncio.to_thread(
-        apply_chat_template, tm.tokenizer, template_messages(req), req.tools, req.chat_template_kwargs
+        apply_chat_template,
+        tm.tokenizer,
+        template_messages(req),
+        plan.template_tools,
+        req.chat_template_kwargs,
+        add_prompt,
+        continue_final,
     )
     inp = chat_to_generate_input(req, input_ids, min(tm.context_len, tm.max_total_num_tokens))
-    reqs, owners = await _tokenize(tm, inp, param_names(req), "messages")
+    add_tool_constraint(inp, plan, "function_call" if req.function_call is not None else "tool_choice")
+    names = param_names(req)
+    if plan.json_schema is not None:
+        names["json_schema"] = "functions" if req.functions is not None else "tools"
+    reqs, owners = await _tokenize(tm, inp, names, "messages")
+    reasoning_parser = getattr(request.app.state.server_args, "reasoning_parser", None)
+    output = chat_output_options(
+        plan,
+        reasoning_parser,
+        req.separate_reasoning,
+        req.stream_reasoning,
+        bool(reasoning_parser) and prompt_opens_reasoning(tm.tokenizer, input_ids),
+    )
     rid, created, model = (
         _response_id(req, reqs),
         int(time.time()),
@@ -210,11 +248,13 @@ async def chat_completions(request: Request) -> Response:
     )
     decode = TokenText(tm.tokenizer) if req.logprobs else None
     if req.stream:
-        formatter = ChatStreamFormatter(rid, created, model, owners, decode, bool(req.logprobs))
+        formatter = ChatStreamFormatter(rid, created, model, owners, decode, bool(req.logprobs), output)
         usage = formatter.usage_event if req.include_usage else None
         return _sse_response(_stream(tm, reqs, request, formatter.on_chunk, usage))
     finals = await _collect(tm, reqs, request)
-    return JSONResponse(build_chat_response(rid, created, model, finals, owners, decode, bool(req.logprobs)))
+    return JSONResponse(
+        build_chat_response(rid, created, model, finals, owners, decode, bool(req.logprobs), output)
+    )
 
 
 @router.post("/v1/completions")

@@ -28,8 +28,6 @@ def check_supported(req: SamplingRequest) -> None:
     if isinstance(req, ChatCompletionRequest):
         if req.top_logprobs and not req.logprobs:
             raise InvalidRequestError("top_logprobs requires logprobs to be true.", "top_logprobs")
-        if req.tool_choice not in (None, "none", "auto"):
-            raise InvalidRequestError("Only tool_choice 'none' or 'auto' is supported.", "tool_choice")
     if isinstance(req, CompletionRequest):
         if req.suffix:
             raise InvalidRequestError("suffix is not supported.", "suffix")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sglkit.server.openai_chat_output import ChatOutputOptions, ChatOutputParser
 from sglkit.server.openai_logprobs import (
     TokenDecoder,
     chat_logprobs,
@@ -67,15 +68,22 @@ def build_chat_response(
     owners: list[int],
     decode: TokenDecoder | None = None,
     logprobs: bool = False,
+    output: ChatOutputOptions | None = None,
 ) -> dict[str, Any]:
-    """Final chunks (one per choice) -> a ``chat.completion`` dict."""
+    """Final chunks (one per choice) -> a ``chat.completion`` dict; ``output`` separates reasoning and reads
+    tool calls (``finish_reason`` "tool_calls" when an answer that stopped made calls)."""
     choices = []
     for chunk in finals:
         finish, matched = finish_fields(chunk["meta_info"])
+        fields: dict[str, Any] = {"content": chunk["text"]}
+        if output is not None:
+            parser = output.new_parser()
+            fields = parser.parse_final(chunk["text"])
+            finish = parser.finish_reason(finish)
         choices.append(
             ChatCompletionChoice(
                 index=chunk["index"],
-                message=ChatMessageOut(content=chunk["text"]),
+                message=ChatMessageOut(**fields),
                 logprobs=chat_logprobs(chunk["meta_info"], decode) if logprobs else None,
                 finish_reason=finish,
                 matched_stop=matched,
@@ -142,7 +150,8 @@ class _StreamFormatter:
 
 class ChatStreamFormatter(_StreamFormatter):
     """Turns streamed chunks into ``chat.completion.chunk`` events: a role chunk first, then content deltas, the
-    last one per choice with ``finish_reason``; ``usage_event`` gives the final choice-less usage chunk."""
+    last one per choice with ``finish_reason``; ``usage_event`` gives the final choice-less usage chunk. With
+    ``output``, the deltas are reasoning / content / tool-call deltas (see ``openai_chat_output``)."""
 
     def __init__(
         self,
@@ -152,9 +161,19 @@ class ChatStreamFormatter(_StreamFormatter):
         owners: list[int],
         decode: TokenDecoder | None = None,
         logprobs: bool = False,
+        output: ChatOutputOptions | None = None,
     ) -> None:
         super().__init__(rid, created, model, owners)
-        self.decode, self.logprobs = decode, logprobs
+        self.decode, self.logprobs, self.output = decode, logprobs, output
+        self.parsers: dict[int, ChatOutputParser] = {}
+
+    def _deltas(self, index: int, chunk: Chunk) -> list[dict[str, Any]]:
+        """The deltas of one chunk: its text as content, or parsed (and at the end, what the parser held)."""
+        if self.output is None:
+            return [{"content": chunk["delta"]}] if chunk["delta"] else []
+        parser = self.parsers.setdefault(index, self.output.new_parser())
+        deltas = parser.on_delta(chunk["delta"])
+        return deltas + parser.finish() if chunk["finished"] else deltas
 
     def _event(
         self,
@@ -184,7 +203,13 @@ class ChatStreamFormatter(_StreamFormatter):
         finish, matched = finish_fields(meta) if chunk["finished"] else (None, None)
         if chunk["finished"]:
             self.finals[index] = chunk
-        delta = {"content": chunk["delta"]} if chunk["delta"] else {}
+        deltas = self._deltas(index, chunk)
+        if chunk["finished"] and index in self.parsers:
+            finish = self.parsers[index].finish_reason(finish)
+        for delta in deltas[:-1]:
+            events.append(self._event(index, delta, lp))
+            lp = None
+        delta = deltas[-1] if deltas else {}
         if delta or lp or chunk["finished"]:
             events.append(self._event(index, delta, lp, finish, matched))
         return events

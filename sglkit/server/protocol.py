@@ -151,7 +151,10 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    """One chat message; content is a string or a list of text parts (None for assistant tool-call turns)."""
+    """One chat message; content is a string or a list of text parts (None for assistant tool-call turns).
+
+    Assistant turns may carry ``tool_calls`` (OpenAI's shape; JSON-string arguments reach the chat template as
+    objects) and ``reasoning_content``; ``tool`` turns carry the ``tool_call_id`` they answer."""
 
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -159,18 +162,69 @@ class ChatMessage(BaseModel):
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
+    reasoning_content: str | None = None
+
+
+TOOL_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+"""Tool and function names: letters, digits, ``_``, ``.`` and ``-``, at most 64 (OpenAI's rule, plus dots)."""
+
+
+class FunctionDefinition(BaseModel):
+    """A function the model may call: its name, description and JSON-schema ``parameters`` (an object schema)."""
+
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: Bool | None = None
+
+
+class ToolDefinition(BaseModel):
+    """One entry of ``tools``: ``{"type": "function", "function": {...}}``."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    """``{"name": ...}``: the function of a named ``tool_choice`` (or of a legacy ``function_call``)."""
+
+    model_config = ConfigDict(extra="ignore")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice`` that forces one function: ``{"type": "function", "function": {"name": ...}}``."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"] = "function"
+    function: FunctionName
 
 
 class ChatCompletionRequest(SamplingRequest):
-    """Body of ``POST /v1/chat/completions``."""
+    """Body of ``POST /v1/chat/completions``.
+
+    Tools: ``tools`` + ``tool_choice`` (none / auto / required / a named function) + ``parallel_tool_calls``; the
+    legacy ``functions`` / ``function_call`` mean the same as tools / tool_choice. Reasoning (with
+    ``--reasoning-parser``): ``separate_reasoning``, ``stream_reasoning``. ``continue_final_message`` continues the
+    last (assistant) message instead of starting a new turn.
+    """
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Int | None = None
     logprobs: Bool | None = None
     top_logprobs: Int | None = Field(default=None, ge=0, le=MAX_CHAT_TOP_LOGPROBS)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: Bool | None = None
+    functions: list[FunctionDefinition] | None = None
+    function_call: Literal["none", "auto"] | FunctionName | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    separate_reasoning: Bool = True
+    stream_reasoning: Bool = True
+    continue_final_message: Bool = False
+    add_generation_prompt: Bool | None = None
 
 
 class CompletionRequest(SamplingRequest):
@@ -198,6 +252,7 @@ class ChatMessageOut(BaseModel):
 
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
 
 

@@ -15,6 +15,8 @@ __all__ = [
     "MISTRAL_TEMPLATE",
     "OLMO2_TEMPLATE",
     "PHI3_TEMPLATE",
+    "QWEN3_TEMPLATE",
+    "QWEN3_THINKING_TEMPLATE",
     "chat_template_for",
 ]
 
@@ -93,6 +95,66 @@ OLMO2_TEMPLATE = (
     "{% if not loop.last %}{{ '\\n' }}{% endif %}{% endif %}"
     "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
     "{% endfor %}"
+)
+
+# Qwen2.5 / Qwen3 with tools (Hermes style) and thinking: ChatML whose system turn lists the tools in <tools>,
+# assistant tool calls rendered as <tool_call>{"name", "arguments"}</tool_call> (arguments given as an object or
+# a JSON string), tool results as a user turn of <tool_response> blocks, and previous reasoning_content as a
+# <think> block. QWEN3_TEMPLATE leaves thinking to the model (enable_thinking=false closes an empty <think> block
+# in the prompt, as Qwen3 does); QWEN3_THINKING_TEMPLATE opens <think> in the prompt (Qwen3 thinking-2507 style).
+_QWEN_SYSTEM = (
+    "{% if tools %}"
+    "{{ '<|im_start|>system\\n' }}"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}{% endif %}"
+    "{{ '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n<tools>' }}"
+    "{% for tool in tools %}{{ '\\n' + (tool | tojson) }}{% endfor %}"
+    """{{ '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within """
+    """<tool_call></tool_call> XML tags:\\n<tool_call>\\n{"name": <function-name>, "arguments": """
+    """<args-json-object>}\\n</tool_call><|im_end|>\\n' }}"""
+    "{% elif messages[0]['role'] == 'system' %}"
+    "{{ '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{% endif %}"
+)
+_QWEN_MESSAGES = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{% elif message['role'] == 'user' %}{{ '<|im_start|>user\\n' }}" + _CONTENT + "{{ '<|im_end|>\\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if message['reasoning_content'] %}"
+    "{{ '<think>\\n' + message['reasoning_content'] + '\\n</think>\\n\\n' }}{% endif %}"
+    + _CONTENT
+    + "{% for call in message['tool_calls'] or [] %}"
+    "{% if message['content'] or not loop.first %}{{ '\\n' }}{% endif %}"
+    "{% set fn = call['function'] %}"
+    """{{ '<tool_call>\\n{"name": "' + fn['name'] + '", "arguments": ' }}"""
+    "{% if fn['arguments'] is string %}{{ fn['arguments'] }}{% else %}{{ fn['arguments'] | tojson }}{% endif %}"
+    "{{ '}\\n</tool_call>' }}"
+    "{% endfor %}{{ '<|im_end|>\\n' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{% if loop.first or loop.previtem['role'] != 'tool' %}{{ '<|im_start|>user' }}{% endif %}"
+    "{{ '\\n<tool_response>\\n' }}" + _CONTENT + "{{ '\\n</tool_response>' }}"
+    "{% if loop.last or loop.nextitem['role'] != 'tool' %}{{ '<|im_end|>\\n' }}{% endif %}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+_NO_THINKING = (
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}"
+)
+QWEN3_TEMPLATE = (
+    "{{ bos_token }}"
+    + _QWEN_SYSTEM
+    + _QWEN_MESSAGES
+    + "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    + _NO_THINKING
+    + "{% endif %}{% endif %}"
+)
+QWEN3_THINKING_TEMPLATE = (
+    "{{ bos_token }}"
+    + _QWEN_SYSTEM
+    + _QWEN_MESSAGES
+    + "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    + _NO_THINKING
+    + "{% else %}{{ '<think>\\n' }}{% endif %}{% endif %}"
 )
 
 # Architecture name -> its family's template shape; architectures not listed use ChatML.

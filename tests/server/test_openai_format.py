@@ -180,7 +180,6 @@ def test_internal_names_in_errors_become_openai_names():
         (chat({"response_format": {"type": "json_object"}, "regex": "a+"}), "regex"),
         (chat({"regex": "a+", "ebnf": 'root ::= "a"'}), "ebnf"),
         (chat({"top_logprobs": 2}), "top_logprobs"),
-        (chat({"tool_choice": "required"}), "tool_choice"),
         (completion({"prompt": "a", "suffix": "z"}), "suffix"),
         (completion({"prompt": "a", "best_of": 3}), "best_of"),
     ],
