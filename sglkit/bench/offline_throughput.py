@@ -100,6 +100,7 @@ def report_constrained(
     schema_arg: str,
     engine_kwargs: dict,
     input_tokens: int,
+    rounds: int = 1,
 ) -> None:
     """--json-schema: constrained vs unconstrained on the same prompts and lengths, and the compile times."""
     from sglkit.bench.constrained import compile_times, load_schema, run_constrained_pair
@@ -110,7 +111,7 @@ def report_constrained(
     print(
         f"grammar compile ({num_props} properties): first {first * 1e3:.1f} ms | cached {cached * 1e3:.3f} ms"
     )
-    constrained, plain = run_constrained_pair(model_path, prompts, output_len, schema, engine_kwargs)
+    constrained, plain = run_constrained_pair(model_path, prompts, output_len, schema, engine_kwargs, rounds)
     report("sglkit json_schema", constrained, len(prompts), input_tokens)
     report("sglkit unconstrained", plain, len(prompts), input_tokens)
     print(f"valid JSON outputs: {constrained['num_valid']}/{len(prompts)}")
@@ -167,6 +168,12 @@ def main(argv: list[str] | None = None) -> None:
         "--output-len caps each output), then the same prompts unconstrained with the same output lengths; "
         "prints the throughput ratio and the schema's compile time (first and cached).",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="--json-schema: alternate the constrained and unconstrained runs this many times; best of each.",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -194,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     engine_kwargs = {k: v for k, v in engine_kwargs.items() if v not in (None, False)}
     if args.json_schema:
         report_constrained(
-            model_path, prompts, args.output_len, args.json_schema, engine_kwargs, input_tokens
+            model_path, prompts, args.output_len, args.json_schema, engine_kwargs, input_tokens, args.rounds
         )
         return
     ours = run_sglkit(model_path, prompts, args.output_len, engine_kwargs)
