@@ -136,7 +136,7 @@ def validation_error_response(errors: Sequence[dict[str, Any]]) -> JSONResponse:
 def log_rejected(request: Request, response: JSONResponse) -> JSONResponse:
     """``--log-requests``: one line per refused request (4xx) with its route, status, param and reason."""
     server_args = getattr(request.app.state, "server_args", None)
-    if server_args is not None and server_args.log_requests and 400 <= response.status_code < 500:
+    if getattr(server_args, "log_requests", False) and 400 <= response.status_code < 500:
         error = json.loads(response.body)["error"]
         param = f" (param: {error['param']})" if error.get("param") else ""
         logger.info(
