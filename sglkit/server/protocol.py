@@ -248,11 +248,12 @@ class UsageInfo(BaseModel):
 
 
 class ChatMessageOut(BaseModel):
-    """The assistant message of a chat choice."""
+    """The assistant message of a chat choice (``reasoning_content`` only when a reasoning parser produced it,
+    so that plain answers keep the seed's shape: role, content, tool_calls)."""
 
     role: Literal["assistant"] = "assistant"
     content: str | None = None
-    reasoning_content: str | None = None
+    reasoning_content: str | None = Field(default=None, exclude_if=lambda value: value is None)
     tool_calls: list[dict[str, Any]] | None = None
 
 
