@@ -24,6 +24,7 @@ from sglkit.core.messages import TokenizedGenerateReq
 from sglkit.runtime.frontend.input_processor import GenerateInput, InvalidRequestError
 from sglkit.server.errors import OpenAIError, error_body
 from sglkit.server.openai_chat_output import chat_output_options, prompt_opens_reasoning
+from sglkit.server.openai_fields import check_openai_fields
 from sglkit.server.openai_logprobs import TokenText
 from sglkit.server.openai_prompt import apply_chat_template, generation_flags, prompt_texts, template_messages
 from sglkit.server.openai_request import (
@@ -91,6 +92,7 @@ def _model_paths(request: Request) -> list[str]:
 async def _parse(request: Request, model: type[SamplingRequest]) -> SamplingRequest:
     """Body -> request model, then the checks every OpenAI generation route shares."""
     body = parse_json_object(await request.body())
+    check_openai_fields(body, model)
     req = validate_request(model, body)
     args = request.app.state.server_args
     if getattr(args, "is_embedding", False):

@@ -118,7 +118,6 @@ class SamplingRequest(BaseModel):
     seed: Int | None = None
     stream: Bool | None = None
     stream_options: StreamOptions | None = None
-    user: str | None = None
     # SGLang extras.
     top_k: Int | None = None
     min_p: Float | None = None
@@ -129,6 +128,7 @@ class SamplingRequest(BaseModel):
     skip_special_tokens: Bool | None = None
     spaces_between_special_tokens: Bool | None = None
     no_stop_trim: Bool | None = None
+    stop_regex: str | list[str] | None = None
     rid: str | None = None
     # Constrained decoding (sglkit.server.response_format -> the native grammar sampling params).
     response_format: dict[str, Any] | None = None
