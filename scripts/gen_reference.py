@@ -396,9 +396,9 @@ def http_api_page() -> str:
         "",
         "The routes of `python -m sglkit.launch_server`, from the server's OpenAPI schema (a running server "
         "serves it at `/openapi.json`, browsable at `/docs`). Bodies are JSON objects whatever the "
-        "Content-Type and `null` means the default; `/generate` and the tokenizer routes refuse unknown fields "
-        "(and `/generate` the SGLang fields sglkit does not implement, when set: [clients](../clients.md)). "
-        "Errors are JSON "
+        "Content-Type and `null` means the default; `/generate`, the tokenizer routes and the OpenAI completion "
+        "routes refuse unknown fields (and the SGLang/OpenAI fields sglkit does not implement, when set: "
+        "[clients](../clients.md) and the table below). Errors are JSON "
         '`{"error": {"message", "type", "param", "code"}}` with a 4xx/5xx status. With `--api-key`, '
         "every route but `/health` and `/health_generate` needs `Authorization: Bearer <key>`.",
         "",
@@ -408,12 +408,33 @@ def http_api_page() -> str:
             lines += [f"## {title}", "", *groups.pop(title)]
     for title, entry in groups.items():
         lines += [f"## {title}", "", *entry]
+    lines += openai_fields_section()
     lines += ["## Schemas", ""]
     for name, model in sorted(schema["components"]["schemas"].items()):
         if "properties" not in model or name in ("HTTPValidationError", "ValidationError"):
             continue
         lines += [f"### {name}", "", model.get("description", ""), "", *model_table(model), ""]
     return "\n".join(lines)
+
+
+def openai_fields_section() -> list[str]:
+    """Markdown: the top-level fields of the OpenAI completion routes that are accepted without effect or refused."""
+    from sglkit.server.openai_fields import DESCRIPTIVE_FIELDS, UNSUPPORTED_FIELDS
+
+    lines = [
+        "## OpenAI fields without an effect, and refused ones",
+        "",
+        "`/v1/chat/completions` and `/v1/completions` implement every field of their schemas below. These other "
+        "fields of OpenAI's or SGLang's requests are accepted (they change nothing here) or refused with a 400 "
+        "naming them when set; any other field is answered as OpenAI does: 400 `Unrecognized request argument "
+        "supplied: <name>`.",
+        "",
+        "| field | answer |",
+        "|---|---|",
+    ]
+    lines += [f"| `{name}` | accepted: {cell(why)} |" for name, why in DESCRIPTIVE_FIELDS.items()]
+    lines += [f"| `{name}` | 400 when set: {cell(why)} |" for name, why in UNSUPPORTED_FIELDS.items()]
+    return [*lines, ""]
 
 
 # ----------------------------------------------------------------------------- entry points
