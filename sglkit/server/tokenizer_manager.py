@@ -188,15 +188,8 @@ class TokenizerManager:
     async def tokenize(self, inp: GenerateInput) -> tuple[bool, list[TokenizedGenerateReq], list[int]]:
         """Validate and tokenize off the event loop; raises InvalidRequestError for bad input."""
         self._check_alive()
-        return await asyncio.to_thread(
-            build_requests,
-            inp,
-            self.tokenizer,
-            self.vocab_size,
-            self.context_len,
-            self.server_args.grammar_backend,
-            self.sampling_defaults,
-        )
+        limits = (self.vocab_size, self.context_len, self.server_args.grammar_backend, self.sampling_defaults)
+        return await asyncio.to_thread(build_requests, inp, self.tokenizer, *limits)
 
     async def _dispatch(
         self, reqs: Sequence[TokenizedGenerateReq | TokenizedEmbeddingReq], request=None
