@@ -73,6 +73,13 @@ INTEGRATION_PATHS = (
     "bench/test_serving_bench.py",  # bench_serving against a real server
     "testing/test_tiny_models.py::test_cli_prints_folder",  # python -m sglkit.testing in a subprocess
 )
+IN_PROCESS_PATHS = (  # under an integration folder, but pure in-process unit tests: they stay in test-fast
+    "server/function_call/",
+    "server/test_reasoning_parser.py",
+    "server/test_openai_tools.py",
+    "server/test_openai_chat_output.py",
+    "server/test_openai_fields.py",
+)
 SLOW_PATHS = (
     "testing/test_demo_reward_model.py",  # the shipped reward model scored on its fact tables (~40 s on 2 cores)
     "runtime/test_engine_tp.py",  # Engine(tp_size=2) vs tp 1 for every architecture: spawned ranks (~100 s)
@@ -94,7 +101,7 @@ def _matches(item, entries) -> bool:
 
 def pytest_itemcollected(item):
     """Add the ``integration`` / ``slow`` markers by path (per item, before ``-m`` deselects)."""
-    if _matches(item, INTEGRATION_PATHS):
+    if _matches(item, INTEGRATION_PATHS) and not _matches(item, IN_PROCESS_PATHS):
         item.add_marker(pytest.mark.integration)
     if _matches(item, SLOW_PATHS):
         item.add_marker(pytest.mark.slow)
