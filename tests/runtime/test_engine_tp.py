@@ -44,6 +44,17 @@ TP_CASES = [
     ("qwen3-moe", "Qwen3MoeForCausalLM", {}),
 ]
 NUM_PROMPTS = 16
+# Constrained decoding under tp: every rank compiles and advances its own matcher and masks its own logits.
+CONSTRAINED_PARAMS = [
+    {"regex": "(yes|no), [0-9]{2,4}", "temperature": 0, "max_new_tokens": 12},
+    {
+        "json_schema": '{"type": "object", "properties": {"a": {"type": "boolean"}}, "required": ["a"]}',
+        "temperature": 0.8,
+        "sampling_seed": 3,
+        "max_new_tokens": 16,
+    },
+    {"ebnf": 'root ::= ("x" | "y"){2,6}', "temperature": 0.8, "sampling_seed": 5, "max_new_tokens": 8},
+]
 LOGPROB_PROMPT = " ".join(WORDS[:20])
 
 
@@ -61,6 +72,7 @@ def run_scenario(path: str, tp_size: int) -> dict:
         logprobs = llm.generate(
             LOGPROB_PROMPT, greedy_params(3), return_logprob=True, logprob_start_len=0, top_logprobs_num=3
         )
+        constrained = llm.generate(prompts[:3], CONSTRAINED_PARAMS)
         leak = llm.scheduler.check_memory_leak()
         flushed = llm.flush_cache()
         leak_after_flush = llm.scheduler.check_memory_leak()
@@ -70,6 +82,7 @@ def run_scenario(path: str, tp_size: int) -> dict:
         "second": [(o["output_ids"], o["meta_info"]["cached_tokens"]) for o in second],
         "retracted": retracted,
         "logprobs": logprobs,
+        "constrained": [o["text"] for o in constrained],
         "leak": leak,
         "flushed": flushed,
         "leak_after_flush": leak_after_flush,
@@ -90,6 +103,12 @@ def test_greedy_tokens_equal_tp1_batched_chunked_and_retracted(tp_runs):
     assert got["first"] == ref["first"]  # the same tokens and the same cache hits: the same schedule
     assert all(len(ids) == MAX_NEW for ids, _ in got["first"])
     assert got["retracted"] == ref["retracted"] > 0
+
+
+def test_constrained_outputs_equal_tp1(tp_runs):
+    ref, got = tp_runs
+    assert got["constrained"] == ref["constrained"]
+    assert got["constrained"][1] in ('{"a": true}', '{"a": false}')
 
 
 def test_second_pass_hits_the_radix_cache_on_every_rank_alike(tp_runs):
