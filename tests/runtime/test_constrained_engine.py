@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import sglkit
 from sglkit.core.messages import TokenizedGenerateReq
 from sglkit.core.sampling_params import SamplingParams
+from tests.runtime.test_engine import check_leak
 
 PROMPTS = ["The capital of France is", "Hello", "Write JSON:", "1 2 3"]
 # Derandomized (the same examples every run, no example database) and no shrinking, so CI time is bounded.
@@ -34,11 +35,6 @@ SETTINGS = settings(max_examples=20, **QUICK)
 def llm(llama_path):
     with sglkit.Engine(model_path=llama_path, max_total_tokens=4096, random_seed=0) as engine:
         yield engine
-
-
-def check_leak(engine) -> None:
-    ok, detail = engine.scheduler.check_memory_leak()
-    assert ok, detail
 
 
 # ----------------------------------------------------------------------------- random schemas
