@@ -124,7 +124,7 @@ async def _tokenize(
                 prompt_param,
             )
         if r.rid in tm.rid_to_queue or r.rid in seen:
-            raise OpenAIError(400, f"Duplicate request id {r.rid!r}.", "rid")
+            raise OpenAIError(400, f"Duplicate request ID: {r.rid!r}.", "rid")
         seen.add(r.rid)
     return reqs, owners
 

@@ -202,9 +202,11 @@ class TokenizerManager:
         """
         await self.unpaused.wait()
         self._check_alive()
-        for r in reqs:
-            if r.rid in self.rid_to_queue:
-                raise InvalidRequestError(f"Duplicate request id {r.rid!r}.", "rid")
+        seen: set[str] = set()
+        for r in reqs:  # within the batch (n expands "z" to "z-0", "z-1") and against requests in flight
+            if r.rid in self.rid_to_queue or r.rid in seen:
+                raise InvalidRequestError(f"Duplicate request ID: {r.rid!r}.", "rid")
+            seen.add(r.rid)
         queue: asyncio.Queue = asyncio.Queue()
         by_replica: dict[int, list] = {}
         for r in reqs:

@@ -124,6 +124,33 @@ def test_generate_batch_and_rid(server):
     assert outs[0]["output_ids"] == greedy_ids(server.base_url)[:4]
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"text": [PROMPT, PROMPT], "rid": ["dup", "dup"]},
+        {"text": [PROMPT, PROMPT], "rid": ["z", "z-0"], "sampling_params": [{"n": 2}, {}]},
+    ],
+    ids=["same-rid-twice", "n-expansion-collides"],
+)
+def test_duplicate_rids_in_a_batch_are_400_and_leave_nothing(server, body):
+    sampling = body.pop("sampling_params", {})
+    if isinstance(sampling, list):
+        sampling = [{**s, "max_new_tokens": 2} for s in sampling]
+    else:
+        sampling = {**sampling, "max_new_tokens": 2}
+    response = requests.post(f"{server.base_url}/generate", json={**body, "sampling_params": sampling})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "rid" and "Duplicate request ID" in error["message"]
+    for rid in ("dup", "z", "z-0", "z-1"):  # nothing was registered: the ids are free again
+        again = requests.post(
+            f"{server.base_url}/generate",
+            json={"text": PROMPT, "rid": rid, "sampling_params": {"max_new_tokens": 1}},
+        )
+        assert again.status_code == 200, again.text
+        assert requests.post(f"{server.base_url}/abort_request", json={"rid": rid}).status_code == 404
+
+
 def test_generate_stream_batch_chunks_carry_index(server):
     """A streamed batch tags each chunk with its input's index; both inputs finish; [DONE] last."""
     response = requests.post(
