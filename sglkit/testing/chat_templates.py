@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "CHATML_TEMPLATE",
+    "DEMO_TEMPLATE",
     "FAMILY_CHAT_TEMPLATES",
     "GEMMA_TEMPLATE",
     "MISTRAL_TEMPLATE",
@@ -155,6 +156,56 @@ QWEN3_THINKING_TEMPLATE = (
     + "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
     + _NO_THINKING
     + "{% else %}{{ '<think>\\n' }}{% endif %}{% endif %}"
+)
+
+# The demo model's template (sglkit/data/demo_model): ChatML, byte for byte, for chats without tools, tool calls or
+# reasoning, plus what the demo model was trained to use. ``tools`` are listed compactly in the system turn, one
+# line each, ``name(param, ...): description``, then how to call them; assistant tool calls are Qwen2.5/Hermes
+# <tool_call> blocks; tool results a user turn of <tool_response> blocks (as Qwen2.5 does); reasoning_content a
+# <think> block. Thinking is off unless asked: enable_thinking=true opens "<think>\n" in the generation prompt.
+_DEMO_TOOLS = (
+    "{% if tools %}"
+    "{{ '<|im_start|>system\\n' }}"
+    "{% if messages[0]['role'] == 'system' %}{% set message = messages[0] %}" + _CONTENT + "{{ '\\n\\n' }}"
+    "{% endif %}{{ '# Tools\\n' }}"
+    "{% for tool in tools %}"
+    "{% set fn = tool['function'] if tool['function'] is defined else tool %}"
+    "{% set params = (fn['parameters'] or {})['properties'] or {} %}"
+    "{{ fn['name'] + '(' + (params | list | join(', ')) + ')' }}"
+    "{% if fn['description'] %}{{ ': ' + fn['description'] }}{% endif %}{{ '\\n' }}"
+    "{% endfor %}"
+    """{{ '\\nTo call a tool, answer with <tool_call>\\n{"name": <tool name>, "arguments": <JSON object>}\\n"""
+    """</tool_call><|im_end|>\\n' }}"""
+    "{% endif %}"
+)
+_DEMO_MESSAGES = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' and loop.first and tools %}"
+    "{% elif message['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if message['reasoning_content'] %}"
+    "{{ '<think>\\n' + message['reasoning_content'] + '\\n</think>\\n\\n' }}{% endif %}"
+    "{% if message['content'] %}" + _CONTENT + "{% endif %}"
+    "{% for call in message['tool_calls'] or [] %}"
+    "{% if message['content'] or not loop.first %}{{ '\\n' }}{% endif %}"
+    "{% set fn = call['function'] if call['function'] is defined else call %}"
+    """{{ '<tool_call>\\n{"name": "' + fn['name'] + '", "arguments": ' }}"""
+    "{% if fn['arguments'] is string %}{{ fn['arguments'] }}{% else %}{{ fn['arguments'] | tojson }}{% endif %}"
+    "{{ '}\\n</tool_call>' }}"
+    "{% endfor %}{{ '<|im_end|>\\n' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{% if loop.first or loop.previtem['role'] != 'tool' %}{{ '<|im_start|>user' }}{% endif %}"
+    "{{ '\\n<tool_response>\\n' }}" + _CONTENT + "{{ '\\n</tool_response>' }}"
+    "{% if loop.last or loop.nextitem['role'] != 'tool' %}{{ '<|im_end|>\\n' }}{% endif %}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' }}" + _CONTENT + "{{ '<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+DEMO_TEMPLATE = (
+    "{{ bos_token }}"
+    + _DEMO_TOOLS
+    + _DEMO_MESSAGES
+    + "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and enable_thinking %}{{ '<think>\\n' }}{% endif %}{% endif %}"
 )
 
 # Architecture name -> its family's template shape; architectures not listed use ChatML.
