@@ -127,13 +127,22 @@ def test_every_route_accepts_the_right_key(key_server, routes):
             body = {"model_path": key_server.model_path}  # the same weights again: harmless
         elif path == "/abort_request":
             body = {"abort_all": True}
-        elif path in ("/v1/chat/completions", "/v1/completions"):
+        elif path == "/v1/chat/completions":
             body = {
                 "model": key_server.model_path,
                 "messages": [{"role": "user", "content": "hi"}],
-                "prompt": "hi",
                 "max_tokens": 2,
             }
+        elif path == "/v1/completions":
+            body = {"model": key_server.model_path, "prompt": "hi", "max_tokens": 2}
+        elif path in ("/tokenize", "/v1/tokenize"):
+            body = {"prompt": "hi"}
+        elif path in ("/detokenize", "/v1/detokenize"):
+            body = {"tokens": [1, 2]}
+        elif path == "/parse_function_call":
+            body = {"text": "hi", "tool_call_parser": "qwen25", "tools": []}
+        elif path == "/separate_reasoning":
+            body = {"text": "hi", "reasoning_parser": "qwen3"}
         else:
             body = {"text": "hi", "sampling_params": {"max_new_tokens": 2}}
         response = requests.request(method, key_server.base_url + path, headers=GOOD, json=body)
