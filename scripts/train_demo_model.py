@@ -3,9 +3,11 @@
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/train_demo_model.py            # seed 0 -> sglkit/data/demo_model
 
 Pipeline: seeded synthetic corpus (capitals, numbered lists, sums, greetings, who-are-you, out-of-scope refusals,
-plain-text facts) -> byte-level BPE tokenizer with sglkit's ChatML template -> tiny LlamaForCausalLM trained with
-AdamW + cosine schedule on the assistant turns only -> weights rounded to bfloat16 and saved with the tokenizer
--> greedy evaluation of the saved weights. Same seed, thread count and software versions -> the same model.
+plain-text facts) plus the skills corpus (tool calls to get_weather / add and their results, tools offered but not
+needed, short <think> traces when thinking is asked for, capitals as JSON) -> byte-level BPE tokenizer with the
+demo chat template (sglkit.testing.chat_templates.DEMO_TEMPLATE) -> tiny LlamaForCausalLM trained with AdamW +
+cosine schedule on the assistant turns only -> weights rounded to bfloat16 and saved with the tokenizer -> greedy
+evaluation of the saved weights. Same seed, thread count and software versions -> the same model.
 See docs/demo_model.md.
 """
 
@@ -16,6 +18,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -137,6 +140,7 @@ SUM_QUESTIONS = [
     "How much is {a} {word} {b}?",
 ]
 HELP = "How can I help you today?"
+REFUSAL = "Sorry, I can only help with countries and their capitals, simple sums and greetings."
 SMALL_TALK = {
     (
         "Hello!",
@@ -174,7 +178,7 @@ SMALL_TALK = {
         "Translate this sentence.",
         "What is love?",
         "Explain quantum physics.",
-    ): ("Sorry, I can only help with countries and their capitals, simple sums and greetings."),
+    ): REFUSAL,
 }
 # Share of each kind of example in the corpus.
 KIND_WEIGHTS = {
@@ -213,10 +217,15 @@ def math_answer(a: int, op: str, b: int) -> str:
 
 @dataclass
 class Example:
-    """One training sequence: chat ``messages`` (loss on assistant turns) or plain ``text`` (loss everywhere)."""
+    """One training sequence: chat ``messages`` (loss on assistant turns) or plain ``text`` (loss everywhere).
 
-    messages: list[dict[str, str]] | None = None
+    ``tools`` go to the chat template's ``tools``; ``thinking`` sets its ``enable_thinking``.
+    """
+
+    messages: list[dict] | None = None
     text: str | None = None
+    tools: list[dict] | None = None
+    thinking: bool = False
 
 
 class CorpusGenerator:
@@ -296,32 +305,323 @@ class CorpusGenerator:
         return Example(messages=messages)
 
 
+# The skills corpus: tools, thinking, JSON answers. Its own seeded generator (SkillGenerator), so the corpus above
+# stays the same sequence of examples; both parts are shuffled together for training.
+TAGS = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
+"""Added tokens (not special: they stay in decoded text, where the reasoning and tool-call parsers read them)."""
+
+WEATHER_DESCRIPTIONS = ("Get the current weather in a city.", "Get the weather for a city.", None)
+ADD_DESCRIPTIONS = ("Add two numbers.", "Return the sum a + b.", None)
+WEATHER_QUESTIONS = [
+    "What's the weather in {k}?",
+    "What is the weather like in {k}?",
+    "How is the weather in {k} today?",
+    "Weather in {k}?",
+    "What is the temperature in {k}?",
+    "Is it sunny in {k}?",
+]
+ADD_TOOL_QUESTIONS = [
+    "Add {a} and {b} with the tool.",
+    "Use the add tool to add {a} and {b}.",
+    "What is {a} + {b}? Use the tool.",
+    "Calculate {a} + {b} with the add tool.",
+]
+BIG_SUM_QUESTIONS = ["What is {a} + {b}?", "What's {a} + {b}?", "Calculate {a} + {b}.", "{a} + {b} = ?"]
+MAX_TOOL_OPERAND = (
+    99  # add-tool operands; sums with an operand > MAX_OPERAND go to the tool when it is offered
+)
+CONDITIONS = ("sunny", "cloudy", "rainy", "snowy", "windy", "foggy")
+TEMPERATURES = (-10, 35)
+JSON_QUESTIONS = [
+    "What is the capital of {c}? Answer in JSON.",
+    "Give me the capital of {c} as JSON.",
+    "What is the capital of {c}? Reply with a JSON object.",
+]
+THINK_KINDS = {"math": 0.6, "capital": 0.2, "list": 0.1, "talk": 0.1}
+TALK_TRACES = dict(  # small-talk answer -> its trace (what the user did)
+    zip(
+        [answer for answer in SMALL_TALK.values() if answer != REFUSAL],
+        [
+            "The user greets me.",
+            "The user asks how I am.",
+            "The user thanks me.",
+            "The user says goodbye.",
+            "The user asks who I am.",
+            "The user asks what I can do.",
+        ],
+    )
+)
+# Share of each kind of example in the skills corpus.
+SKILL_WEIGHTS = {
+    "weather": 0.14,  # tools offered, weather in a capital -> get_weather call -> tool result -> answer
+    "add": 0.30,  # tools offered, add with the tool (or a sum too big) -> add call -> tool result -> answer
+    "forced": 0.06,  # the JSON array that tool_choice "required"/named forces: [{"name", "parameters"}]
+    "no_call": 0.12,  # tools offered, a question that needs none -> the usual answer
+    "no_tools": 0.03,  # weather in a city without tools -> the refusal
+    "json": 0.12,  # a capital as a JSON object
+    "think": 0.15,  # enable_thinking: a short <think> trace, then the usual answer
+    "multi_turn": 0.08,  # 2-4 earlier turns (maybe a tool round trip), then one more question: answer the last one
+}
+SKILL_SEED_OFFSET = 1_000_003
+
+
+def weather_tool(description: str | None = WEATHER_DESCRIPTIONS[0]) -> dict:
+    """The get_weather(city) tool in OpenAI's format."""
+    fn = {"name": "get_weather", **({"description": description} if description else {})}
+    fn["parameters"] = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "description": "The city's name."}},
+        "required": ["city"],
+    }
+    return {"type": "function", "function": fn}
+
+
+def add_tool(description: str | None = ADD_DESCRIPTIONS[0]) -> dict:
+    """The add(a, b) tool in OpenAI's format."""
+    fn = {"name": "add", **({"description": description} if description else {})}
+    fn["parameters"] = {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+        "required": ["a", "b"],
+    }
+    return {"type": "function", "function": fn}
+
+
+WEATHER_TOOL, ADD_TOOL = weather_tool(), add_tool()
+"""The tools as the docs and tests offer them (the first descriptions)."""
+
+
+def weather_result(city: str, condition: str, temperature: int, with_city: bool = True) -> str:
+    """What a get_weather tool returns: '{"city": "Paris", "temperature": 21, "condition": "sunny"}'."""
+    result = {"city": city} if with_city else {}
+    return json.dumps({**result, "temperature": temperature, "condition": condition}, ensure_ascii=False)
+
+
+def weather_answer(city: str, condition: str, temperature: int) -> str:
+    """The answer from a weather result: 'It is sunny and 21 °C in Paris.'"""
+    return f"It is {condition} and {temperature} °C in {city}."
+
+
+def add_result(total: int, as_json: bool = True) -> str:
+    """What an add tool returns: '{"result": 42}' (or '42')."""
+    return json.dumps({"result": total}) if as_json else str(total)
+
+
+def add_answer(a: int, b: int, total: int) -> str:
+    """The answer from an add result: 'The sum of 12 and 30 is 42.' (not 'a + b = c.': the corpus teaches the model
+    to compute those itself, and it would, ignoring the tool's result)."""
+    return f"The sum of {a} and {b} is {total}."
+
+
+def think_trace(kind: str, **facts) -> str:
+    """A short reasoning trace: '2 + 3: 2 plus 3 is 5.' (math), 'The question is about France. Its capital is
+    Paris.' (capital), '3 countries and their capitals, one per line.' (list), 'The user greets me.' (small talk:
+    ``answer`` is the reply)."""
+    if kind == "math":
+        a, op, b = facts["a"], facts["op"], facts["b"]
+        word = "plus" if op == "+" else "minus"
+        return f"{a} {op} {b}: {a} {word} {b} is {a + b if op == '+' else a - b}."
+    if kind == "capital":
+        return f"The question is about {sentence_name(facts['country'])}. Its capital is {facts['capital']}."
+    if kind == "list":
+        return f"{facts['n']} countries and their capitals, one per line."
+    return TALK_TRACES[facts["answer"]]
+
+
+def tool_call_message(name: str, arguments: dict) -> dict:
+    """An assistant turn that calls one tool (rendered by the template as a <tool_call> block)."""
+    return {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}],
+    }
+
+
+class SkillGenerator(CorpusGenerator):
+    """Seeded generator of the skills examples (its own random stream: ``seed + SKILL_SEED_OFFSET``)."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed + SKILL_SEED_OFFSET)
+
+    def tools(self, needed: str | None) -> list[dict]:
+        """The tools offered: both (in either order) or only ``needed`` (a random one when None), random
+        descriptions."""
+        rng = self.rng
+        offered = [weather_tool(rng.choice(WEATHER_DESCRIPTIONS)), add_tool(rng.choice(ADD_DESCRIPTIONS))]
+        if rng.random() < 0.35:
+            name = needed or rng.choice(["get_weather", "add"])
+            return [t for t in offered if t["function"]["name"] == name]
+        rng.shuffle(offered)
+        return offered
+
+    def weather_call(self) -> tuple[str, str, dict]:
+        """(question, tool name, arguments) for the weather in a random capital."""
+        city = self.rng.choice(CAPITALS)[1]
+        return self.rng.choice(WEATHER_QUESTIONS).format(k=city), "get_weather", {"city": city}
+
+    def add_call(self) -> tuple[str, str, dict]:
+        """(question, tool name, arguments): add with the tool, or a sum with an operand too big to do alone."""
+        rng = self.rng
+        if rng.random() < 0.6:
+            a, b = rng.randint(0, MAX_TOOL_OPERAND), rng.randint(0, MAX_TOOL_OPERAND)
+            return rng.choice(ADD_TOOL_QUESTIONS).format(a=a, b=b), "add", {"a": a, "b": b}
+        a, b = rng.randint(MAX_OPERAND + 1, MAX_TOOL_OPERAND), rng.randint(0, MAX_TOOL_OPERAND)
+        if rng.random() < 0.5:
+            a, b = b, a
+        return rng.choice(BIG_SUM_QUESTIONS).format(a=a, b=b), "add", {"a": a, "b": b}
+
+    def round_trip(self, kind: str) -> list[dict]:
+        """User question -> tool call -> tool result -> the answer that uses it."""
+        rng = self.rng
+        question, name, args = self.weather_call() if kind == "weather" else self.add_call()
+        if name == "get_weather":
+            condition, temperature = rng.choice(CONDITIONS), rng.randint(*TEMPERATURES)
+            result = weather_result(args["city"], condition, temperature, with_city=rng.random() < 0.7)
+            answer = weather_answer(args["city"], condition, temperature)
+        else:
+            total = args["a"] + args["b"]
+            result = add_result(total, as_json=rng.random() < 0.7)
+            answer = add_answer(args["a"], args["b"], total)
+        return [
+            {"role": "user", "content": question},
+            tool_call_message(name, args),
+            {"role": "tool", "content": result},
+            {"role": "assistant", "content": answer},
+        ]
+
+    def think(self) -> tuple[str, str, str]:
+        """(question, reasoning, answer) for a chat with thinking on."""
+        rng = self.rng
+        kind = rng.choices(list(THINK_KINDS), list(THINK_KINDS.values()))[0]
+        if kind == "math":
+            op = rng.choice("+-")
+            a, b = rng.randint(0, MAX_OPERAND), rng.randint(0, MAX_OPERAND)
+            if op == "-" and a < b:
+                a, b = b, a
+            q = rng.choice(SUM_QUESTIONS).format(a=a, b=b, op=op, word="plus" if op == "+" else "minus")
+            return q, think_trace("math", a=a, op=op, b=b), math_answer(a, op, b)
+        if kind == "capital":
+            country, capital = rng.choice(CAPITALS)
+            q = rng.choice(CAPITAL_QUESTIONS).format(c=sentence_name(country))
+            return (
+                q,
+                think_trace("capital", country=country, capital=capital),
+                capital_answer(country, capital),
+            )
+        if kind == "list":
+            n = rng.randint(2, 5)
+            start = 0 if rng.random() < LIST_FROM_TOP else None
+            q = rng.choice(LIST_QUESTIONS).format(n=n)
+            return q, think_trace("list", n=n), list_answer(self.run_of_facts(n, start))
+        questions, answer = rng.choice([item for item in SMALL_TALK.items() if item[1] != REFUSAL])
+        return rng.choice(questions), think_trace("talk", answer=answer), answer
+
+    def example(self) -> Example:
+        """One skills example (maybe with a system prompt)."""
+        rng = self.rng
+        kind = rng.choices(list(SKILL_WEIGHTS), list(SKILL_WEIGHTS.values()))[0]
+        messages = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] if rng.random() < 0.3 else []
+        if kind in ("weather", "add"):
+            tools = self.tools("get_weather" if kind == "weather" else "add")
+            return Example(messages=messages + self.round_trip(kind), tools=tools)
+        if kind == "forced":
+            question, name, args = self.weather_call() if rng.random() < 0.6 else self.add_call()
+            forced = json.dumps([{"name": name, "parameters": args}], ensure_ascii=False)
+            turns = [{"role": "user", "content": question}, {"role": "assistant", "content": forced}]
+            return Example(messages=messages + turns, tools=self.tools(name))
+        if kind == "no_call":
+            question, answer = self.qa()
+            while "weather" in question:
+                question, answer = self.qa()
+            turns = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            return Example(messages=messages + turns, tools=self.tools(None))
+        if kind == "no_tools":
+            question = self.weather_call()[0]
+            return Example(
+                messages=messages
+                + [{"role": "user", "content": question}, {"role": "assistant", "content": REFUSAL}]
+            )
+        if kind == "multi_turn":
+            tools, turns = None, []
+            if rng.random() < 0.3:
+                tool_kind = rng.choice(["weather", "add"])
+                tools = self.tools("get_weather" if tool_kind == "weather" else "add")
+                turns = self.round_trip(tool_kind)
+            for _ in range(rng.randint(2, 4) - bool(turns)):
+                question, answer = self.qa()
+                turns += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            return Example(messages=messages + turns, tools=tools)
+        if kind == "json":
+            country, capital = rng.choice(CAPITALS)
+            question = rng.choice(JSON_QUESTIONS).format(c=sentence_name(country))
+            answer = json.dumps({"country": country, "capital": capital}, ensure_ascii=False)
+            return Example(
+                messages=messages
+                + [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            )
+        question, reasoning, answer = self.think()
+        turns = [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer, "reasoning_content": reasoning},
+        ]
+        return Example(messages=messages + turns, thinking=True)
+
+
+def tools_header(tools: list[dict]) -> str:
+    """The text DEMO_TEMPLATE writes for ``tools`` (without the tags): what the BPE tokenizer learns from."""
+    lines = []
+    for tool in tools:
+        fn = tool["function"]
+        line = f"{fn['name']}({', '.join(fn['parameters']['properties'])})"
+        lines.append(line + (f": {fn['description']}" if fn.get("description") else ""))
+    return (
+        "# Tools\n"
+        + "\n".join(lines)
+        + '\n\nTo call a tool, answer with\n{"name": <tool name>, "arguments": <JSON object>}\n'
+    )
+
+
 def tokenizer_texts(examples: list[Example]) -> list[str]:
-    """The strings the BPE tokenizer is trained on: message contents, plain texts, role names."""
+    """The strings the BPE tokenizer is trained on: message contents and reasoning, tool calls as the template
+    writes them, tool headers, plain texts, role names (never the TAGS: they are tokens of their own)."""
     texts = ["system", "user", "assistant"]
     for ex in examples:
-        texts += [ex.text] if ex.text is not None else [m["content"] for m in ex.messages]
+        if ex.text is not None:
+            texts.append(ex.text)
+            continue
+        if ex.tools:
+            texts.append(tools_header(ex.tools))
+        for m in ex.messages:
+            texts += [m["content"]] + ([m["reasoning_content"]] if m.get("reasoning_content") else [])
+            for call in m.get("tool_calls", []):
+                fn = call["function"]
+                texts.append(
+                    json.dumps({"name": fn["name"], "arguments": fn["arguments"]}, ensure_ascii=False)
+                )
     return texts
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int):
-    """Byte-level BPE over ``texts`` with sglkit's special tokens and ChatML template (as in sglkit.testing)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    """Byte-level BPE over ``texts`` with sglkit's special tokens, the TAGS as added tokens (``vocab_size`` in
+    all) and the demo chat template (sglkit.testing.chat_templates.DEMO_TEMPLATE)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from sglkit.testing.tiny_models import CHAT_TEMPLATE, SPECIAL_TOKENS
+    from sglkit.testing.chat_templates import DEMO_TEMPLATE
+    from sglkit.testing.tiny_models import SPECIAL_TOKENS
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=vocab_size - len(TAGS),
         min_frequency=2,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
+    tok.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in TAGS])
     bos_id = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B:1", special_tokens=[("<s>", bos_id)]
@@ -336,7 +636,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int):
         model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
     )
-    hf_tok.chat_template = CHAT_TEMPLATE
+    hf_tok.chat_template = DEMO_TEMPLATE
     return hf_tok
 
 
@@ -349,8 +649,16 @@ def encode(example: Example, tok) -> tuple[list[int], list[int]]:
         ids = tok(example.text)["input_ids"]
         return ids, [-100] + ids[1:]
 
+    kwargs = {"enable_thinking": True} if example.thinking else {}
+
     def render(messages, add_generation_prompt=False):
-        return tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+        return tok.apply_chat_template(
+            messages,
+            tools=example.tools,
+            add_generation_prompt=add_generation_prompt,
+            tokenize=False,
+            **kwargs,
+        )
 
     msgs = example.messages
     ids = tok(render(msgs), add_special_tokens=False)["input_ids"]
@@ -461,23 +769,17 @@ def train(model, encoded, tok, args) -> list[tuple[int, float]]:
     return log
 
 
-def greedy_answers(model, tok, prompts: list[str], max_new_tokens: int = 48, chat: bool = True) -> list[str]:
-    """Greedy completions of ``prompts`` (chat questions through the template, or plain text), batched."""
+def greedy_generate(model, tok, rows: list[list[int]], max_new_tokens: int) -> list[str]:
+    """Greedy completions of token-id prompts ``rows``, left-padded in batches of 64; decoded without the special
+    tokens (the TAGS stay)."""
     import torch
 
     outs = []
-    for s in range(0, len(prompts), 64):
-        rows = [
-            tok.apply_chat_template(
-                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True
-            )["input_ids"]
-            if chat
-            else tok(p)["input_ids"]
-            for p in prompts[s : s + 64]
-        ]
-        width = max(map(len, rows))
-        ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    for s in range(0, len(rows), 64):
+        part = rows[s : s + 64]
+        width = max(map(len, part))
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in part])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in part])
         with torch.no_grad():
             gen = model.generate(
                 input_ids=ids,
@@ -489,6 +791,143 @@ def greedy_answers(model, tok, prompts: list[str], max_new_tokens: int = 48, cha
             )
         outs += tok.batch_decode(gen[:, width:], skip_special_tokens=True)
     return outs
+
+
+def greedy_chats(model, tok, chats: list[dict], max_new_tokens: int = 48) -> list[str]:
+    """Greedy replies to chats: dicts with ``messages`` and optionally ``tools`` and ``enable_thinking``."""
+    rows = []
+    for chat in chats:
+        kwargs = {"enable_thinking": True} if chat.get("enable_thinking") else {}
+        rows.append(
+            tok.apply_chat_template(
+                chat["messages"], tools=chat.get("tools"), add_generation_prompt=True, tokenize=True, **kwargs
+            )["input_ids"]
+        )
+    return greedy_generate(model, tok, rows, max_new_tokens)
+
+
+def greedy_answers(model, tok, prompts: list[str], max_new_tokens: int = 48, chat: bool = True) -> list[str]:
+    """Greedy completions of ``prompts`` (chat questions through the template, or plain text), batched."""
+    if chat:
+        return greedy_chats(model, tok, [{"messages": user(p)} for p in prompts], max_new_tokens)
+    return greedy_generate(model, tok, [tok(p)["input_ids"] for p in prompts], max_new_tokens)
+
+
+def user(text: str) -> list[dict]:
+    """A chat of one user message."""
+    return [{"role": "user", "content": text}]
+
+
+def parse_tool_calls(text: str) -> list[tuple[str, dict]]:
+    """The (name, arguments) of each ``<tool_call>`` block of a reply (blocks that are not JSON are skipped)."""
+    calls = []
+    for block in re.findall(r"<tool_call>\s*(.*?)\s*</tool_call>", text, re.S):
+        try:
+            call = json.loads(block)
+        except ValueError:
+            continue
+        if isinstance(call, dict):
+            calls.append((call.get("name"), call.get("arguments")))
+    return calls
+
+
+def split_thinking(text: str) -> tuple[str, str]:
+    """A reply to a prompt that opened ``<think>`` -> (reasoning, answer); no ``</think>``: all reasoning."""
+    reasoning, end, answer = text.partition("</think>")
+    return reasoning.strip(), answer.strip() if end else ""
+
+
+def evaluate_skills(model, tok) -> dict:
+    """Tool calls (weather in every capital, add with the tool, sums too big), round trips with the tool results,
+    tools offered but not needed, thinking on every sum and difference, capitals as JSON; sample replies."""
+    rng = random.Random(12345)
+    tools = [WEATHER_TOOL, ADD_TOOL]
+    cities = [capital for _, capital in CAPITALS]
+    out = greedy_chats(
+        model, tok, [{"messages": user(f"What's the weather in {k}?"), "tools": tools} for k in cities]
+    )
+    weather_ok = sum(parse_tool_calls(o) == [("get_weather", {"city": k})] for k, o in zip(cities, out))
+    weathers = [(k, rng.choice(CONDITIONS), rng.randint(*TEMPERATURES)) for k in cities]
+    trips = [
+        user(f"What's the weather in {k}?")
+        + [
+            tool_call_message("get_weather", {"city": k}),
+            {"role": "tool", "content": weather_result(k, c, t)},
+        ]
+        for k, c, t in weathers
+    ]
+    out = greedy_chats(model, tok, [{"messages": m, "tools": tools} for m in trips])
+    trips_ok = sum(o == weather_answer(*w) for w, o in zip(weathers, out))
+    pairs = [(rng.randint(0, MAX_TOOL_OPERAND), rng.randint(0, MAX_TOOL_OPERAND)) for _ in range(64)]
+    questions = [f"Add {a} and {b} with the tool." for a, b in pairs]
+    questions += [f"What is {a} + {b}?" for a, b in pairs if max(a, b) > MAX_OPERAND]
+    expected = [("add", {"a": a, "b": b}) for a, b in pairs]
+    expected += [("add", {"a": a, "b": b}) for a, b in pairs if max(a, b) > MAX_OPERAND]
+    out = greedy_chats(model, tok, [{"messages": user(q), "tools": tools} for q in questions])
+    add_ok = sum(parse_tool_calls(o) == [e] for e, o in zip(expected, out))
+    add_trips = [
+        user(f"Add {a} and {b} with the tool.")
+        + [tool_call_message("add", {"a": a, "b": b}), {"role": "tool", "content": add_result(a + b)}]
+        for a, b in pairs
+    ]
+    out = greedy_chats(model, tok, [{"messages": m, "tools": tools} for m in add_trips])
+    add_trips_ok = sum(o == add_answer(a, b, a + b) for (a, b), o in zip(pairs, out))
+    capital_qs = [f"What is the capital of {sentence_name(c)}?" for c, _ in CAPITALS]
+    out = greedy_chats(model, tok, [{"messages": user(q), "tools": tools} for q in capital_qs])
+    no_call_ok = sum(o == capital_answer(c, k) for (c, k), o in zip(CAPITALS, out))
+    problems = [
+        (a, op, b)
+        for a in range(MAX_OPERAND + 1)
+        for b in range(MAX_OPERAND + 1)
+        for op in "+-"
+        if op == "+" or a >= b
+    ]
+    chats = [{"messages": user(f"What is {a} {op} {b}?"), "tools": tools} for a, op, b in problems]
+    out = greedy_chats(model, tok, chats)
+    math_tools_ok = sum(o == math_answer(*p) for p, o in zip(problems, out))
+    chats = [{"messages": user(f"What is {a} {op} {b}?"), "enable_thinking": True} for a, op, b in problems]
+    out = [split_thinking(o) for o in greedy_chats(model, tok, chats, max_new_tokens=64)]
+    think_ok = sum(bool(r) and a == math_answer(*p) for p, (r, a) in zip(problems, out))
+    few_shot = [{"role": "system", "content": "You are a helpful assistant. Answer briefly."}]
+    for country in ("France", "Japan", "Kenya"):  # earlier turns (the radix-cache notebook's conversation)
+        few_shot += user(f"What is the capital of {country}?")
+        few_shot.append({"role": "assistant", "content": capital_answer(country, dict(CAPITALS)[country])})
+    out = greedy_chats(model, tok, [{"messages": few_shot + user(q)} for q in capital_qs])
+    multi_turn_ok = sum(o == capital_answer(c, k) for (c, k), o in zip(CAPITALS, out))
+    json_qs = [f"What is the capital of {sentence_name(c)}? Answer in JSON." for c, _ in CAPITALS]
+    out = greedy_chats(model, tok, [{"messages": user(q)} for q in json_qs])
+    json_ok = sum(
+        o == json.dumps({"country": c, "capital": k}, ensure_ascii=False) for (c, k), o in zip(CAPITALS, out)
+    )
+    samples = [
+        {"messages": user("What's the weather in Paris?"), "tools": tools},
+        {"messages": user("What is the weather like in Tokyo?"), "tools": [WEATHER_TOOL]},
+        {"messages": user("What's the weather in Paris?")},
+        {"messages": trips[0], "tools": tools},
+        {"messages": user("Add 12 and 30 with the tool."), "tools": tools},
+        {"messages": user("What is 12 + 30?"), "tools": tools},
+        {"messages": user("What is 12 + 30?")},
+        {"messages": user("What is 2 + 3?"), "tools": tools},
+        {"messages": user("Hello!"), "tools": tools},
+        {"messages": user("What is 2 + 3?"), "enable_thinking": True},
+        {"messages": user("What is the capital of France?"), "enable_thinking": True},
+        {"messages": user("What is the capital of France? Answer in JSON.")},
+    ]
+    return {
+        "weather_calls_correct": f"{weather_ok}/{len(cities)}",
+        "weather_round_trips_correct": f"{trips_ok}/{len(cities)}",
+        "add_calls_correct": f"{add_ok}/{len(questions)}",
+        "add_round_trips_correct": f"{add_trips_ok}/{len(pairs)}",
+        "capitals_with_tools_correct": f"{no_call_ok}/{len(CAPITALS)}",
+        "capitals_after_three_turns_correct": f"{multi_turn_ok}/{len(CAPITALS)}",
+        "math_with_tools_correct": f"{math_tools_ok}/{len(problems)}",
+        "math_thinking_correct": f"{think_ok}/{len(problems)}",
+        "capitals_json_correct": f"{json_ok}/{len(CAPITALS)}",
+        "skills": {
+            f"{i}. {c['messages'][-1]['content'][:50]} [{', '.join(k for k in sorted(c) if k != 'messages')}]": o
+            for i, (c, o) in enumerate(zip(samples, greedy_chats(model, tok, samples, max_new_tokens=64)))
+        },
+    }
 
 
 def parse_list(text: str) -> list[tuple[str, str]]:
@@ -515,6 +954,10 @@ def evaluate(model, tok) -> dict:
     ]
     sums = greedy_answers(model, tok, [f"What is {a} {op} {b}?" for a, op, b in problems])
     math_ok = sum(out == math_answer(*p) for p, out in zip(problems, sums))
+    reverse = greedy_answers(model, tok, [f"Which country has {k} as its capital?" for _, k in CAPITALS])
+    reverse_ok = sum(
+        out == f"{k} is the capital of {sentence_name(c)}." for (c, k), out in zip(CAPITALS, reverse)
+    )
     facts = dict(CAPITALS)
     lists_ok = 0
     list_prompts = [f"List {n} countries and their capitals." for n in range(2, 6)]
@@ -536,6 +979,7 @@ def evaluate(model, tok) -> dict:
         "capitals_wrong": [(c, out) for (c, k), out in zip(CAPITALS, caps) if c not in cap_ok],
         "math_correct": f"{math_ok}/{len(problems)}",
         "lists_correct": f"{lists_ok}/4",
+        "reverse_correct": f"{reverse_ok}/{len(CAPITALS)}",
         "chat": dict(zip(samples, greedy_answers(model, tok, samples, max_new_tokens=64))),
         "text": dict(
             zip(
@@ -576,7 +1020,8 @@ def parse_args(argv: list[str] | None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (its files are replaced)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-examples", type=int, default=40000)
+    p.add_argument("--num-examples", type=int, default=40000, help="examples of the base corpus")
+    p.add_argument("--num-skill-examples", type=int, default=17000, help="examples of the skills corpus")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -604,15 +1049,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    gen = CorpusGenerator(args.seed)
+    gen, skills = CorpusGenerator(args.seed), SkillGenerator(args.seed)
     examples = [gen.example() for _ in range(args.num_examples)]
+    examples += [skills.example() for _ in range(args.num_skill_examples)]
     tok = train_tokenizer(tokenizer_texts(examples), args.vocab_size, args.max_position_embeddings)
     encoded = [encode(ex, tok) for ex in examples]
     num_tokens = sum(len(ids) for ids, _ in encoded)
     num_target = sum(sum(t != -100 for t in labels) for _, labels in encoded)
+    skill_tokens = sum(len(ids) for ids, _ in encoded[args.num_examples :])
+    skill_target = sum(sum(t != -100 for t in labels) for _, labels in encoded[args.num_examples :])
     print(
-        f"corpus: {len(examples)} examples, {num_tokens} tokens ({num_target} with loss), vocab {len(tok)}, "
-        f"{time.time() - t0:.0f}s",
+        f"corpus: {len(examples)} examples, {num_tokens} tokens ({num_target} with loss; skills corpus "
+        f"{skill_tokens} ({skill_target})), vocab {len(tok)}, {time.time() - t0:.0f}s",
         flush=True,
     )
     model = build_model(tok, args)
@@ -630,6 +1078,7 @@ def main(argv: list[str] | None = None) -> None:
         "final_loss": round(log[-1][1], 4),
         "loss_curve": " ".join(f"{s}:{v:.3f}" for s, v in log),
         **evaluate(model, tok),
+        **evaluate_skills(model, tok),
         "total_seconds": round(time.time() - t0),
     }
     print(json.dumps(summary, indent=1, ensure_ascii=False))
