@@ -116,6 +116,18 @@ _QWEN_SYSTEM = (
     "{{ '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
     "{% endif %}"
 )
+# Shared by the Qwen3 and demo templates: the rest of an assistant tool call (after ``fn`` is set), then the tool
+# turns as one user turn of <tool_response> blocks.
+_TOOL_CALL_AND_RESPONSES = (
+    """{{ '<tool_call>\\n{"name": "' + fn['name'] + '", "arguments": ' }}"""
+    "{% if fn['arguments'] is string %}{{ fn['arguments'] }}{% else %}{{ fn['arguments'] | tojson }}{% endif %}"
+    "{{ '}\\n</tool_call>' }}"
+    "{% endfor %}{{ '<|im_end|>\\n' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{% if loop.first or loop.previtem['role'] != 'tool' %}{{ '<|im_start|>user' }}{% endif %}"
+    "{{ '\\n<tool_response>\\n' }}" + _CONTENT + "{{ '\\n</tool_response>' }}"
+    "{% if loop.last or loop.nextitem['role'] != 'tool' %}{{ '<|im_end|>\\n' }}{% endif %}"
+)
 _QWEN_MESSAGES = (
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}"
@@ -126,16 +138,7 @@ _QWEN_MESSAGES = (
     + _CONTENT
     + "{% for call in message['tool_calls'] or [] %}"
     "{% if message['content'] or not loop.first %}{{ '\\n' }}{% endif %}"
-    "{% set fn = call['function'] %}"
-    """{{ '<tool_call>\\n{"name": "' + fn['name'] + '", "arguments": ' }}"""
-    "{% if fn['arguments'] is string %}{{ fn['arguments'] }}{% else %}{{ fn['arguments'] | tojson }}{% endif %}"
-    "{{ '}\\n</tool_call>' }}"
-    "{% endfor %}{{ '<|im_end|>\\n' }}"
-    "{% elif message['role'] == 'tool' %}"
-    "{% if loop.first or loop.previtem['role'] != 'tool' %}{{ '<|im_start|>user' }}{% endif %}"
-    "{{ '\\n<tool_response>\\n' }}" + _CONTENT + "{{ '\\n</tool_response>' }}"
-    "{% if loop.last or loop.nextitem['role'] != 'tool' %}{{ '<|im_end|>\\n' }}{% endif %}"
-    "{% endif %}"
+    "{% set fn = call['function'] %}" + _TOOL_CALL_AND_RESPONSES + "{% endif %}"
     "{% endfor %}"
 )
 _NO_THINKING = (
@@ -188,15 +191,10 @@ _DEMO_MESSAGES = (
     "{% for call in message['tool_calls'] or [] %}"
     "{% if message['content'] or not loop.first %}{{ '\\n' }}{% endif %}"
     "{% set fn = call['function'] if call['function'] is defined else call %}"
-    """{{ '<tool_call>\\n{"name": "' + fn['name'] + '", "arguments": ' }}"""
-    "{% if fn['arguments'] is string %}{{ fn['arguments'] }}{% else %}{{ fn['arguments'] | tojson }}{% endif %}"
-    "{{ '}\\n</tool_call>' }}"
-    "{% endfor %}{{ '<|im_end|>\\n' }}"
-    "{% elif message['role'] == 'tool' %}"
-    "{% if loop.first or loop.previtem['role'] != 'tool' %}{{ '<|im_start|>user' }}{% endif %}"
-    "{{ '\\n<tool_response>\\n' }}" + _CONTENT + "{{ '\\n</tool_response>' }}"
-    "{% if loop.last or loop.nextitem['role'] != 'tool' %}{{ '<|im_end|>\\n' }}{% endif %}"
-    "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' }}" + _CONTENT + "{{ '<|im_end|>\\n' }}"
+    + _TOOL_CALL_AND_RESPONSES
+    + "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    + _CONTENT
+    + "{{ '<|im_end|>\\n' }}"
     "{% endif %}"
     "{% endfor %}"
 )
