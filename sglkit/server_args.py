@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEDULE_POLICIES = ("lpm", "fcfs")
-DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float")
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-MODEL_IMPLS = ("auto", "sglkit", "transformers")  # as sglkit.models.loader.MODEL_IMPLS
-LOAD_BALANCE_METHODS = ("cache_aware", "shortest_queue", "round_robin")  # as sglkit.server.router's
-GRAMMAR_BACKENDS = ("xgrammar", "none")  # as sglkit.constrained.GRAMMAR_BACKENDS
-SAMPLING_DEFAULTS_MODES = ("model", "openai")  # as sglkit.runtime.frontend.sampling_defaults's
-TOOL_CALL_PARSERS = ("qwen25", "hermes", "llama3", "mistral", "pythonic")  # as sglkit.server.function_call's
-REASONING_PARSERS = ("qwen3", "deepseek-r1")  # as sglkit.server.reasoning_parser's
+from sglkit.server_args_checks import (
+    DTYPES,
+    GRAMMAR_BACKENDS,
+    LOAD_BALANCE_METHODS,
+    LOG_LEVELS,
+    MODEL_IMPLS,
+    REASONING_PARSERS,
+    SAMPLING_DEFAULTS_MODES,
+    SCHEDULE_POLICIES,
+    TOOL_CALL_PARSERS,
+    validate_server_args,
+)
 
 
 def _arg(default: Any, help: str, **argparse_kwargs: Any) -> Any:
@@ -101,7 +105,30 @@ class ServerArgs:
         "Default 8192 on CUDA, 2048 on CPU.",
     )
     schedule_policy: str = _arg(
-        "lpm", "Waiting-queue order: 'lpm' (longest prefix match first) or 'fcfs'.", choices=SCHEDULE_POLICIES
+        "lpm",
+        "Waiting-queue order: 'lpm' (longest prefix match first), 'fcfs' (arrival order), 'lof' (longest "
+        "output, by max_new_tokens, first) or 'random'.",
+        choices=SCHEDULE_POLICIES,
+    )
+    max_queued_requests: int | None = _arg(
+        None,
+        "Most requests that may wait at once (admitted by the HTTP server but not yet running); a request over "
+        "it gets 503 'The request queue is full.' with a Retry-After header. Unset: no limit.",
+    )
+    max_inputs_per_request: int = _arg(
+        2048,
+        "Most prompts (inputs x n) one request may carry (a /generate batch, a completions prompt list, "
+        "embedding inputs); more is a 400 naming the field.",
+    )
+    req_waiting_timeout: float | None = _arg(
+        None,
+        "Abort a request that waited this many seconds without starting (finish_reason abort, HTTP 503 "
+        "'Request waiting timeout reached.'). Default: $SGLANG_REQ_WAITING_TIMEOUT, else none.",
+    )
+    req_running_timeout: float | None = _arg(
+        None,
+        "Abort a request that has been running this many seconds (finish_reason abort, HTTP 503 "
+        "'Request running timeout reached.'). Default: $SGLANG_REQ_RUNNING_TIMEOUT, else none.",
     )
     disable_radix_cache: bool = _arg(False, "Turn the radix prefix cache off.")
     attention_backend: str | None = _arg(
@@ -184,6 +211,26 @@ class ServerArgs:
         "Kill the scheduler process if it is busy but runs no forward pass for this many seconds; "
         "the HTTP server then reports unhealthy (/health answers 503).",
     )
+    skip_tokenizer_init: bool = _arg(
+        False,
+        "Run without a tokenizer: requests carry input_ids, answers carry output_ids and no text (stop strings, "
+        "chat and text prompts are refused).",
+    )
+    incremental_streaming_output: bool = _arg(
+        False,
+        "Streamed /generate chunks carry only the new output_ids (and text) since the previous chunk instead of "
+        "everything so far.",
+    )
+    http_read_timeout: float = _arg(
+        30.0,
+        "Seconds a client may take to send its request headers, and between body chunks; slower clients are "
+        "disconnected (slowloris).",
+    )
+    graceful_shutdown_timeout: float = _arg(
+        5.0,
+        "On SIGTERM: stop admitting requests (503), give in-flight requests this many seconds to finish, then abort "
+        "the rest (JSON 503 for plain requests, an error event and [DONE] for streams) and exit.",
+    )
     stream_interval: int = _arg(
         1,
         "Send a streaming chunk every this many generated tokens (the first token at once); "
@@ -231,108 +278,17 @@ class ServerArgs:
             self.served_model_name = self.model_path
         if self.random_seed is None:
             self.random_seed = random.randint(0, 1 << 30)
+        for name, env in (
+            ("req_waiting_timeout", "SGLANG_REQ_WAITING_TIMEOUT"),
+            ("req_running_timeout", "SGLANG_REQ_RUNNING_TIMEOUT"),
+        ):
+            if getattr(self, name) is None and float(os.environ.get(env) or -1) > 0:  # SGLang's variables
+                setattr(self, name, float(os.environ[env]))
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError naming the first argument out of range."""
-        positive = {
-            "context_length": self.context_length,
-            "max_total_tokens": self.max_total_tokens,
-            "max_running_requests": self.max_running_requests,
-            "max_prefill_tokens": self.max_prefill_tokens,
-            "stream_interval": self.stream_interval,
-            "decode_log_interval": self.decode_log_interval,
-        }
-        for name, value in positive.items():
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if (
-            self.chunked_prefill_size is not None
-            and self.chunked_prefill_size != -1
-            and self.chunked_prefill_size < 1
-        ):
-            raise ValueError(
-                f"chunked_prefill_size must be positive or -1, got {self.chunked_prefill_size!r}."
-            )
-        if self.mem_fraction_static is not None and not 0.0 < self.mem_fraction_static < 1.0:
-            raise ValueError(f"mem_fraction_static must be in (0, 1), got {self.mem_fraction_static!r}.")
-        if self.schedule_policy not in SCHEDULE_POLICIES:
-            raise ValueError(
-                f"schedule_policy must be one of {SCHEDULE_POLICIES}, got {self.schedule_policy!r}."
-            )
-        if self.grammar_backend not in GRAMMAR_BACKENDS:
-            raise ValueError(
-                f"grammar_backend must be one of {GRAMMAR_BACKENDS}, got {self.grammar_backend!r}."
-            )
-        if self.sampling_defaults not in SAMPLING_DEFAULTS_MODES:
-            raise ValueError(
-                f"sampling_defaults must be one of {SAMPLING_DEFAULTS_MODES}, got {self.sampling_defaults!r}."
-            )
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}.")
-        if self.model_impl not in MODEL_IMPLS:
-            raise ValueError(f"model_impl must be one of {MODEL_IMPLS}, got {self.model_impl!r}.")
-        if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}.")
-        if not 0 <= self.port < 65536:
-            raise ValueError(f"port must be in [0, 65535], got {self.port!r}.")
-        self._validate_parallel()
-        self._validate_data_parallel()
-        if self.tool_call_parser is not None and self.tool_call_parser not in TOOL_CALL_PARSERS:
-            raise ValueError(
-                f"tool_call_parser must be one of {TOOL_CALL_PARSERS}, got {self.tool_call_parser!r}."
-            )
-        if self.reasoning_parser is not None and self.reasoning_parser not in REASONING_PARSERS:
-            raise ValueError(
-                f"reasoning_parser must be one of {REASONING_PARSERS}, got {self.reasoning_parser!r}."
-            )
-
-    def _validate_data_parallel(self) -> None:
-        """dp_size and load_balance_method, and what data parallelism refuses."""
-        if not isinstance(self.dp_size, int) or isinstance(self.dp_size, bool) or self.dp_size < 1:
-            raise ValueError(f"dp_size must be a positive integer, got {self.dp_size!r}.")
-        if self.load_balance_method not in LOAD_BALANCE_METHODS:
-            raise ValueError(
-                f"load_balance_method must be one of {LOAD_BALANCE_METHODS}, got {self.load_balance_method!r}."
-            )
-        if self.dp_size > 1 and getattr(self, "nnodes", 1) > 1:
-            raise ValueError(
-                "dp_size > 1 is not supported with nnodes > 1: data-parallel replicas run on node 0 only. "
-                "Use dp_size=1 for a multi-node launch, or one node per server."
-            )
-
-    def _validate_parallel(self) -> None:
-        """tp_size / nnodes / node_rank / dist_init_addr / dist_timeout, and what tensor parallelism refuses."""
-        for name in ("tp_size", "nnodes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if self.tp_size % self.nnodes:
-            raise ValueError(
-                f"tp_size ({self.tp_size}) must be divisible by nnodes ({self.nnodes}): each node runs "
-                "tp_size / nnodes ranks."
-            )
-        if not isinstance(self.node_rank, int) or not 0 <= self.node_rank < self.nnodes:
-            raise ValueError(f"node_rank must be in [0, nnodes={self.nnodes}), got {self.node_rank!r}.")
-        if self.nnodes > 1 and not self.dist_init_addr:
-            raise ValueError("dist_init_addr (host:port of node 0) is required when nnodes > 1.")
-        if self.dist_init_addr is not None:
-            host, _, port = self.dist_init_addr.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"dist_init_addr must be 'host:port', got {self.dist_init_addr!r}.")
-        if self.dist_timeout is not None and not self.dist_timeout > 0:
-            raise ValueError(f"dist_timeout must be positive (seconds), got {self.dist_timeout!r}.")
-        if not isinstance(self.base_gpu_id, int) or self.base_gpu_id < 0:
-            raise ValueError(f"base_gpu_id must be a non-negative integer, got {self.base_gpu_id!r}.")
-        if self.tp_size > 1 and self.is_embedding:
-            raise ValueError(
-                "tp_size > 1 is not supported for embedding models (is_embedding=True); use tp_size=1."
-            )
-        if self.tp_size > 1 and self.model_impl == "transformers":
-            raise ValueError(
-                "tp_size > 1 needs sglkit's own model implementation: the transformers fallback "
-                "(model_impl='transformers') runs unsplit HF layers. Use model_impl='auto' or 'sglkit'."
-            )
+        """Raise ValueError naming the first argument out of range (``server_args_checks``)."""
+        validate_server_args(self)
 
     @property
     def tp_size_per_node(self) -> int:

@@ -58,7 +58,7 @@ def test_flags_round_trip(tmp_path):
         ({"mem_fraction_static": 1.0}, "mem_fraction_static"),
         ({"max_total_tokens": 0}, "max_total_tokens"),
         ({"chunked_prefill_size": 0}, "chunked_prefill_size"),
-        ({"schedule_policy": "random"}, "schedule_policy"),
+        ({"schedule_policy": "dfs-weight"}, "schedule_policy"),
         ({"dtype": "int8"}, "dtype"),
         ({"device": "tpu"}, "device"),
         ({"port": 70000}, "port"),
