@@ -14,7 +14,6 @@ import asyncio
 import logging
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any
@@ -26,12 +25,9 @@ from sglkit.core.messages import (
     AbortReq,
     ControlResult,
     EmbeddingOutput,
-    FlushCacheReq,
     GenerateOutput,
-    GetStatsReq,
     TokenizedEmbeddingReq,
     TokenizedGenerateReq,
-    UpdateWeightsReq,
 )
 from sglkit.runtime.frontend.embedding_input import EmbeddingInput, build_embedding_requests
 from sglkit.runtime.frontend.input_processor import GenerateInput, InvalidRequestError, build_requests
@@ -39,14 +35,13 @@ from sglkit.runtime.frontend.output_folder import OutputFolder
 from sglkit.runtime.frontend.sampling_defaults import model_sampling_defaults
 from sglkit.runtime.frontend.tokenizer import load_tokenizer
 from sglkit.runtime.scheduler.process import PortArgs
-from sglkit.server.replica_stats import combine_results, combine_stats
 from sglkit.server.router import Router
+from sglkit.server.tokenizer_control import ControlClient
 from sglkit.server_args import ServerArgs
 
 logger = logging.getLogger("sglkit.server")
 
 DISCONNECT_POLL_S = 1.0
-CONTROL_TIMEOUT_S = 600.0
 UNHEALTHY_EXIT_DELAY_S = 10.0  # a dead scheduler: answer 503 this long, then exit
 
 
@@ -65,7 +60,7 @@ class ClientDisconnected(Exception):
 SCHEDULER_DIED = "The server is unhealthy: the scheduler process died."
 
 
-class TokenizerManager:
+class TokenizerManager(ControlClient):
     """Sends requests to the scheduler(s) and routes outputs back; ``port_args``: one or a list (one per replica)."""
 
     def __init__(
@@ -331,69 +326,3 @@ class TokenizerManager:
         for replica in replicas:
             self.send_socks[replica].send_pyobj(AbortReq(rid=rid, abort_all=abort_all))
         return True
-
-    # ----- control -----
-    async def control_all(
-        self, msg, timeout: float = CONTROL_TIMEOUT_S, replicas: Sequence[int] | None = None
-    ) -> list[ControlResult]:
-        """Send one control message to each replica (default: all) in turn, one answer awaited at a time under one
-        lock (answers share one socket, so each is known to be its replica's); their ControlResults in order."""
-        self._check_alive()
-        results: list[ControlResult] = []
-        async with self.control_lock:
-            for replica in range(self.dp_size) if replicas is None else replicas:
-                self._check_alive()  # it died while we waited: nobody would answer
-                self.control_future = asyncio.get_running_loop().create_future()
-                self.send_socks[replica].send_pyobj(msg)
-                try:
-                    results.append(await asyncio.wait_for(self.control_future, timeout))
-                finally:
-                    self.control_future = None
-        return results
-
-    async def control(self, msg, timeout: float = CONTROL_TIMEOUT_S) -> ControlResult:
-        """Send one control message to every replica and wait: one ControlResult, success only if all succeeded."""
-        return combine_results(await self.control_all(msg, timeout))
-
-    async def flush_cache(self) -> ControlResult:
-        """Flush every replica's radix cache (each refuses while it has requests in flight)."""
-        results = await self.control_all(FlushCacheReq())
-        self.router.reset([i for i, r in enumerate(results) if r.success])
-        return combine_results(results)
-
-    async def get_stats(self) -> dict[str, Any]:
-        """Live scheduler statistics; with data parallelism the totals, ``replicas`` (each one's) and ``router``."""
-        results = await self.control_all(GetStatsReq(), timeout=30.0)
-        if self.dp_size == 1:
-            return results[0].payload
-        return {**combine_stats([r.payload for r in results]), "router": self.router.info()}
-
-    async def update_weights(self, model_path: str, drain_timeout: float = 300.0) -> ControlResult:
-        """Hold new requests, let in-flight ones finish, swap weights on every replica, resume.
-
-        Replicas never serve different weights: when some replicas fail, those that succeeded reload the
-        previous weights.
-        """
-        async with self.weights_lock:
-            self.unpaused.clear()
-            try:
-                deadline = time.monotonic() + drain_timeout
-                while self.num_in_flight > 0:
-                    if time.monotonic() > deadline:
-                        return ControlResult(
-                            False, "Failed to update weights: in-flight requests did not finish."
-                        )
-                    await asyncio.sleep(0.02)
-                results = await self.control_all(UpdateWeightsReq(model_path))
-                succeeded = [i for i, r in enumerate(results) if r.success]
-                self.router.reset(succeeded)
-                result = combine_results(results)
-                if succeeded and not result.success:
-                    back = await self.control_all(UpdateWeightsReq(self.model_path), replicas=succeeded)
-                    restored = "went back to" if all(r.success for r in back) else "failed to reload"
-                    result.message += f" (DP replicas {succeeded} {restored} {self.model_path}.)"
-                if result.success:
-                    self.model_path = model_path
-                return result
-            finally:
-                self.unpaused.set()
