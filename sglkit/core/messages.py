@@ -53,6 +53,9 @@ class GenerateOutput:
     input_token_ids_logprobs: list[Any] | None = None
     output_token_ids_logprobs_delta: list[Any] | None = None
     error: str | None = None  # set when the request failed inside the scheduler
+    # HTTP status of a failed request: 400 for a bad input, 503 when the server gave up on it (queue full,
+    # waiting / running timeout, shutting down, scheduler gone).
+    error_status: int = 400
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sglkit import __version__
 from sglkit.runtime.frontend.input_processor import GenerateInput
-from sglkit.server.errors import error_response
+from sglkit.server.errors import error_body, error_response, error_type_for
 from sglkit.server.generate_request import GenerateReqInput, add_logprob_texts, parse_generate_request
 from sglkit.server.openai_logprobs import TokenText
 from sglkit.server.protocol import Bool, parse_json_object, validate_request
@@ -90,7 +90,8 @@ async def generate(request: Request) -> Response:
             try:
                 async for chunk in tm.run(reqs, request=request):
                     if chunk["error"]:
-                        yield _sse({"error": {"message": chunk["error"], "type": "server_error"}})
+                        status = chunk["error_status"]
+                        yield _sse(error_body(chunk["error"], error_type_for(status), None, status))
                         break
                     yield _sse(_native_chunk(chunk, with_index, token_text))
             except Exception as e:  # noqa: BLE001 - errors after the 200 go in-band
@@ -101,9 +102,11 @@ async def generate(request: Request) -> Response:
     finals: list[dict[str, Any]] = [None] * len(reqs)  # type: ignore[list-item]
     async for chunk in tm.run(reqs, request=request):
         finals[chunk["index"]] = chunk
-    errors = [c["error"] for c in finals if c and c["error"]]
-    if errors:
-        return error_response(400, errors[0])
+    if any(c is None for c in finals):  # the client went away (its requests were aborted): nobody reads this
+        return Response(status_code=499)
+    failed = [c for c in finals if c["error"]]
+    if failed:
+        return error_response(failed[0]["error_status"], failed[0]["error"])
     outputs = [_native_chunk(c, False, token_text) for c in finals]
     return JSONResponse(outputs if with_index else outputs[0])
 

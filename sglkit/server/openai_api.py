@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from sglkit.core.messages import TokenizedGenerateReq
 from sglkit.runtime.frontend.input_processor import GenerateInput, InvalidRequestError
-from sglkit.server.errors import OpenAIError, error_body
+from sglkit.server.errors import OpenAIError, error_body, error_type_for
 from sglkit.server.openai_chat_output import chat_output_options, prompt_opens_reasoning
 from sglkit.server.openai_fields import check_openai_fields
 from sglkit.server.openai_logprobs import TokenText
@@ -138,7 +138,7 @@ async def _collect(tm, reqs: list[TokenizedGenerateReq], request: Request) -> li
         if chunk is None:
             raise OpenAIError(500, "The request was cancelled before it finished.")
         if chunk["error"]:
-            raise OpenAIError(400, chunk["error"])
+            raise OpenAIError(chunk["error_status"], chunk["error"])
     return finals  # type: ignore[return-value]
 
 
@@ -154,7 +154,8 @@ async def _stream(
         async with aclosing(tm.run(reqs, request=request)) as chunks:
             async for chunk in chunks:
                 if chunk["error"]:
-                    yield _sse(error_body(chunk["error"], "invalid_request_error", None, 400))
+                    status = chunk["error_status"]
+                    yield _sse(error_body(chunk["error"], error_type_for(status), None, status))
                     break
                 for event in on_chunk(chunk):
                     yield _sse(event)

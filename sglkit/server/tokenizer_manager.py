@@ -170,6 +170,7 @@ class TokenizerManager(ControlClient):
                     True,
                     {"id": rid, "finish_reason": {"type": "abort"}},
                     error="The scheduler process died.",
+                    error_status=503,
                 )
             )
         if self.control_future is not None and not self.control_future.done():
@@ -266,6 +267,7 @@ class TokenizerManager(ControlClient):
                         "delta": out.text_delta,
                         "finished": out.finished,
                         "error": out.error,
+                        "error_status": out.error_status,
                     }
                     if out.finished and self.server_args.log_requests:
                         self._log_request(reqs[index], chunk)
