@@ -81,6 +81,9 @@ class Engine:
         ``token_ids_logprob`` (with ``return_logprob``): also the logprobs of these ids at every scored position
         (``meta_info["input_token_ids_logprobs"]`` / ``["output_token_ids_logprobs"]``), as SGLang's /generate.
 
+        With ``skip_tokenizer_init=True`` no tokenizer is loaded: pass ``input_ids``; answers carry ``output_ids``
+        and an empty ``text`` (what is refused then: ``sglkit.runtime.frontend.token_only``).
+
         Raises ValueError (naming the parameter) for invalid inputs; the engine keeps serving afterwards.
         """
         scheduler = self._require_scheduler()

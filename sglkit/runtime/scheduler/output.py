@@ -5,6 +5,8 @@ Finish order (SGLang's): max_new_tokens -> EOS / stop_token_ids -> stop strings 
 length.
 While stop strings are active, streamed text holds back the last ``max_stop_len - 1`` characters so a
 stream never shows the start of a stop string that the final text trims.
+Without a tokenizer (``--skip-tokenizer-init``: ``tokenizer`` is None) nothing is detokenized: ``req.text`` stays
+empty and outputs carry token ids only (the front end refused stop strings, stop_regex and grammars).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from sglkit.runtime.scheduler.detokenizer import IncrementalDetokenizer, find_st
 
 
 def init_detokenizer(req: Req, tokenizer) -> None:
-    """Attach an incremental detokenizer to ``req`` (once)."""
-    if req.detokenizer is None:
+    """Attach an incremental detokenizer to ``req`` (once; never without a tokenizer)."""
+    if req.detokenizer is None and tokenizer is not None:
         params = req.sampling_params
         req.detokenizer = IncrementalDetokenizer(
             tokenizer,
@@ -33,14 +35,18 @@ def init_detokenizer(req: Req, tokenizer) -> None:
 
 
 def append_token(req: Req, token_id: int, eos_token_ids: set[int], context_len: int, tokenizer) -> None:
-    """Record one sampled token and set ``req.finished_reason`` when a finish condition holds."""
+    """Record one sampled token and set ``req.finished_reason`` when a finish condition holds.
+
+    ``tokenizer`` None (token-in, token-out): the token is not detokenized and ``req.text`` stays "".
+    """
     params = req.sampling_params
     init_detokenizer(req, tokenizer)
     req.output_ids.append(token_id)
     if not req.first_token_time:
         req.first_token_time = time.perf_counter()
     prev_len = len(req.text)
-    req.text += req.detokenizer.append([token_id])
+    if req.detokenizer is not None:
+        req.text += req.detokenizer.append([token_id])
 
     if len(req.output_ids) >= params.max_new_tokens:
         req.finished_reason = FinishReason("length", length=params.max_new_tokens)
@@ -63,8 +69,9 @@ def append_token(req: Req, token_id: int, eos_token_ids: set[int], context_len: 
             req.finished_reason = FinishReason("stop", matched=token_id)
     if req.finished_reason is None and req.seq_len >= context_len:
         req.finished_reason = FinishReason("length", length=len(req.output_ids))
-    if req.finished_reason is not None:
-        req.text += req.detokenizer.flush() if req.finished_reason.type == "length" else ""
+    finished_by_length = req.finished_reason is not None and req.finished_reason.type == "length"
+    if finished_by_length and req.detokenizer is not None:
+        req.text += req.detokenizer.flush()
 
 
 def _check_stop_regex(req: Req) -> None:
