@@ -24,6 +24,8 @@ from sglkit.server.protocol import Bool, parse_json_object, validate_request
 
 router = APIRouter()
 
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
 FLUSH_OK_TEXT = (
     "Cache flushed.\nPlease check backend logs for more details. "
     "(When there are running or waiting requests, the operation will not be performed.)"
@@ -197,55 +199,16 @@ async def abort_request(request: Request) -> Response:
     return JSONResponse({"success": True, "message": "Abort requested."})
 
 
-# (Prometheus name, stats key, kind, help). Counters end in ``_total``, as Prometheus requires and SGLang does.
-METRICS = (
-    ("num_running_reqs", "num_running_reqs", "gauge", "Requests running."),
-    ("num_queue_reqs", "num_queue_reqs", "gauge", "Requests waiting."),
-    ("num_used_tokens", "num_used_tokens", "gauge", "KV slots in use."),
-    ("token_usage", "token_usage", "gauge", "Share of the KV pool in use."),
-    ("cache_hit_rate", "cache_hit_rate", "gauge", "Prefix cache hit rate."),
-    ("gen_throughput", "gen_throughput", "gauge", "Generation throughput (token/s)."),
-    ("prompt_tokens_total", "total_prompt_tokens", "counter", "Prompt tokens of finished requests."),
-    (
-        "generation_tokens_total",
-        "total_completion_tokens",
-        "counter",
-        "Generated tokens of finished requests.",
-    ),
-    ("num_requests_total", "num_finished_reqs", "counter", "Finished requests."),
-    (
-        "num_retracted_reqs_total",
-        "num_retracted_reqs",
-        "counter",
-        "Requests retracted for lack of KV memory.",
-    ),
-)
-
-
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    """Prometheus text exposition of the runtime statistics (with --enable-metrics).
+    """Prometheus text exposition under SGLang's names (with --enable-metrics): see sglkit.server.metrics.
 
-    With data parallelism each metric has the server's total (no ``dp_rank`` label) and one series per replica
-    (``dp_rank="0"``, ...): aggregate with ``sum by (...) (metric{dp_rank!=""})`` or use the total.
+    With data parallelism each scheduler metric has one series per replica (``dp_rank="0"``, ...); sum them for
+    the server's total.
     """
     if not request.app.state.server_args.enable_metrics:
         return error_response(
             404, "Metrics are disabled; start the server with --enable-metrics.", code="not_found"
         )
-    stats = await _tm(request).get_stats()
-    name = str(request.app.state.server_args.served_model_name)
-    name = name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")  # label-value escaping
-    lines = []
-    for metric_name, key, kind, help_text in METRICS:
-        metric = f"sglkit:{metric_name}"
-        lines += [
-            f"# HELP {metric} {help_text}",
-            f"# TYPE {metric} {kind}",
-            f'{metric}{{model_name="{name}"}} {float(stats.get(key, 0.0))}',
-        ]
-        lines += [
-            f'{metric}{{model_name="{name}",dp_rank="{replica["dp_rank"]}"}} {float(replica.get(key, 0.0))}'
-            for replica in stats.get("replicas", ())
-        ]
-    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    tm = _tm(request)
+    return Response(tm.metrics.render(await tm.get_stats()), media_type=METRICS_CONTENT_TYPE)
