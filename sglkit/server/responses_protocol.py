@@ -14,7 +14,6 @@ start join ``instructions`` in one leading system message (most chat templates a
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Literal
 
@@ -190,14 +189,6 @@ def _field(item: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
-def _arguments(raw: str) -> str:
-    """Call arguments as sent (a JSON string); invalid JSON passes through (the template renders it as text)."""
-    try:
-        return json.dumps(json.loads(raw), ensure_ascii=False)
-    except ValueError:
-        return raw
-
-
 def input_messages(items: str | list[dict[str, Any]], history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``input`` -> chat message dicts appended to ``history`` (a copy): the conversation for the template."""
     messages = [dict(m) for m in history]
@@ -222,7 +213,7 @@ def input_messages(items: str | list[dict[str, Any]], history: list[dict[str, An
         elif kind == "function_call":
             call_id, name = _field(item, "call_id", where), _field(item, "name", where)
             call = {"id": call_id, "type": "function", "function": {"name": name}}
-            call["function"]["arguments"] = _arguments(_field(item, "arguments", where))
+            call["function"]["arguments"] = _field(item, "arguments", where)  # the template decodes JSON
             call_names[call_id] = name
             last = messages[-1] if messages else None
             if last is None or last["role"] != "assistant":
@@ -240,7 +231,8 @@ def input_messages(items: str | list[dict[str, Any]], history: list[dict[str, An
             messages.append(msg)
         elif kind == "reasoning":
             parts = item.get("content") or []
-            reasoning = "".join(p.get("text", "") for p in parts if isinstance(p, dict))
+            texts = [p.get("text") for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
+            reasoning = "".join(t for t in texts if isinstance(t, str))
         else:
             raise InvalidRequestError(
                 f"{where}.type {kind!r} is not supported; use message, function_call, function_call_output "

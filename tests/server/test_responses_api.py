@@ -19,6 +19,7 @@ import requests
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
+from sglkit.server.responses_output import ResponseEvents, ResponseHead
 from sglkit.server.responses_store import ResponseStore, StoredResponse
 from sglkit.testing.demo import default_model_path
 from sglkit.utils import terminate_process
@@ -339,3 +340,32 @@ def test_store_is_a_bounded_lru():
     store.put(StoredResponse({"id": "c"}, [], []))
     assert (store.get("b"), len(store)) == (None, 2)
     assert store.delete("a") and not store.delete("a") and store.get("c") is not None
+
+
+def test_a_failure_after_the_start_is_response_failed():
+    """In process: the events a stream ends with when its request fails mid-way (the open item is closed)."""
+    writer = ResponseEvents(ResponseHead("resp_x", "m", {"store": True}))
+    blocks = (
+        writer.start()
+        + writer.on_deltas([{"content": "Hel"}])
+        + writer.fail("The server gave up.", "server_error")[0]
+    )
+    events = []
+    for block in blocks:
+        event_line, data_line = block.strip().split("\n")
+        events.append(json.loads(data_line.removeprefix("data: ")))
+        assert events[-1]["type"] == event_line.removeprefix("event: ")
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert [e["type"] for e in events][-3:] == [
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.failed",
+    ]
+    failed = events[-1]["response"]
+    assert failed["status"] == "failed" and failed["error"] == {
+        "code": "server_error",
+        "message": "The server gave up.",
+    }
+    assert (
+        failed["output"][0]["content"][0]["text"] == "Hel" and failed["output"][0]["status"] == "incomplete"
+    )
