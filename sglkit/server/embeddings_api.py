@@ -7,11 +7,19 @@ Served by a model launched with ``--is-embedding``; a generation model answers a
   ``embedding`` holds its scores (``embedding[0]`` is the reward), as in SGLang.
 - ``/v1/embeddings``: OpenAI's request (``input`` as a string, strings, token ids or lists of token ids;
   ``encoding_format`` "float" or "base64") -> ``{"object": "list", "data": [...], "model", "usage"}``.
+
+``dimensions`` (on all three, as SGLang's EmbeddingReqInput): a model whose config.json declares Matryoshka
+support (``is_matryoshka: true`` or a ``matryoshka_dimensions`` list, as SGLang and vLLM read it) answers the
+first ``dimensions`` values, L2-renormalized when the model normalizes its vectors (SGLang truncates before its
+pooler's normalization: the same vector). Other models accept only their own size; every refusal is a 400 naming
+``dimensions``.
 """
 
 from __future__ import annotations
 
 import base64
+import math
+from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
@@ -39,6 +47,7 @@ class EncodeReqInput(BaseModel):
     text: str | list[str] | None = None
     input_ids: list[Int] | list[list[Int]] | None = None
     rid: str | list[str] | None = None
+    dimensions: Int | None = None
 
 
 class EmbeddingRequest(BaseModel):
@@ -64,18 +73,91 @@ def _generation_model_refusal(request: Request, route: str) -> Response | None:
     )
 
 
+@lru_cache(maxsize=8)
+def matryoshka_support(model_path: str) -> tuple[bool, tuple[int, ...], int | None, bool]:
+    """(declares Matryoshka, its allowed dimensions (empty: any), hidden size, normalizes its vectors).
+
+    Read from config.json (``is_matryoshka`` / ``matryoshka_dimensions``) and, for normalization, the
+    sentence-transformers modules (a ``Normalize`` module) or sglkit's default pooling (normalized, except the
+    raw outputs of a sequence-classification head).
+    """
+    from sglkit.models.loader import load_config
+    from sglkit.models.pooling_config import read_pooling_config
+
+    try:
+        config = load_config(model_path)
+    except (OSError, ValueError):
+        return False, (), None, False
+    allowed = tuple(int(d) for d in getattr(config, "matryoshka_dimensions", None) or ())
+    declared = bool(allowed) or bool(getattr(config, "is_matryoshka", False))
+    try:
+        pooling = read_pooling_config(model_path)
+    except ValueError:
+        pooling = None
+    architectures = getattr(config, "architectures", None) or []
+    if pooling is not None:
+        normalizes = pooling.normalize
+    else:
+        normalizes = not any(a.endswith("ForSequenceClassification") for a in architectures)
+    return declared, allowed, getattr(config, "hidden_size", None), normalizes
+
+
+def check_dimensions(model_path: str, dimensions: int | None) -> None:
+    """Refuse (400 naming ``dimensions``) a size a Matryoshka model cannot give, before anything runs."""
+    declared, allowed, hidden_size, _ = matryoshka_support(model_path)
+    if dimensions is None or not declared:
+        return  # other models: checked against the vectors' size (truncate_vectors)
+    if dimensions < 1:
+        raise InvalidRequestError("Requested dimensions must be greater than 0.", "dimensions")
+    if hidden_size is not None and dimensions > hidden_size:
+        raise InvalidRequestError(
+            f"Provided dimensions are greater than max embedding dimension: {hidden_size}.", "dimensions"
+        )
+    if allowed and dimensions not in allowed:
+        raise InvalidRequestError(
+            f"dimensions={dimensions} is not supported: this model's Matryoshka dimensions are {list(allowed)}.",
+            "dimensions",
+        )
+
+
+def truncate_vectors(
+    model_path: str, vectors: list[list[float]], dimensions: int | None
+) -> list[list[float]]:
+    """The first ``dimensions`` values of each vector, renormalized when the model normalizes (Matryoshka)."""
+    if dimensions is None:
+        return vectors
+    declared, _, _, normalizes = matryoshka_support(model_path)
+    size = len(vectors[0])
+    if not declared:
+        if dimensions != size:
+            raise InvalidRequestError(
+                f"dimensions={dimensions} is not supported: this model's embeddings have {size} dimensions and "
+                "its config.json does not declare Matryoshka support (is_matryoshka / matryoshka_dimensions).",
+                "dimensions",
+            )
+        return vectors
+    out = []
+    for vector in vectors:
+        head = [float(x) for x in vector[:dimensions]]
+        norm = math.sqrt(sum(x * x for x in head)) if normalizes else 0.0
+        out.append([x / norm for x in head] if norm > 0 else head)
+    return out
+
+
 async def _native(request: Request, route: str) -> Response:
     refusal = _generation_model_refusal(request, route)
     if refusal is not None:
         return refusal
     obj = validate_request(EncodeReqInput, parse_json_object(await request.body()))
     tm = request.app.state.tokenizer_manager
+    check_dimensions(tm.model_path, obj.dimensions)
     inp = EmbeddingInput(text=obj.text, input_ids=obj.input_ids, rid=obj.rid)
     try:
         is_batch, outputs = await tm.encode(inp, request)
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    results = [{"embedding": out.embedding, "meta_info": out.meta_info} for out in outputs]
+    vectors = truncate_vectors(tm.model_path, [out.embedding for out in outputs], obj.dimensions)
+    results = [{"embedding": vector, "meta_info": out.meta_info} for vector, out in zip(vectors, outputs)]
     return JSONResponse(results if is_batch else results[0])
 
 
@@ -129,22 +211,17 @@ async def openai_embeddings(request: Request) -> Response:
     message = model_error(req.model, args.served_model_name, paths)
     if message:
         return error_response(400, message, "model", code="model_not_found")
+    check_dimensions(tm.model_path, req.dimensions)
     inp = _openai_input(req.input)
     try:
         _, outputs = await tm.encode(inp, request, text_param="input", ids_param="input")
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    dimension = len(outputs[0].embedding)
-    if req.dimensions is not None and req.dimensions != dimension:
-        return error_response(
-            400,
-            f"dimensions={req.dimensions} is not supported: this model's embeddings have {dimension} dimensions.",
-            "dimensions",
-        )
+    vectors = truncate_vectors(tm.model_path, [out.embedding for out in outputs], req.dimensions)
     num_tokens = sum(out.meta_info.get("prompt_tokens", 0) for out in outputs)
     data = [
-        {"object": "embedding", "index": i, "embedding": _encode_vector(out.embedding, req.encoding_format)}
-        for i, out in enumerate(outputs)
+        {"object": "embedding", "index": i, "embedding": _encode_vector(vector, req.encoding_format)}
+        for i, vector in enumerate(vectors)
     ]
     return JSONResponse(
         {

@@ -8,7 +8,11 @@
 - ``LlamaForCausalLM`` / ``Qwen2ForCausalLM``: the tiny causal LMs of ``make_tiny_model`` (served as embedders).
 - ``LlamaModel`` / ``Qwen2Model``: the same decoders as base-model checkpoints (no ``model.`` prefix, no LM head).
 - ``LlamaForSequenceClassification`` / ``Qwen2ForSequenceClassification``: decoder + ``score`` head
-  (``num_labels`` outputs, 1 by default: a reward model), with ``pad_token_id`` set.
+  (``num_labels`` outputs, 1 by default: a reward model or a cross-encoder for /v1/rerank), with ``pad_token_id``
+  set.
+
+``is_matryoshka`` / ``matryoshka_dimensions`` declare Matryoshka support in config.json (the keys SGLang and vLLM
+read), so ``dimensions`` on /v1/embeddings truncates the vectors.
 
 Same arguments -> byte-identical files.
 """
@@ -209,6 +213,19 @@ def _make_decoder(out: Path, architecture: str, seed: int, num_labels: int, **kw
     config.save_pretrained(str(out))
 
 
+def _declare_matryoshka(
+    out: Path, is_matryoshka: bool, dimensions: tuple[int, ...] | list[int] | None
+) -> None:
+    """Add ``is_matryoshka`` / ``matryoshka_dimensions`` to config.json (nothing when neither is set)."""
+    if not is_matryoshka and not dimensions:
+        return
+    config = json.loads((out / "config.json").read_text())
+    config["is_matryoshka"] = True
+    if dimensions:
+        config["matryoshka_dimensions"] = [int(d) for d in dimensions]
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def make_tiny_embedding_model(
     path: str | os.PathLike,
     architecture: str = "BertModel",
@@ -223,13 +240,16 @@ def make_tiny_embedding_model(
     num_attention_heads: int | None = None,
     max_position_embeddings: int | None = None,
     hidden_act: str = "gelu",
+    is_matryoshka: bool = False,
+    matryoshka_dimensions: tuple[int, ...] | list[int] | None = None,
     **decoder_kwargs: Any,
 ) -> Path:
     """Write a tiny random embedding / reward checkpoint of ``architecture`` into ``path``; return the folder.
 
     ``pooling`` ("mean", "cls", "max", "lasttoken") and ``normalize`` shape the BertModel's sentence-transformers
-    layout; ``num_labels`` sizes the score head of the sequence-classification models. Other keyword arguments
-    go to ``make_tiny_model`` for the decoder architectures.
+    layout; ``num_labels`` sizes the score head of the sequence-classification models; ``is_matryoshka`` /
+    ``matryoshka_dimensions`` declare Matryoshka support in config.json. Other keyword arguments go to
+    ``make_tiny_model`` for the decoder architectures.
     """
     if architecture not in EMBEDDING_ARCHITECTURES:
         raise ValueError(
@@ -251,4 +271,5 @@ def make_tiny_embedding_model(
         if max_position_embeddings is not None:
             given["max_position_embeddings"] = max_position_embeddings
         _make_decoder(out, architecture, seed, num_labels, **given, **decoder_kwargs)
+    _declare_matryoshka(out, is_matryoshka, matryoshka_dimensions)
     return out

@@ -2,7 +2,8 @@
 
 Vectors and scores are checked against HF transformers (tiny models) and sentence-transformers (the real
 all-MiniLM-L6-v2); the seed's reward cell runs as written; refusals are 400s naming the field, after which the
-server keeps serving; a generation model refuses every embedding route.
+server keeps serving; a generation model refuses every embedding route. A tiny BERT declaring Matryoshka
+dimensions answers ``dimensions`` with HF's vector truncated and renormalized.
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ def test_openai_client_embeddings_create(bert_server):
         ("/v1/embeddings", {"input": ["x"] * 2049}, "input", "at most 2048"),
         ("/v1/embeddings", {"input": ["a", 3]}, "input", "input"),
         ("/v1/embeddings", {"input": "a", "encoding_format": "int8"}, "encoding_format", "float"),
-        ("/v1/embeddings", {"input": "a", "dimensions": 7}, "dimensions", "64 dimensions"),
+        ("/v1/embeddings", {"input": "a", "dimensions": 7}, "dimensions", "64 dimensions.*Matryoshka"),
+        ("/encode", {"text": "a", "dimensions": 7}, "dimensions", "64 dimensions"),
         ("/v1/embeddings", {"input": "a", "model": "nope"}, "model", "does not exist"),
         ("/generate", {"text": "a"}, "model", "embedding model"),
         ("/v1/completions", {"prompt": "a"}, "model", "embedding model"),
@@ -243,3 +245,83 @@ def test_minilm_v1_embeddings_equal_sentence_transformers(minilm_server):
 @pytest.mark.parametrize("route", ["/encode", "/classify", "/v1/embeddings"])
 def test_a_generation_model_refuses_embedding_routes(server, route):
     assert_400(server, route, "model", "generation model.*--is-embedding", text="hello", input="hello")
+
+
+# ----------------------------------------------------------------------------- Matryoshka dimensions
+@pytest.fixture(scope="module")
+def matryoshka_server(tmp_path_factory):
+    from sglkit.testing import make_tiny_embedding_model
+
+    path = make_tiny_embedding_model(
+        tmp_path_factory.mktemp("matryoshka") / "bert", "BertModel", matryoshka_dimensions=(16, 32, 64)
+    )
+    running = start_server(str(path), "--is-embedding")
+    yield running
+    terminate_process(running.process)
+
+
+def test_matryoshka_dimensions_truncate_and_renormalize(matryoshka_server):
+    path = matryoshka_server.model_path
+    full = hf_reference(path, tokenize(path, TEXTS), normalize=False)
+    for dimensions in (16, 32, 64):
+        expected = torch.nn.functional.normalize(full[:, :dimensions], dim=-1)
+        body = post(matryoshka_server, "/v1/embeddings", input=list(TEXTS), dimensions=dimensions)
+        assert {len(d["embedding"]) for d in body["data"]} == {dimensions}
+        torch.testing.assert_close(vectors(body["data"]), expected, atol=ATOL, rtol=0)
+    packed = post(
+        matryoshka_server, "/v1/embeddings", input=TEXTS[0], dimensions=16, encoding_format="base64"
+    )
+    decoded = np.frombuffer(base64.b64decode(packed["data"][0]["embedding"]), dtype="<f4")
+    torch.testing.assert_close(
+        torch.from_numpy(decoded.copy()),
+        torch.nn.functional.normalize(full[0, :16], dim=-1),
+        atol=ATOL,
+        rtol=0,
+    )
+    native = post(matryoshka_server, "/encode", text=TEXTS[1], dimensions=32)
+    torch.testing.assert_close(
+        torch.tensor(native["embedding"]),
+        torch.nn.functional.normalize(full[1, :32], dim=-1),
+        atol=ATOL,
+        rtol=0,
+    )
+    with openai.OpenAI(base_url=f"{matryoshka_server.base_url}/v1", api_key="None", max_retries=0) as client:
+        result = client.embeddings.create(model=path, input=list(TEXTS), dimensions=16)
+    torch.testing.assert_close(
+        torch.tensor([d.embedding for d in result.data]),
+        torch.nn.functional.normalize(full[:, :16], dim=-1),
+        atol=ATOL,
+        rtol=0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "param", "pattern"),
+    [
+        (
+            "/v1/embeddings",
+            {"input": "a", "dimensions": 24},
+            "dimensions",
+            r"Matryoshka dimensions are \[16, 32, 64\]",
+        ),
+        (
+            "/v1/embeddings",
+            {"input": "a", "dimensions": 65},
+            "dimensions",
+            "greater than max embedding dimension: 64",
+        ),
+        ("/v1/embeddings", {"input": "a", "dimensions": 0}, "dimensions", "greater than 0"),
+        ("/v1/embeddings", {"input": "a", "dimensions": "16"}, "dimensions", ""),
+        ("/encode", {"text": "a", "dimensions": 8}, "dimensions", "Matryoshka dimensions"),
+        ("/v1/score", {"query": "a", "items": ["b"]}, "model", "no classification head"),
+        ("/v1/rerank", {"query": "a", "documents": ["b"]}, "model", "cross-encoder"),
+    ],
+)
+def test_matryoshka_refusals_and_routes_an_embedder_cannot_serve(
+    matryoshka_server, route, body, param, pattern
+):
+    assert_400(matryoshka_server, route, param, pattern, **body)
+    assert (
+        len(post(matryoshka_server, "/v1/embeddings", input="ok", dimensions=16)["data"][0]["embedding"])
+        == 16
+    )
