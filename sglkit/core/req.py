@@ -26,9 +26,11 @@ class FinishReason:
     length: int | None = None
     matched: int | str | None = None
     message: str | None = None
+    status_code: int | None = None  # abort only: its HTTP status (503: the server gave up on it)
 
     def to_json(self) -> dict[str, Any]:
-        """SGLang's JSON form: {"type": "length", "length": N} / {"type": "stop", "matched": x} / {"type": "abort"}."""
+        """SGLang's JSON form: {"type": "length", "length": N} / {"type": "stop", "matched": x} / {"type": "abort"}
+        (an abort with its "message" and "status_code" when set)."""
         if self.type == "length":
             return {"type": "length", "length": self.length}
         if self.type == "stop":
@@ -36,6 +38,8 @@ class FinishReason:
         out: dict[str, Any] = {"type": "abort"}
         if self.message:
             out["message"] = self.message
+        if self.status_code is not None:
+            out["status_code"] = self.status_code
         return out
 
 
@@ -84,7 +88,11 @@ class Req:
     text: str = ""
     sent_text_len: int = 0
     sent_output_len: int = 0
+    # Timestamps (time.perf_counter(); 0.0 until they happen): arrival at the scheduler, entry into the waiting
+    # queue (once: a retracted request keeps it), first admission into a prefill batch, first sampled token.
     created_time: float = 0.0
+    queued_time: float = 0.0
+    start_time: float = 0.0
     first_token_time: float = 0.0
 
     @property

@@ -2,8 +2,10 @@
 
 The scheduler sends news only (text, token ids and logprobs since the last output). ``OutputFolder`` adds them up
 for one request; the offline Engine returns ``response()`` at the end (or streams the deltas), and the HTTP
-tokenizer manager sends ``response()`` as the cumulative chunk of every step. Imports no scheduler code, so the
-HTTP process stays light.
+tokenizer manager sends ``response()`` as the cumulative chunk of every step. With ``--incremental-streaming-output``
+a streamed /generate chunk is ``response(incremental=True)`` instead, as SGLang's: only what the last ``add`` brought
+(``text``, ``output_ids`` and the output logprob lists); the input logprobs and the rest of meta_info stay whole.
+Imports no scheduler code, so the HTTP process stays light.
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ __all__ = ["OutputFolder", "format_logprobs"]
 
 LOGPROB_KEYS = ("input_token_logprobs", "input_top_logprobs", "output_token_logprobs", "output_top_logprobs")
 TOKEN_IDS_KEYS = ("input_token_ids_logprobs", "output_token_ids_logprobs")
+OUTPUT_POSITION_KEYS = (
+    "output_token_logprobs",
+    "output_top_logprobs",
+    "output_token_ids_logprobs",
+)  # one per token
 POSITION_LIST_KEYS = ("input_top_logprobs", "output_top_logprobs", *TOKEN_IDS_KEYS)
 
 
@@ -47,9 +54,14 @@ class OutputFolder:
         self.finished = False
         self.error: str | None = None
         self.logprobs: dict[str, list] = {key: [] for key in LOGPROB_KEYS}
+        self.last_text_len = (
+            0  # text and output_ids before the latest add (where an incremental chunk starts)
+        )
+        self.last_num_output_ids = 0
 
     def add(self, out: GenerateOutput) -> None:
         """Fold one delta in (the latest meta_info replaces the previous one)."""
+        self.last_text_len, self.last_num_output_ids = len(self.text), len(self.output_ids)
         self.text += out.text_delta
         self.output_ids.extend(out.output_ids_delta)
         self.meta_info = dict(out.meta_info)
@@ -66,9 +78,21 @@ class OutputFolder:
                     out.output_token_ids_logprobs_delta or []
                 )
 
-    def response(self) -> dict[str, Any]:
-        """SGLang's ``{"text", "output_ids", "meta_info"}``; logprobs as [logprob, id, None] triples in meta_info."""
+    def response(self, incremental: bool = False) -> dict[str, Any]:
+        """SGLang's ``{"text", "output_ids", "meta_info"}``; logprobs as [logprob, id, None] triples in meta_info.
+
+        ``incremental``: only the text, output ids and output logprobs the latest ``add`` brought."""
         meta = dict(self.meta_info)
         if self.return_logprob:
             meta.update(format_logprobs(self.logprobs))
-        return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
+        if not incremental:
+            return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
+        start = self.last_num_output_ids
+        for key in OUTPUT_POSITION_KEYS:
+            if key in meta:
+                meta[key] = meta[key][start:]
+        return {
+            "text": self.text[self.last_text_len :],
+            "output_ids": self.output_ids[start:],
+            "meta_info": meta,
+        }

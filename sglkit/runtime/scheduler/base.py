@@ -38,7 +38,9 @@ class SchedulerBase(ABC):
     def __init__(self, server_args: ServerArgs, model_runner: ModelRunner, tokenizer=None) -> None:
         self.server_args = server_args
         self.model_runner = model_runner
-        self.tokenizer = tokenizer or load_tokenizer(server_args.tokenizer_path, server_args.chat_template)
+        self.tokenizer = tokenizer
+        if tokenizer is None and not server_args.skip_tokenizer_init:  # token-in, token-out: None
+            self.tokenizer = load_tokenizer(server_args.tokenizer_path, server_args.chat_template)
         self.device = model_runner.device
         self.context_len = model_runner.max_input_len  # longest input (tokens) this scheduler accepts
         self.max_total_num_tokens = model_runner.max_total_num_tokens
@@ -73,8 +75,13 @@ class SchedulerBase(ABC):
         """True when nothing is queued or running."""
 
     @abstractmethod
-    def step(self) -> list:
-        """Run one forward pass (if there is work) and return the outputs it produced."""
+    def step(self, expired: list[tuple[str, str]] | None = None) -> list:
+        """End the requests past a timeout (``expired``: (rid, message) pairs decided by tp rank 0; None: this
+        scheduler's own ``poll_expired()``), run one forward pass (if there is work); return the outputs."""
+
+    @abstractmethod
+    def poll_expired(self) -> list[tuple[str, str]]:
+        """(rid, message) of the requests past ``req_waiting_timeout`` / ``req_running_timeout`` now."""
 
     @abstractmethod
     def flush_cache(self) -> ControlResult:

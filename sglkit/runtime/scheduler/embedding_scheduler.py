@@ -5,6 +5,9 @@ Engine and the server's scheduler process drive either one.
 Prefill only: each ``step()`` takes waiting inputs in arrival order up to ``max_prefill_tokens`` tokens and
 ``max_running_requests`` inputs (always at least one), runs one pass, and returns one final EmbeddingOutput per
 input. Nothing stays in the KV pool between steps, so there is no prefix cache to flush.
+Request limits (``request_limits``): ``max_queued_requests`` refuses an input arriving while that many wait, and
+``req_waiting_timeout`` ends one that waited that long (both 503); a pass never outlives ``step``, so the running
+timeout has nothing to end.
 """
 
 from __future__ import annotations
@@ -17,6 +20,13 @@ from dataclasses import dataclass
 from sglkit.core.messages import ControlResult, EmbeddingOutput, TokenizedEmbeddingReq
 from sglkit.runtime.executor.embedding_runner import EmbeddingModelRunner
 from sglkit.runtime.scheduler.base import SchedulerBase
+from sglkit.runtime.scheduler.request_limits import (
+    QUEUE_FULL_MESSAGE,
+    SERVICE_UNAVAILABLE,
+    WAITING_TIMEOUT_MESSAGE,
+    Expired,
+    queue_is_full,
+)
 from sglkit.server_args import ServerArgs
 
 logger = logging.getLogger("sglkit.runtime.scheduler")
@@ -57,8 +67,25 @@ class EmbeddingScheduler(SchedulerBase):
         if error:
             self.stats.num_aborted_reqs += 1
             return EmbeddingOutput(recv.rid, [], self._meta(recv.rid, num_input), error=error)
+        if queue_is_full(self.server_args.max_queued_requests, len(self.waiting_queue)):
+            return self._unavailable(recv, QUEUE_FULL_MESSAGE)
         self.waiting_queue.append(_Waiting(recv, time.perf_counter()))
         return None
+
+    def _unavailable(self, recv: TokenizedEmbeddingReq, message: str) -> EmbeddingOutput:
+        """The final output of an input the server gave up on (503)."""
+        self.stats.num_aborted_reqs += 1
+        reason = {"type": "abort", "message": message, "status_code": SERVICE_UNAVAILABLE}
+        meta = {**self._meta(recv.rid, len(recv.input_ids)), "finish_reason": reason}
+        return EmbeddingOutput(recv.rid, [], meta, error=message, error_status=SERVICE_UNAVAILABLE)
+
+    def poll_expired(self) -> list[Expired]:
+        """(rid, message) of the inputs that waited longer than ``req_waiting_timeout`` (rank 0 decides)."""
+        timeout = self.server_args.req_waiting_timeout
+        if timeout is None:
+            return []
+        deadline = time.perf_counter() - timeout
+        return [(w.req.rid, WAITING_TIMEOUT_MESSAGE) for w in self.waiting_queue if w.created_time < deadline]
 
     def abort_request(self, rid: str | None = None, abort_all: bool = False) -> list[EmbeddingOutput]:
         """Drop waiting inputs (by id, or all); returns their final (aborted) outputs."""
@@ -81,9 +108,19 @@ class EmbeddingScheduler(SchedulerBase):
         """True when nothing is queued (a pass never outlives ``step``)."""
         return not self.waiting_queue
 
-    def step(self) -> list[EmbeddingOutput]:
-        """Run one prefill pass over the next batch of waiting inputs; return their outputs."""
+    def step(self, expired: list[Expired] | None = None) -> list[EmbeddingOutput]:
+        """Run one prefill pass over the next batch of waiting inputs; return their outputs.
+
+        First the inputs past the waiting timeout end: ``expired`` when given (rank 0's decision), else
+        ``poll_expired()``."""
         outputs, self._pending_outputs = self._pending_outputs, []
+        gone = dict(self.poll_expired() if expired is None else expired)
+        if gone:
+            kept = deque(w for w in self.waiting_queue if w.req.rid not in gone)
+            outputs += [
+                self._unavailable(w.req, gone[w.req.rid]) for w in self.waiting_queue if w.req.rid in gone
+            ]
+            self.waiting_queue = kept
         batch = self._next_batch()
         if not batch:
             self.stats.idle()

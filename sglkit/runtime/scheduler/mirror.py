@@ -9,8 +9,10 @@ after the gather, and every rank's generator starts from the same seed). Only ra
 
 Control messages (flush, weight update, statistics) and the leak check end with a gather of every rank's result,
 so rank 0 answers for all ranks; a weight update that failed on any rank is rolled back on all of them.
-Commands are tuples: ``("handle", msg)``, ``("step",)``, ``("leak",)``, ``("noop",)`` (a heartbeat while idle, so
-a follower's wait never reaches the collective timeout), ``("shutdown",)``.
+Wall clocks differ between ranks, so rank 0 alone decides which requests passed the waiting / running timeout
+(``poll_expired``) and sends their ids with the step: ``("step", expired)``; every rank aborts exactly those.
+Commands are tuples: ``("handle", msg)``, ``("step", expired)``, ``("leak",)``, ``("noop",)`` (a heartbeat while
+idle, so a follower's wait never reaches the collective timeout), ``("shutdown",)``.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def run_command(scheduler: SchedulerBase, command: tuple) -> Any:
     """Run one mirrored command on this rank's scheduler (the same code on every rank) and return its result."""
     kind = command[0]
     if kind == "step":
-        return scheduler.step()
+        return scheduler.step(*command[1:])
     if kind == "handle":
         msg = command[1]
         old_path = scheduler.model_runner.model_path
@@ -133,8 +135,9 @@ class LeaderScheduler:
         return self._command(("handle", msg))
 
     def step(self) -> list:
-        """One ``step`` on every rank (the same batch and forward pass); rank 0's outputs."""
-        return self._command(("step",))
+        """One ``step`` on every rank (the same timeouts, batch and forward pass); rank 0's outputs."""
+        with self._lock:
+            return self._command(("step", self.scheduler.poll_expired()))
 
     def check_memory_leak(self) -> tuple[bool, str]:
         """``check_memory_leak`` on every rank: (all passed, each rank's detail)."""

@@ -1,4 +1,9 @@
-"""Schedule policy: orders the waiting queue (fcfs / lpm) and admits requests into a prefill batch under budgets.
+"""Schedule policy: orders the waiting queue (lpm / fcfs / lof / random) and admits requests into a prefill batch.
+
+Orders (``--schedule-policy``, SGLang's names): 'lpm' longest cached prefix first (every request radix-matched),
+'fcfs' queue order (arrival; a retracted request goes back to the front), 'lof' longest output first (by
+``max_new_tokens``, descending; ties by arrival), 'random' a shuffle drawn from the scheduler's generator seeded
+with ``random_seed`` (so a run repeats, and every tensor-parallel rank draws the same order).
 
 Budgets per prefill batch: ``max_prefill_tokens`` new tokens, ``chunked_prefill_size`` tokens per pass (a longer
 prompt is split and continued next pass), ``max_running_requests``, and KV: new tokens plus a reserve for the
@@ -8,9 +13,12 @@ fit in free + evictable slots.
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sglkit.core.req import Req
+from sglkit.runtime.scheduler.batch import input_logprob_start
 
 CLIP_MAX_NEW_TOKENS = 4096  # cap of one request's decode reserve, as in SGLang
 IN_BATCH_PREFIX_THRESHOLD = (
@@ -24,13 +32,33 @@ def decode_reserve(req: Req, new_token_ratio: float) -> int:
     return int(min(remaining, CLIP_MAX_NEW_TOKENS) * new_token_ratio)
 
 
-def sort_waiting_queue(policy: str, waiting: list[Req], match_prefix) -> None:
-    """Order ``waiting`` in place. 'lpm' matches every request against the radix cache (longest first);
-    'fcfs' keeps arrival order. ``match_prefix(req)`` sets req.prefix_indices/last_node."""
-    if policy == "lpm" and len(waiting) > 1:
+def match_prefix(tree_cache, req: Req) -> None:
+    """Radix-match ``req`` in ``tree_cache`` (leaving at least one token to compute; capped for input logprobs):
+    sets ``req.prefix_indices`` and ``req.last_node``."""
+    key = req.fill_ids[: len(req.fill_ids) - 1]
+    first_logprob_pos = input_logprob_start(req)
+    if first_logprob_pos is not None:
+        key = key[:first_logprob_pos]
+    req.prefix_indices, req.last_node = tree_cache.match_prefix(key)
+
+
+def sort_waiting_queue(
+    policy: str, waiting: list[Req], match_prefix: Callable[[Req], None], rng: random.Random | None = None
+) -> None:
+    """Order ``waiting`` in place by ``policy`` (see the module docstring). 'lpm' calls ``match_prefix(req)``
+    (sets req.prefix_indices/last_node) on every request; 'random' shuffles with ``rng`` (needed then)."""
+    if len(waiting) < 2:
+        return
+    if policy == "lpm":
         for req in waiting:
             match_prefix(req)
         waiting.sort(key=lambda r: -len(r.prefix_indices))
+    elif policy == "lof":
+        waiting.sort(key=lambda r: (-r.sampling_params.max_new_tokens, r.created_time))
+    elif policy == "random":
+        if rng is None:
+            raise ValueError("The 'random' schedule policy needs a random.Random.")
+        rng.shuffle(waiting)
 
 
 def shares_uncached_prefix(req: Req, admitted: list[Req]) -> bool:

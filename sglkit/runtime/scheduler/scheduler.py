@@ -10,7 +10,9 @@ running request is retracted to the waiting queue (its KV goes to the radix cach
 from __future__ import annotations
 
 import logging
+import random
 import time
+from functools import partial
 
 import torch
 
@@ -19,7 +21,7 @@ from sglkit.core.forward_batch import ForwardMode
 from sglkit.core.messages import ControlResult, GenerateOutput, TokenizedGenerateReq
 from sglkit.core.req import FinishReason, Req
 from sglkit.runtime.executor.model_runner import ModelRunner
-from sglkit.runtime.executor.sampler import SamplingBatchInfo, compute_logprobs, make_generator
+from sglkit.runtime.executor.sampler import SamplingBatchInfo, compute_logprobs
 from sglkit.runtime.frontend.tokenizer import get_eos_token_ids
 from sglkit.runtime.scheduler.base import SchedulerBase
 from sglkit.runtime.scheduler.batch import (
@@ -27,10 +29,10 @@ from sglkit.runtime.scheduler.batch import (
     alloc_token_slots,
     build_decode_batch,
     build_extend_batch,
-    input_logprob_start,
     to_forward_batch,
 )
 from sglkit.runtime.scheduler.grammar_queue import GrammarQueue, build_vocab_mask
+from sglkit.runtime.scheduler.intake import kv_fit_error, new_req
 from sglkit.runtime.scheduler.output import (
     append_token,
     collect_input_logprobs,
@@ -41,8 +43,17 @@ from sglkit.runtime.scheduler.output import (
 from sglkit.runtime.scheduler.policy import (
     PrefillAdder,
     decode_reserve,
+    match_prefix,
     shares_uncached_prefix,
     sort_waiting_queue,
+)
+from sglkit.runtime.scheduler.request_limits import (
+    QUEUE_FULL_MESSAGE,
+    Expired,
+    RequestTimeouts,
+    abort_output,
+    queue_is_full,
+    service_unavailable,
 )
 from sglkit.server_args import ServerArgs
 
@@ -77,67 +88,67 @@ class Scheduler(SchedulerBase):
         self.running_reqs: list[Req] = []
         self.chunked_req: Req | None = None
         self.new_token_ratio = INIT_NEW_TOKEN_RATIO
+        self.timeouts = RequestTimeouts.from_server_args(server_args)
+        self.policy_rng = random.Random(server_args.random_seed)  # the 'random' schedule policy's draws
         self.log_limits()
 
     # ------------------------------------------------------------------ intake
     def add_request(self, recv: TokenizedGenerateReq) -> GenerateOutput | None:
         """Queue a request; returns a finished error output instead when it can never run."""
-        params = recv.sampling_params
-        req = Req(
-            rid=recv.rid,
-            origin_input_ids=list(recv.input_ids),
-            sampling_params=params,
-            origin_input_text=recv.input_text,
-            return_logprob=recv.return_logprob,
-            top_logprobs_num=recv.top_logprobs_num,
-            logprob_start_len=recv.logprob_start_len,
-            stream=recv.stream,
-            token_ids_logprob=recv.token_ids_logprob,
+        req = new_req(recv, self.device)
+        num_input = len(req.origin_input_ids)  # room for one generated token in the context and the KV pool
+        error = self.input_len_error(num_input, self.context_len - 1) or kv_fit_error(
+            num_input, self.max_total_num_tokens
         )
-        req.created_time = time.perf_counter()
-        if params.sampling_seed is not None:
-            req.generator = make_generator(params.sampling_seed, self.device)
-        error = self._check_fits(req)
-        if not error and params.grammar is not None:
+        num_waiting = len(self.waiting_queue) + len(self.grammar_queue)
+        if not error and queue_is_full(self.server_args.max_queued_requests, num_waiting):
+            self.stats.record_finished(req)
+            return abort_output(req, service_unavailable(QUEUE_FULL_MESSAGE))
+        if not error and req.sampling_params.grammar is not None:
             error = self.grammar_queue.add(req)
             if not error:
                 return None
         if error:
-            req.finished_reason = FinishReason("abort", message=error)
-            return make_output(req)
-        self.waiting_queue.append(req)
+            return abort_output(req, FinishReason("abort", message=error))
+        self._enqueue([req])
         return None
 
-    def _check_fits(self, req: Req) -> str | None:
-        num_input = len(req.origin_input_ids)
-        error = self.input_len_error(num_input, self.context_len - 1)  # room for one generated token
-        if error:
-            return error
-        if num_input + 1 > self.max_total_num_tokens:
-            return f"The input ({num_input} tokens) does not fit in the KV cache ({self.max_total_num_tokens} tokens)."
-        return None
+    def _enqueue(self, reqs: list[Req]) -> None:
+        """New requests join the waiting queue (their waiting clock starts)."""
+        now = time.perf_counter()
+        for req in reqs:
+            req.queued_time = now
+        self.waiting_queue.extend(reqs)
 
-    def abort_request(self, rid: str | None = None, abort_all: bool = False) -> list[GenerateOutput]:
-        """Abort one request (by id) or all; returns their final outputs. Their KV is released at once."""
-        outputs = []
-        for req in self.grammar_queue.remove(rid, abort_all):
-            req.finished_reason = FinishReason("abort")
-            self.stats.record_finished(req)
-            outputs.append(make_output(req))
-        for req in list(self.waiting_queue):
-            if abort_all or req.rid == rid:
-                self.waiting_queue.remove(req)
-                req.finished_reason = FinishReason("abort")
-                self.stats.record_finished(req)
-                outputs.append(make_output(req))
+    def abort_request(
+        self, rid: str | None = None, abort_all: bool = False, reason: FinishReason | None = None
+    ) -> list[GenerateOutput]:
+        """Abort one request (by id) or all; returns their final outputs. Their KV is released at once.
+
+        ``reason``: the finish reason reported (default: a plain abort, as when the client went away)."""
+        hit = [r for r in self.waiting_queue if abort_all or r.rid == rid]
+        self.waiting_queue = [r for r in self.waiting_queue if not (abort_all or r.rid == rid)]
         active = list(self.running_reqs) + ([self.chunked_req] if self.chunked_req else [])
-        for req in active:
+        outputs = []
+        for req in self.grammar_queue.remove(rid, abort_all) + hit + active:
             if abort_all or req.rid == rid:
-                req.finished_reason = FinishReason("abort")
-                self._release(req)
+                self._release(req)  # nothing to release for a waiting one (retracted ones hold no KV)
                 self.stats.record_finished(req)
-                outputs.append(make_output(req))
+                outputs.append(abort_output(req, reason or FinishReason("abort")))
         return outputs
+
+    def poll_expired(self) -> list[Expired]:
+        """(rid, message) of the live requests past the waiting or running timeout now (rank 0 decides)."""
+        live = self.running_reqs + ([self.chunked_req] if self.chunked_req else []) + self.waiting_queue
+        return self.timeouts.expired(live, time.perf_counter()) if self.timeouts.enabled else []
+
+    def abort_expired(self, expired: list[Expired]) -> list[GenerateOutput]:
+        """End the requests of ``expired`` with their 503 abort (KV freed; generated text kept)."""
+        return [
+            out
+            for rid, message in expired
+            for out in self.abort_request(rid, reason=service_unavailable(message))
+        ]
 
     # ------------------------------------------------------------------ loop
     def is_idle(self) -> bool:
@@ -145,42 +156,35 @@ class Scheduler(SchedulerBase):
         running = self.waiting_queue or self.running_reqs or self.chunked_req is not None
         return not running and not len(self.grammar_queue)
 
-    def step(self) -> list[GenerateOutput]:
-        """Run one forward pass (prefill if anything can be admitted, else decode); return the outputs."""
+    def step(self, expired: list[Expired] | None = None) -> list[GenerateOutput]:
+        """Run one forward pass (prefill if anything can be admitted, else decode); return the outputs.
+
+        First the requests past a timeout end: ``expired`` when given (tensor parallelism: rank 0's decision),
+        else this scheduler's own ``poll_expired()``."""
+        outputs = self.abort_expired(self.poll_expired() if expired is None else expired)
         self._admit_compiled_grammars()
         batch = self._get_new_prefill_batch()
         if batch is None and self.running_reqs:
             batch = self._get_decode_batch()
         if batch is None:
-            return self._drain_finished_without_pass()
+            self.stats.idle()
+            outputs, self._pending_outputs = outputs + self._pending_outputs, []
+            return outputs
         self.forward_ct += 1
         if batch.forward_mode.is_extend():
-            return self._run_extend(batch)
-        return self._run_decode(batch)
+            return outputs + self._run_extend(batch)
+        return outputs + self._run_decode(batch)
 
     def _admit_compiled_grammars(self) -> None:
         """Constrained requests whose grammar compiled join the waiting queue; failed ones finish with the error."""
         nothing_else = not self.waiting_queue and not self.running_reqs and self.chunked_req is None
         ready, failed = self.grammar_queue.pop_ready(wait=nothing_else)
-        self.waiting_queue.extend(ready)
+        self._enqueue(ready)
         for req in failed:
             self.stats.record_finished(req)
             self._pending_outputs.append(make_output(req))
 
-    def _drain_finished_without_pass(self) -> list[GenerateOutput]:
-        self.stats.idle()
-        outputs, self._pending_outputs = self._pending_outputs, []
-        return outputs
-
     # ------------------------------------------------------------------ prefill
-    def _match_prefix(self, req: Req) -> None:
-        """Radix-match ``req`` (leaving at least one token to compute; capped for input logprobs)."""
-        key = req.fill_ids[: len(req.fill_ids) - 1]
-        first_logprob_pos = input_logprob_start(req)
-        if first_logprob_pos is not None:
-            key = key[:first_logprob_pos]
-        req.prefix_indices, req.last_node = self.tree_cache.match_prefix(key)
-
     def _get_new_prefill_batch(self) -> ScheduleBatch | None:
         if not self.waiting_queue and self.chunked_req is None:
             return None
@@ -202,7 +206,8 @@ class Scheduler(SchedulerBase):
             else:  # no KV for its next part: back to the queue; its computed part stays cached (a radix hit)
                 self._retract(req)
             self.chunked_req = None
-        sort_waiting_queue(self.server_args.schedule_policy, self.waiting_queue, self._match_prefix)
+        match = partial(match_prefix, self.tree_cache)
+        sort_waiting_queue(self.server_args.schedule_policy, self.waiting_queue, match, self.policy_rng)
         admitted: list[Req] = []
         for req in self.waiting_queue:
             if not adder.budget_state():
@@ -211,7 +216,7 @@ class Scheduler(SchedulerBase):
                 break
             lpm = self.server_args.schedule_policy == "lpm"
             if not lpm or len(self.waiting_queue) == 1:
-                self._match_prefix(req)
+                match(req)
             if lpm and not self.tree_cache.disable and shares_uncached_prefix(req, adder.can_run):
                 continue
             evictable_before = self.tree_cache.evictable_size()
@@ -220,6 +225,7 @@ class Scheduler(SchedulerBase):
             if not adder.add_one(req, len(req.prefix_indices)):
                 self.tree_cache.dec_lock_ref(req.last_node)
                 break
+            req.start_time = req.start_time or time.perf_counter()
             req.req_pool_idx = self.req_to_token_pool.alloc()
             self.req_to_token_pool.write(req.req_pool_idx, 0, req.prefix_indices)
             if not req.output_ids and req.num_retractions == 0:
@@ -234,15 +240,7 @@ class Scheduler(SchedulerBase):
         if adder.new_chunked_req is not None:
             adder.new_chunked_req.is_chunked = True
             self.chunked_req = adder.new_chunked_req
-        new_seq = [r for r, p in zip(batch.reqs, prefix_lens) if p == len(r.prefix_indices) and not r.kv_len]
-        self.stats.log_prefill(
-            num_new_seqs=len(new_seq),
-            num_new_tokens=sum(batch.extend_lens),
-            num_cached_tokens=sum(len(r.prefix_indices) for r in new_seq),
-            num_used_tokens=self._num_used_tokens(),
-            num_running=num_running,
-            num_queued=len(self.waiting_queue),
-        )
+        self.stats.log_prefill_batch(batch, self._num_used_tokens(), num_running, len(self.waiting_queue))
         return batch
 
     def _run_extend(self, batch: ScheduleBatch) -> list[GenerateOutput]:
@@ -282,11 +280,9 @@ class Scheduler(SchedulerBase):
         while self.allocator.available_size() + self.tree_cache.evictable_size() < num_needed:
             if len(self.running_reqs) == 1:
                 req = self.running_reqs[0]
-                req.finished_reason = FinishReason(
-                    "abort", message="The request does not fit in the KV cache."
-                )
                 self._release(req)
-                self._pending_outputs.append(make_output(req))
+                reason = FinishReason("abort", message="The request does not fit in the KV cache.")
+                self._pending_outputs.append(abort_output(req, reason))
                 return None
             victim = min(self.running_reqs, key=lambda r: (len(r.output_ids), -len(r.origin_input_ids)))
             self.running_reqs.remove(victim)

@@ -62,6 +62,20 @@ class SchedulerStats:
             f"token usage: {self.last_token_usage:.2f}, #running-req: {num_running}, #queue-req: {num_queued}"
         )
 
+    def log_prefill_batch(self, batch, num_used_tokens: int, num_running: int, num_queued: int) -> None:
+        """``log_prefill`` for a ScheduleBatch: new sequences are those prefilling their first part."""
+        new_seq = [
+            r for r, p in zip(batch.reqs, batch.prefix_lens) if p == len(r.prefix_indices) and not r.kv_len
+        ]
+        self.log_prefill(
+            num_new_seqs=len(new_seq),
+            num_new_tokens=sum(batch.extend_lens),
+            num_cached_tokens=sum(len(r.prefix_indices) for r in new_seq),
+            num_used_tokens=num_used_tokens,
+            num_running=num_running,
+            num_queued=num_queued,
+        )
+
     def log_decode(self, num_running: int, num_used_tokens: int, num_queued: int) -> None:
         """Count one decode step; every ``decode_log_interval`` steps log throughput in SGLang's shape."""
         self.num_decode_steps += 1

@@ -140,3 +140,27 @@ def test_control_requests_and_stats(path, tiny_embedding_model):  # noqa: F811
     scheduler.add_request(req("x", 5))
     assert run_all(scheduler)[0][0].embedding == before
     assert scheduler.get_stats()["num_finished_reqs"] == 2
+
+
+def test_queue_limit_and_waiting_timeout_end_inputs_with_503(path):
+    scheduler = make_scheduler(path, max_queued_requests=2, req_waiting_timeout=30.0)
+    assert [scheduler.add_request(req(rid, 4)) for rid in ("a", "b")] == [None, None]
+    full = scheduler.add_request(req("c", 4))
+    assert full.error == "The request queue is full." and full.error_status == 503 and full.embedding == []
+    assert full.meta_info["finish_reason"] == {
+        "type": "abort",
+        "message": "The request queue is full.",
+        "status_code": 503,
+    }
+    scheduler.waiting_queue[0].created_time -= 60  # "a" has waited a minute
+    assert scheduler.poll_expired() == [("a", "Request waiting timeout reached.")]
+    assert scheduler.step(expired=[]) and scheduler.is_idle()  # rank 0 said nothing expired: both ran
+    scheduler.add_request(req("d", 4))
+    scheduler.add_request(req("e", 4))
+    scheduler.waiting_queue[0].created_time -= 60
+    outs = {o.rid: o for o in scheduler.step()}
+    assert outs["d"].error == "Request waiting timeout reached." and outs["d"].error_status == 503
+    assert outs["d"].meta_info["finish_reason"]["status_code"] == 503
+    assert not outs["e"].error and outs["e"].embedding
+    ok, detail = scheduler.check_memory_leak()
+    assert ok, detail

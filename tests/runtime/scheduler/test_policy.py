@@ -6,6 +6,7 @@ Plain ``Req`` objects only (no model, no server). The radix cache is used for on
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 import torch
@@ -419,3 +420,43 @@ def test_shares_uncached_prefix_includes_output_tokens():
     admitted = make_req(ids=prompt + out + [1])
     req = make_req(ids=prompt, output_ids=out)
     assert shares_uncached_prefix(req, [admitted])
+
+
+# ----------------------------------------------------------------------------------------- lof / random orders
+def _no_match(req: Req) -> None:
+    raise AssertionError("only lpm radix-matches the whole queue")
+
+
+def test_lof_orders_by_max_new_tokens_descending_ties_by_arrival():
+    reqs = [make_req(max_new_tokens=n) for n in (5, 50, 5, 500, 50)]
+    for i, req in enumerate(reqs):
+        req.created_time = float(i)
+    waiting = [reqs[4], reqs[2], reqs[0], reqs[3], reqs[1]]  # queue order is not arrival order (retractions)
+    sort_waiting_queue("lof", waiting, _no_match)
+    assert waiting == [reqs[3], reqs[1], reqs[4], reqs[0], reqs[2]]
+
+
+def test_random_order_repeats_with_the_seed_and_is_a_permutation():
+    reqs = [make_req() for _ in range(12)]
+
+    def order(seed: int, rounds: int = 3) -> list[list[str]]:
+        rng, waiting, out = random.Random(seed), list(reqs), []
+        for _ in range(rounds):  # the generator advances: each round draws a new order
+            sort_waiting_queue("random", waiting, _no_match, rng)
+            out.append([r.rid for r in waiting])
+        return out
+
+    first = order(0)
+    assert first == order(0)
+    assert first != order(1)
+    assert all(sorted(o) == sorted(r.rid for r in reqs) for o in first)
+    assert len({tuple(o) for o in first}) > 1
+    with pytest.raises(ValueError, match="random"):
+        sort_waiting_queue("random", list(reqs), _no_match)
+
+
+@pytest.mark.parametrize("policy", ["lof", "random", "fcfs"])
+def test_orders_leave_short_queues_alone(policy):
+    one = [make_req()]
+    sort_waiting_queue(policy, one, _no_match, random.Random(0))
+    assert len(one) == 1
