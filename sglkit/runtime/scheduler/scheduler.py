@@ -133,8 +133,8 @@ class Scheduler(SchedulerBase):
         for req in self.grammar_queue.remove(rid, abort_all) + hit + active:
             if abort_all or req.rid == rid:
                 self._release(req)  # nothing to release for a waiting one (retracted ones hold no KV)
-                self.stats.record_finished(req)
                 outputs.append(abort_output(req, reason or FinishReason("abort")))
+                self.stats.record_finished(req)  # after abort_output set the finish reason: counted as aborted
         return outputs
 
     def poll_expired(self) -> list[Expired]:
