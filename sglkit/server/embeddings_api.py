@@ -104,8 +104,10 @@ def matryoshka_support(model_path: str) -> tuple[bool, tuple[int, ...], int | No
 
 def check_dimensions(model_path: str, dimensions: int | None) -> None:
     """Refuse (400 naming ``dimensions``) a size a Matryoshka model cannot give, before anything runs."""
+    if dimensions is None:
+        return
     declared, allowed, hidden_size, _ = matryoshka_support(model_path)
-    if dimensions is None or not declared:
+    if not declared:
         return  # other models: checked against the vectors' size (truncate_vectors)
     if dimensions < 1:
         raise InvalidRequestError("Requested dimensions must be greater than 0.", "dimensions")
