@@ -72,8 +72,18 @@ def sampling_params_dict(req: SamplingRequest, max_new_tokens: int) -> dict[str,
 def chat_to_generate_input(
     req: ChatCompletionRequest, input_ids: list[int], max_context: int
 ) -> GenerateInput:
-    """A templated chat request -> GenerateInput; no max tokens means all the room left in ``max_context``."""
+    """A templated chat request -> GenerateInput; no max tokens means all the room left in ``max_context``.
+
+    More completion tokens than ``max_context`` is SGLang's 400 "max_completion_tokens is too large" (named as the
+    request named it); an input plus output over the context is refused later, with SGLang's token counts.
+    """
     max_new = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    if isinstance(max_new, int) and max_new > max_context:
+        name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        raise InvalidRequestError(
+            f"{name} is too large: {max_new}. This model supports at most {max_context} completion tokens.",
+            name,
+        )
     if max_new is None:
         max_new = max(max_context - len(input_ids), 0)
     return GenerateInput(

@@ -23,17 +23,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from sglkit.runtime.frontend.input_limits import check_num_inputs, check_text_chars
 from sglkit.runtime.frontend.input_processor import InvalidRequestError
+from sglkit.runtime.frontend.token_only import require_tokenizer
 from sglkit.server.errors import OpenAIError
-from sglkit.server.openai_prompt import template_messages
+from sglkit.server.openai_prompt import render_chat_template, template_messages
 from sglkit.server.openai_request import model_error
 from sglkit.server.protocol import Bool, ChatMessage, Int, parse_json_object, validate_request
 
 router = APIRouter()
-
-_RESERVED_TEMPLATE_KWARGS = frozenset(
-    {"conversation", "tools", "tokenize", "add_generation_prompt", "continue_final_message", "chat_template"}
-)
 
 
 class TokenizeRequest(BaseModel):
@@ -84,8 +82,9 @@ class DetokenizeResponse(BaseModel):
 
 
 # ----------------------------------------------------------------------------- pure functions (tested directly)
-def render_messages(tokenizer: Any, req: TokenizeRequest) -> str:
-    """``req.messages`` -> the chat template's text; a template failure is a 400 on ``messages``."""
+def render_messages(tokenizer: Any, req: TokenizeRequest, max_model_len: int | None = None) -> str:
+    """``req.messages`` -> the chat template's text; a template failure is a 400 on ``messages``, a tokenizer
+    argument in ``chat_template_kwargs`` a 400 naming it, text over ``max_model_len``'s character bound a 400."""
     add_generation_prompt = req.add_generation_prompt
     continue_final = bool(req.continue_final_message)
     if add_generation_prompt is None:
@@ -100,31 +99,32 @@ def render_messages(tokenizer: Any, req: TokenizeRequest) -> str:
         raise InvalidRequestError(
             "continue_final_message needs the last message to be the assistant's.", "continue_final_message"
         )
-    kwargs = {k: v for k, v in (req.chat_template_kwargs or {}).items() if k not in _RESERVED_TEMPLATE_KWARGS}
-    try:
-        text = tokenizer.apply_chat_template(
-            template_messages(req),
-            tools=req.tools,
-            add_generation_prompt=add_generation_prompt,
-            continue_final_message=continue_final,
-            tokenize=False,
-            **kwargs,
-        )
-    except Exception as e:  # noqa: BLE001 - jinja errors, raise_exception(), missing template: the user's input
-        raise InvalidRequestError(
-            f"The chat template could not be applied to messages: {e}", "messages"
-        ) from None
-    return text if isinstance(text, str) else text[0]
+    return render_chat_template(
+        tokenizer,
+        template_messages(req),
+        req.tools,
+        req.chat_template_kwargs,
+        add_generation_prompt,
+        continue_final,
+        max_model_len,
+    )
 
 
-def tokenize(tokenizer: Any, req: TokenizeRequest, max_model_len: int) -> TokenizeResponse:
-    """Tokenize ``req`` (a prompt, a list of prompts, or chat messages); 400 for a bad combination."""
+def tokenize(
+    tokenizer: Any, req: TokenizeRequest, max_model_len: int, max_inputs: int | None = None
+) -> TokenizeResponse:
+    """Tokenize ``req`` (a prompt, a list of prompts, or chat messages); 400 for a bad combination.
+
+    A text may be longer than the context (counting tokens is what /tokenize is for), up to the character bound
+    of ``input_limits`` (``MAX_CHARS_PER_TOKEN`` per token of ``max_model_len``); a list holds at most
+    ``max_inputs`` prompts (``--max-inputs-per-request``). Both are checked before anything is tokenized.
+    """
     if (req.prompt is None) == (req.messages is None):
         param = "prompt" if req.prompt is None else "messages"
         raise InvalidRequestError("Give exactly one of prompt and messages.", param)
     if req.prompt is None:
         add_special = bool(req.add_special_tokens)
-        texts, batch = [render_messages(tokenizer, req)], False
+        texts, batch = [render_messages(tokenizer, req, max_model_len)], False
     else:
         for name in ("add_generation_prompt", "continue_final_message", "tools", "chat_template_kwargs"):
             if getattr(req, name) is not None:
@@ -132,6 +132,9 @@ def tokenize(tokenizer: Any, req: TokenizeRequest, max_model_len: int) -> Tokeni
         add_special = req.add_special_tokens is not False
         batch = isinstance(req.prompt, list)
         texts = req.prompt if batch else [req.prompt]
+        check_num_inputs(len(texts), len(texts), max_inputs, "prompt")
+        for i, text in enumerate(texts):
+            check_text_chars(len(text), max_model_len, "prompt", f"prompt[{i}]" if batch else "")
     ids = [list(tokenizer.encode(text, add_special_tokens=add_special)) for text in texts]
     strs = [tokenizer.convert_ids_to_tokens(row) for row in ids] if req.return_token_strs else None
     return TokenizeResponse(
@@ -201,7 +204,9 @@ async def tokenize_route(request: Request) -> dict[str, Any]:
     """Text (or a list of texts, or chat messages) -> token ids: ``{"tokens", "count", "max_model_len"}``."""
     req = await _parse(request, TokenizeRequest)
     tm = _tm(request)
-    out = await asyncio.to_thread(tokenize, tm.tokenizer, req, tm.context_len)
+    require_tokenizer(tm.tokenizer, "/tokenize", "messages" if req.messages is not None else "prompt")
+    max_inputs = getattr(request.app.state.server_args, "max_inputs_per_request", None)
+    out = await asyncio.to_thread(tokenize, tm.tokenizer, req, tm.context_len, max_inputs)
     return out.model_dump(exclude_none=True)
 
 
@@ -211,6 +216,7 @@ async def detokenize_route(request: Request) -> dict[str, Any]:
     """Token ids (or a list of id lists) -> text: ``{"text", "prompt"}`` (the same value under both names)."""
     req = await _parse(request, DetokenizeRequest)
     tm = _tm(request)
+    require_tokenizer(tm.tokenizer, "/detokenize", "tokens")
     return (await asyncio.to_thread(detokenize, tm.tokenizer, req, tm.vocab_size)).model_dump()
 
 
@@ -219,4 +225,5 @@ async def detokenize_route(request: Request) -> dict[str, Any]:
 async def tokenizer_info_route(request: Request) -> dict[str, Any]:
     """The tokenizer's class, sizes, special tokens and chat template (what lm-eval's remote tokenizer reads)."""
     tm = _tm(request)
+    require_tokenizer(tm.tokenizer, "/tokenizer_info")
     return tokenizer_info(tm.tokenizer, tm.vocab_size, tm.context_len)

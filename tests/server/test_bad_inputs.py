@@ -8,6 +8,7 @@ context overflow, unknown models, bad token ids, invalid Unicode, oversized bodi
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -183,7 +184,11 @@ def test_bad_body_is_400_naming_the_param(server, context_len, case_id):
     cases = {case[0]: case for case in body_cases(server.model_path, context_len)}
     _, route, body, param = cases[case_id]
     error = assert_error_body(post(server.base_url, route, body), 400, param)
-    if "context" in case_id or "huge" in case_id or "overflows" in case_id:
+    if case_id == "chat-max_tokens-huge":  # SGLang's chat check, before the prompt is counted
+        assert error["message"] == (
+            f"max_tokens is too large: {10**9}. This model supports at most {context_len} completion tokens."
+        )
+    elif "context" in case_id or "huge" in case_id or "overflows" in case_id:
         assert "context length" in error["message"]
     good_generation(server.base_url)
 
@@ -278,3 +283,112 @@ def test_server_healthy_after_bad_inputs(server):
     response = requests.post(f"{server.base_url}/v1/chat/completions", json=_chat(server.model_path))
     assert response.status_code == 200
     assert response.json()["usage"]["completion_tokens"] == 2
+
+
+# ----------------------------------------------------------------------------- bounded work before tokenizing
+HUGE_TEXT = "word " * 10_000_000  # 50 MB: tokenizing it whole took a minute and 7.9 GB
+
+
+def _rss(server) -> int:
+    import psutil
+
+    return psutil.Process(server.process.pid).memory_info().rss
+
+
+@pytest.mark.parametrize(
+    ("route", "field", "param"),
+    [
+        (GENERATE, "text", "text"),
+        (GENERATE, "batch", "text"),
+        (COMPLETIONS, "prompt", "prompt"),
+        (CHAT, "messages", "messages"),
+        ("/tokenize", "prompt", "prompt"),
+        ("/tokenize", "messages", "messages"),
+    ],
+)
+def test_huge_prompt_is_refused_unread(server, route, field, param):
+    """A 50 MB prompt is a 400 on its length in characters, before tokenizing: the HTTP process barely grows."""
+    if field == "messages":
+        body = {"messages": [{"role": "user", "content": HUGE_TEXT}]}
+    elif field == "batch":
+        body = {"text": ["hi", HUGE_TEXT]}
+    else:
+        body = {field: HUGE_TEXT}
+    if route in (COMPLETIONS, CHAT):
+        body.update(model=server.model_path, max_tokens=2)
+    before = _rss(server)
+    error = assert_error_body(post(server.base_url, route, body), 400, param)
+    assert "characters) is longer than the model's context length" in error["message"]
+    assert ("text[1]" in error["message"]) == (field == "batch")
+    assert _rss(server) - before < 200 << 20  # bytes; the body itself is 50 MB
+    good_generation(server.base_url)
+
+
+@pytest.mark.parametrize("num_chars", [60_000, 600_000])
+def test_prompt_over_the_context_is_refused_in_sglangs_words(server, context_len, num_chars):
+    """A prompt over the context: its exact token count (SGLang's message), or past 256 Ki characters a lower
+    bound from one window of it ("at least N tokens")."""
+    text = ("The capital of France is Paris. " * (num_chars // 32 + 1))[:num_chars]
+    count = r"\(\d+ tokens\)" if num_chars < 1 << 18 else r"\(at least \d+ tokens\)"
+    expected = re.compile(
+        rf"^The input {count} is longer than the model's context length \({context_len} tokens\)\.$"
+    )
+    for route, body, param in (
+        (GENERATE, {"text": text}, "text"),
+        (COMPLETIONS, _completion(server.model_path, prompt=text), "prompt"),
+        (CHAT, _chat(server.model_path, messages=[{"role": "user", "content": text}]), "messages"),
+    ):
+        error = assert_error_body(post(server.base_url, route, body), 400, param)
+        assert expected.match(error["message"]), error["message"]
+        if route != GENERATE:
+            assert error["code"] == "context_length_exceeded"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("padding", "max_length"), ("max_length", 10**7), ("return_tensors", "pt"), ("tokenize", False)],
+)
+@pytest.mark.parametrize("route", [CHAT, "/tokenize"])
+def test_chat_template_kwargs_refuse_tokenizer_arguments(server, route, key, value):
+    """Tokenizer arguments never reach apply_chat_template (a 10-million-token prompt, tensors): 400 naming them."""
+    body = {"messages": CHAT_MESSAGES, "chat_template_kwargs": {"padding": "max_length", key: value}}
+    if route == CHAT:
+        body.update(model=server.model_path, max_tokens=2)
+    param = "chat_template_kwargs.padding"
+    error = assert_error_body(post(server.base_url, route, body), 400, param)
+    assert "not a template variable" in error["message"] and server.model_path not in error["message"]
+    body["chat_template_kwargs"] = {key: value}
+    assert_error_body(post(server.base_url, route, body), 400, f"chat_template_kwargs.{key}")
+
+
+def test_too_many_inputs_are_refused_at_once(server):
+    """More than --max-inputs-per-request (2048) prompts x n: a 400 naming the field and the limit."""
+    cases = [
+        (GENERATE, {"text": ["hi"] * 10_000, "sampling_params": {"max_new_tokens": 1}}, "text"),
+        (GENERATE, {"input_ids": [[5, 6]] * 3000}, "input_ids"),
+        (GENERATE, {"text": ["hi"] * 1000, "sampling_params": {"max_new_tokens": 1, "n": 3}}, "n"),
+        (COMPLETIONS, _completion(server.model_path, prompt=["hi"] * 3000), "prompt"),
+        (COMPLETIONS, _completion(server.model_path, prompt=["hi"] * 1000, n=3), "n"),
+        ("/tokenize", {"prompt": ["hi"] * 3000}, "prompt"),
+    ]
+    for route, body, param in cases:
+        error = assert_error_body(post(server.base_url, route, body), 400, param)
+        assert "at most 2048" in error["message"], error
+    good_generation(server.base_url)
+
+
+def test_echo_skips_special_tokens(server):
+    """echo returns the prompt as SGLang does: token prompts decoded without special tokens (no BOS ``<s>``)."""
+    tok = requests.get(f"{server.base_url}/tokenizer_info").json()
+    ids = requests.post(f"{server.base_url}/tokenize", json={"prompt": "The capital of France"}).json()[
+        "tokens"
+    ]
+    assert ids[0] == tok["bos_token_id"]  # the tiny tokenizer adds <s>
+    for prompt in (ids, "The capital of France", [ids, ids]):
+        response = requests.post(
+            f"{server.base_url}/v1/completions",
+            json=_completion(server.model_path, prompt=prompt, echo=True, max_tokens=1),
+        )
+        assert response.status_code == 200, response.text
+        for choice in response.json()["choices"]:
+            assert choice["text"].startswith("The capital of France"), choice["text"]

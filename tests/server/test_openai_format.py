@@ -230,10 +230,41 @@ def test_apply_chat_template_matches_the_tokenizer(tokenizer):
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"]
     assert apply_chat_template(tokenizer, messages) == list(expected)
+    assert apply_chat_template(tokenizer, messages, context_len=2048) == list(expected)  # bounded: same ids
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("tokenize", False),
+        ("chat_template", "{{ 1 }}"),
+        ("padding", "max_length"),
+        ("max_length", 10**7),
+        ("return_tensors", "pt"),
+        ("return_dict", True),
+        ("truncation", True),
+        ("return_assistant_tokens_mask", True),
+        ("tokenizer_kwargs", {"padding": "max_length"}),
+        ("add_generation_prompt", False),
+        ("messages", []),
+    ],
+)
+def test_chat_template_kwargs_refuse_tokenizer_arguments(tokenizer, key, value):
+    """A tokenizer argument is never a template variable: 400 naming chat_template_kwargs.<key>, nothing built."""
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(InvalidRequestError) as info:
+        apply_chat_template(tokenizer, messages, template_kwargs={"enable_thinking": True, key: value})
+    assert info.value.param == f"chat_template_kwargs.{key}"
+    assert "not a template variable" in str(info.value)
+
+
+def test_chat_template_kwargs_reach_the_template(tokenizer):
+    strict = copy.deepcopy(tokenizer)
+    strict.chat_template = "{{ greeting }} {{ messages[0]['content'] }}"
     ids = apply_chat_template(
-        tokenizer, messages, template_kwargs={"tokenize": False, "chat_template": "{{ 1 }}"}
+        strict, [{"role": "user", "content": "x"}], template_kwargs={"greeting": "hello"}
     )
-    assert ids == list(expected)  # reserved keyword arguments are ignored
+    assert tokenizer.decode(ids) == "hello x"
 
 
 def test_apply_chat_template_errors_are_400_on_messages(tokenizer):
@@ -242,6 +273,20 @@ def test_apply_chat_template_errors_are_400_on_messages(tokenizer):
     with pytest.raises(InvalidRequestError) as info:
         apply_chat_template(strict, [{"role": "user", "content": "x"}])
     assert info.value.param == "messages" and "alternate" in str(info.value)
+    strict.chat_template = "{{ messages[0]['content'] + 1 }}"  # a Python error inside the template
+    with pytest.raises(InvalidRequestError) as info:
+        apply_chat_template(strict, [{"role": "user", "content": "x"}])
+    assert info.value.param == "messages" and " at 0x" not in str(info.value)
+
+
+def test_chat_prompt_over_the_context_is_refused_with_bounded_work(tokenizer):
+    """Messages far over the context: refused before rendering (characters) or after a prefix (tokens)."""
+    with pytest.raises(InvalidRequestError, match=r"characters\) is longer than the model's context") as info:
+        apply_chat_template(tokenizer, [{"role": "user", "content": "word " * 300_000}], context_len=64)
+    assert info.value.param == "messages"
+    with pytest.raises(InvalidRequestError, match=r"\(at least \d+ tokens\) is longer") as info:
+        apply_chat_template(tokenizer, [{"role": "user", "content": "word " * 60_000}], context_len=64)
+    assert info.value.param == "messages"
 
 
 def test_prompt_texts_for_echo(tokenizer):
@@ -508,6 +553,7 @@ class ScriptedTokenizerManager:
                 "meta_info": m,
                 "finished": done,
                 "error": self.error if done else None,
+                "error_status": 400 if done and self.error else None,
             }
 
     async def run(self, reqs, owners=None, request=None):

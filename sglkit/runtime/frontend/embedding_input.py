@@ -11,7 +11,14 @@ import uuid
 from dataclasses import dataclass
 
 from sglkit.core.messages import TokenizedEmbeddingReq, input_too_long_message
+from sglkit.runtime.frontend.input_limits import (
+    EXACT_COUNT_CHARS,
+    WINDOW_CHARS_PER_TOKEN,
+    check_num_inputs,
+    encode_bounded,
+)
 from sglkit.runtime.frontend.input_processor import InvalidRequestError, validate_input_ids
+from sglkit.runtime.frontend.token_only import require_tokenizer
 
 MAX_EMBEDDING_BATCH_SIZE = 2048  # inputs per call (OpenAI's limit for /v1/embeddings)
 
@@ -46,6 +53,19 @@ def _items(inp: EmbeddingInput, text_param: str, ids_param: str) -> tuple[bool, 
     return False, [inp.input_ids], ids_param
 
 
+def _tokenize(tokenizer, texts: list[str], context_len: int, param: str, is_batch: bool) -> list[list[int]]:
+    """Token ids of each text; one batched call when every text is short, bounded work per text otherwise."""
+    short = max(context_len * WINDOW_CHARS_PER_TOKEN, EXACT_COUNT_CHARS)
+    if all(len(text) <= short for text in texts):
+        return tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+    return [
+        encode_bounded(
+            tokenizer, text, context_len, context_len, param, where=f"{param}[{i}]" if is_batch else ""
+        )
+        for i, text in enumerate(texts)
+    ]
+
+
 def build_embedding_requests(
     inp: EmbeddingInput,
     tokenizer,
@@ -62,14 +82,12 @@ def build_embedding_requests(
     is_batch, items, param = _items(inp, text_param, ids_param)
     if not items:
         raise InvalidRequestError("The batch of inputs is empty.", param)
-    if len(items) > max_batch_size:
-        raise InvalidRequestError(
-            f"The batch has {len(items)} inputs; at most {max_batch_size} are allowed per request.", param
-        )
+    check_num_inputs(len(items), len(items), max_batch_size, param)
     rids = inp.rid if isinstance(inp.rid, list) else None
     if rids is not None and len(rids) != len(items):
         raise InvalidRequestError(f"rid has {len(rids)} entries for {len(items)} inputs.", "rid")
     if inp.text is not None:
+        require_tokenizer(tokenizer, f"A text {text_param}", text_param)  # --skip-tokenizer-init
         for i, text in enumerate(items):
             where = f"{param}[{i}]" if is_batch else param
             if not isinstance(text, str):
@@ -78,7 +96,7 @@ def build_embedding_requests(
                 raise InvalidRequestError(
                     f"{where} is empty." if is_batch else "The input text is empty.", param
                 )
-        token_lists = tokenizer(list(items), add_special_tokens=True, verbose=False)["input_ids"]
+        token_lists = _tokenize(tokenizer, items, context_len, param, is_batch)
         texts: list[str | None] = list(items)
     else:
         token_lists = [validate_input_ids(ids, vocab_size, param) for ids in items]

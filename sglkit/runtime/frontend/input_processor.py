@@ -13,18 +13,13 @@ from typing import Any
 from sglkit.constrained import GrammarError, validate_grammar
 from sglkit.core.messages import TokenizedGenerateReq, input_too_long_message
 from sglkit.core.sampling_params import SamplingParamError, SamplingParams
+from sglkit.runtime.frontend.errors import InvalidRequestError
+from sglkit.runtime.frontend.input_limits import check_num_inputs, encode_bounded
 from sglkit.runtime.frontend.logprob_options import TokenIdsLogprobError, pick_token_ids_logprob
 from sglkit.runtime.frontend.sampling_defaults import apply_sampling_defaults
+from sglkit.runtime.frontend.token_only import check_token_only_request
 
 MAX_TOP_LOGPROBS = 20
-
-
-class InvalidRequestError(ValueError):
-    """A request the server must refuse with HTTP 400; ``param`` names the offending field."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 @dataclass
@@ -64,6 +59,22 @@ def _pick(value: Any, index: int, num: int, name: str) -> Any:
             raise InvalidRequestError(f"{name} has {len(value)} entries for {num} inputs.", name)
         return value[index]
     return value
+
+
+def _input_param(inp: GenerateInput) -> str:
+    return "text" if inp.text is not None else "input_ids"
+
+
+def _num_samples(sampling_params: Any, num_inputs: int) -> int:
+    """The samples a request asks for: each input's ``n`` (a bad ``n`` counts 1; it is refused later)."""
+
+    def n_of(params: Any) -> int:
+        n = params.get("n", 1) if isinstance(params, dict) else 1
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+
+    if isinstance(sampling_params, list):
+        return sum(n_of(p) for p in sampling_params)
+    return n_of(sampling_params) * num_inputs
 
 
 def validate_input_ids(input_ids: Any, vocab_size: int, param: str = "input_ids") -> list[int]:
@@ -107,13 +118,15 @@ def build_requests(
     context_len: int,
     grammar_backend: str = "xgrammar",
     sampling_defaults: dict | None = None,
+    max_inputs: int | None = None,
 ) -> tuple[bool, list[TokenizedGenerateReq], list[int]]:
     """Validate and tokenize. Returns (is_batch, requests, input index of each request); n > 1 expands in place.
 
     A grammar (json_schema / regex / ebnf / structural_tag) is parsed here, so a bad one is refused before
     anything is queued; ``grammar_backend`` "none" refuses every grammar. ``sampling_defaults`` (the model's
     generation_config.json values, ``sampling_defaults.model_sampling_defaults``) fill the keys a request leaves
-    unset.
+    unset. ``max_inputs`` (``--max-inputs-per-request``) bounds the inputs x ``n`` before anything is tokenized;
+    a text is tokenized with bounded work (``input_limits.encode_bounded``).
     """
     is_batch = _is_batch(inp)
     if is_batch:
@@ -125,6 +138,7 @@ def build_requests(
     else:
         items = [inp.text if inp.text is not None else inp.input_ids]
     num = len(items)
+    check_num_inputs(num, _num_samples(inp.sampling_params, num), max_inputs, _input_param(inp))
     reqs: list[TokenizedGenerateReq] = []
     owners: list[int] = []
     for i, item in enumerate(items):
@@ -136,6 +150,8 @@ def build_requests(
             params = SamplingParams.from_dict(params_dict)
             params.verify(vocab_size)
             params.normalize()
+            if tokenizer is None:  # --skip-tokenizer-init
+                check_token_only_request(inp.text, params)
             validate_grammar(params.grammar, grammar_backend)
         except (SamplingParamError, GrammarError) as e:
             raise InvalidRequestError(str(e), e.param) from e
@@ -144,7 +160,8 @@ def build_requests(
                 raise InvalidRequestError("text must be a string or a list of strings.", "text")
             if not item:
                 raise InvalidRequestError("The input text is empty.", "text")
-            input_ids = tokenizer.encode(item)
+            where = f"text[{i}]" if is_batch else ""
+            input_ids = encode_bounded(tokenizer, item, context_len - 1, context_len, "text", where=where)
             text = item
         else:
             input_ids = validate_input_ids(item, vocab_size)
