@@ -227,7 +227,7 @@ class ServerArgs:
         "disconnected (slowloris).",
     )
     graceful_shutdown_timeout: float = _arg(
-        5.0,
+        2.0,
         "On SIGTERM: stop admitting requests (503), give in-flight requests this many seconds to finish, then abort "
         "the rest (JSON 503 for plain requests, an error event and [DONE] for streams) and exit.",
     )

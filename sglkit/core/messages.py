@@ -113,3 +113,4 @@ class EmbeddingOutput:
     meta_info: dict[str, Any] = field(default_factory=dict)
     finished: bool = True
     error: str | None = None
+    error_status: int = 400  # HTTP status of a failed input: 400 bad input, 503 queue full / waiting timeout

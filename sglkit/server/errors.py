@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from sglkit.core.sampling_params import SamplingParamError
 from sglkit.runtime.frontend.input_processor import InvalidRequestError
@@ -39,6 +40,7 @@ logger = logging.getLogger("sglkit.server")
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "bytes", "any"})
 _NON_OBJECT_ERRORS = frozenset({"model_attributes_type", "dict_type", "model_type", "missing"})
 MAX_LISTED_ERRORS = 3
+RETRY_AFTER_S = 1  # the Retry-After (seconds) of every 503 answer
 
 
 class SafeJSONResponse(JSONResponse):
@@ -88,6 +90,8 @@ def error_response(
 ) -> JSONResponse:
     """An OpenAI-style error answer; ``type`` defaults by status and ``code`` to the status."""
     body = error_body(message, err_type or error_type_for(status), param, status if code is None else code)
+    if status == 503 and not (headers and "Retry-After" in headers):  # queue full, timeouts, shutting down
+        headers = {**(headers or {}), "Retry-After": str(RETRY_AFTER_S)}
     return SafeJSONResponse(body, status_code=status, headers=headers)
 
 
@@ -200,6 +204,11 @@ class UnexpectedErrorMiddleware:
 
         try:
             await self.app(scope, receive, send_tracked)
+        except ClientDisconnect:  # the client left mid-upload (or was cut off as too slow): normal, no trace
+            logger.debug(f"Client disconnected during {scope.get('method')} {scope.get('path')}")
+            if not started:  # a no-op on a closed connection; a 400 (not uvicorn's 500) on an open one
+                response = error_response(400, "The client disconnected while sending the request.")
+                await response(scope, receive, send)
         except Exception:
             logger.exception(f"Unexpected error handling {scope.get('method')} {scope.get('path')}")
             if started:

@@ -30,8 +30,20 @@ from sglkit.launch.ports import port_bind_error
 from sglkit.runtime.scheduler.process import PortArgs
 from sglkit.runtime.scheduler.rank_group import RankGroup
 from sglkit.runtime.scheduler.rank_process import default_init_method, node_ranks
-from sglkit.server import embeddings_api, native_api, openai_api, parser_api, tokenize_api
+from sglkit.server import (
+    embeddings_api,
+    native_api,
+    openai_api,
+    parser_api,
+    rerank_api,
+    responses_api,
+    score_api,
+    tokenize_api,
+)
 from sglkit.server.errors import error_body, install_error_handlers
+from sglkit.server.graceful_server import GracefulServer
+from sglkit.server.http_limits import MAX_HEADER_BYTES, HeaderSizeLimitMiddleware, limited_h11_protocol
+from sglkit.server.openapi_schema import install_openapi
 from sglkit.server.tokenizer_manager import TokenizerManager
 from sglkit.server_args import ServerArgs
 
@@ -40,7 +52,8 @@ logger = logging.getLogger("sglkit.server")
 AUTH_EXEMPT_PATHS = frozenset({"/health", "/health_generate"})
 MAX_BODY_BYTES = 64 << 20
 WARMUP_PROMPT = "The capital city of France is"
-GRACEFUL_SHUTDOWN_S = 1.0  # then in-flight requests are cancelled (and aborted): a stop never waits on them
+WARMUP_IDS = [10, 11, 12]  # the warmup prompt with --skip-tokenizer-init (SGLang's ids)
+GRACEFUL_SHUTDOWN_S = 1.0  # after the drain (GracefulServer): connections still open are closed
 
 
 async def send_error(send, status: int, message: str, code: int | str) -> None:
@@ -117,13 +130,18 @@ def create_app(server_args: ServerArgs, tokenizer_manager: TokenizerManager, sch
     app.state.ready = server_args.skip_server_warmup
     app.include_router(native_api.router)
     app.include_router(openai_api.router)
+    app.include_router(responses_api.router)
     app.include_router(embeddings_api.router)
     app.include_router(parser_api.router)
     app.include_router(tokenize_api.router)
+    app.include_router(score_api.router)
+    app.include_router(rerank_api.router)
     install_error_handlers(app)
+    install_openapi(app, bool(server_args.api_key), AUTH_EXEMPT_PATHS)
     app.add_middleware(BodySizeLimitMiddleware)
     if server_args.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=server_args.api_key)
+    app.add_middleware(HeaderSizeLimitMiddleware)  # outermost: before auth and every route
     return app
 
 
@@ -196,14 +214,15 @@ def warmup(app: FastAPI, server_args: ServerArgs) -> None:
                     break
             except requests.RequestException:
                 time.sleep(0.2)
+        prompt = {"input_ids": WARMUP_IDS} if server_args.skip_tokenizer_init else {"text": WARMUP_PROMPT}
         if server_args.is_embedding:
-            resp = session.post(f"{url}/encode", json={"text": WARMUP_PROMPT}, headers=headers, timeout=600)
+            resp = session.post(f"{url}/encode", json=prompt, headers=headers, timeout=600)
         else:
             resp = session.post(
                 f"{url}/generate",
                 headers=headers,
                 timeout=600,
-                json={"text": WARMUP_PROMPT, "sampling_params": {"temperature": 0, "max_new_tokens": 8}},
+                json={**prompt, "sampling_params": {"temperature": 0, "max_new_tokens": 8}},
             )
         resp.raise_for_status()
     except Exception as e:  # noqa: BLE001 - any failure ends the server
@@ -314,16 +333,18 @@ def launch_server(server_args: ServerArgs) -> None:
             threading.Thread(
                 target=warmup, args=(app, server_args), daemon=True, name="sglkit-warmup"
             ).start()
-        uvicorn.run(
+        config = uvicorn.Config(
             app,
             host=server_args.host,
             port=server_args.port,
             log_config=uvicorn_log_config(server_args.log_level),
             timeout_keep_alive=5,
             loop="asyncio",
-            h11_max_incomplete_event_size=1 << 20,
+            http=limited_h11_protocol(server_args.http_read_timeout),  # header deadline, body gaps, JSON 431
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
+        GracefulServer(config, tokenizer_manager, server_args.graceful_shutdown_timeout).run()
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
         stop_processes(processes)

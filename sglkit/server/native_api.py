@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,8 +18,10 @@ from pydantic import BaseModel, ConfigDict
 
 from sglkit import __version__
 from sglkit.runtime.frontend.input_processor import GenerateInput
+from sglkit.runtime.frontend.token_only import require_tokenizer
 from sglkit.server.errors import error_body, error_response, error_type_for
 from sglkit.server.generate_request import GenerateReqInput, add_logprob_texts, parse_generate_request
+from sglkit.server.metrics import HEALTH_CHECK_RID_PREFIX
 from sglkit.server.openai_logprobs import TokenText
 from sglkit.server.protocol import Bool, parse_json_object, validate_request
 
@@ -83,6 +86,8 @@ async def generate(request: Request) -> Response:
             400, "This model is an embedding model; use /encode or /v1/embeddings.", "model"
         )
     tm = _tm(request)
+    if obj.return_text_in_logprobs:
+        require_tokenizer(tm.tokenizer, "return_text_in_logprobs", "return_text_in_logprobs")
     is_batch, reqs, _ = await tm.tokenize(obj.to_generate_input())
     with_index = is_batch or len(reqs) > 1
     token_text = TokenText(tm.tokenizer) if obj.return_text_in_logprobs else None
@@ -90,7 +95,8 @@ async def generate(request: Request) -> Response:
 
         async def stream() -> AsyncIterator[bytes]:
             try:
-                async for chunk in tm.run(reqs, request=request):
+                incremental = tm.server_args.incremental_streaming_output
+                async for chunk in tm.run(reqs, request=request, incremental=incremental):
                     if chunk["error"]:
                         status = chunk["error_status"]
                         yield _sse(error_body(chunk["error"], error_type_for(status), None, status))
@@ -115,9 +121,10 @@ async def generate(request: Request) -> Response:
 
 @router.get("/health")
 async def health(request: Request) -> Response:
-    """200 once the server has warmed up and its runtime is alive; 503 otherwise."""
+    """200 (empty body, as SGLang) once the server has warmed up and its runtime is alive; 503 otherwise (also
+    while it shuts down)."""
     tm = _tm(request)
-    if not request.app.state.ready or not tm.alive:
+    if not request.app.state.ready or not tm.alive or tm.draining:
         return Response(status_code=503)
     return Response(status_code=200)
 
@@ -128,7 +135,11 @@ async def health_generate(request: Request) -> Response:
     tm = _tm(request)
     if not tm.alive:
         return Response(status_code=503)
-    inp = GenerateInput(input_ids=[0], sampling_params={"max_new_tokens": 1, "temperature": 0})
+    inp = GenerateInput(  # SGLang's health-check rid: not counted in /metrics
+        input_ids=[0],
+        sampling_params={"max_new_tokens": 1, "temperature": 0},
+        rid=f"{HEALTH_CHECK_RID_PREFIX}_{uuid.uuid4().hex}",
+    )
     if request.app.state.server_args.is_embedding:
         return Response(status_code=200 if request.app.state.ready else 503)
     try:
@@ -159,8 +170,14 @@ async def get_server_args(request: Request) -> dict[str, Any]:
 async def get_server_info(request: Request) -> dict[str, Any]:
     """Server arguments plus live runtime statistics (dp_size > 1: the totals, each replica's under
     ``replicas`` and the router's policy and decision counts under ``router``)."""
-    stats = await _tm(request).get_stats()
-    return {**request.app.state.server_args.to_dict(), **stats, "version": __version__}
+    tm = _tm(request)
+    stats = await tm.get_stats()
+    return {
+        **request.app.state.server_args.to_dict(),
+        **stats,
+        "request_registry": tm.registry_info(),
+        "version": __version__,
+    }
 
 
 @router.api_route("/get_memory_pool_size", methods=["GET", "POST"])

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -22,8 +23,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from sglkit.core.messages import TokenizedGenerateReq
 from sglkit.runtime.frontend.input_processor import GenerateInput, InvalidRequestError
+from sglkit.runtime.frontend.token_only import require_tokenizer
 from sglkit.server.errors import OpenAIError, error_body, error_type_for
-from sglkit.server.openai_chat_output import chat_output_options, prompt_opens_reasoning
+from sglkit.server.openai_chat_output import ChatOutputOptions, chat_output_options, prompt_opens_reasoning
 from sglkit.server.openai_fields import check_openai_fields
 from sglkit.server.openai_logprobs import TokenText
 from sglkit.server.openai_prompt import apply_chat_template, generation_flags, prompt_texts, template_messages
@@ -94,6 +96,12 @@ async def _parse(request: Request, model: type[SamplingRequest]) -> SamplingRequ
     body = parse_json_object(await request.body())
     check_openai_fields(body, model)
     req = validate_request(model, body)
+    check_served(request, req)
+    return req
+
+
+def check_served(request: Request, req: SamplingRequest) -> None:
+    """The checks after validation: a generation model, the served ``model`` name, supported features."""
     args = request.app.state.server_args
     if getattr(args, "is_embedding", False):
         raise OpenAIError(400, "This model is an embedding model; use /v1/embeddings.", "model")
@@ -101,7 +109,6 @@ async def _parse(request: Request, model: type[SamplingRequest]) -> SamplingRequ
     if message:
         raise OpenAIError(400, message, "model", code="model_not_found")
     check_supported(req)
-    return req
 
 
 async def _tokenize(
@@ -129,7 +136,7 @@ async def _tokenize(
     return reqs, owners
 
 
-async def _collect(tm, reqs: list[TokenizedGenerateReq], request: Request) -> list[dict[str, Any]]:
+async def collect_finals(tm, reqs: list[TokenizedGenerateReq], request: Request) -> list[dict[str, Any]]:
     """Run non-streaming requests; the final chunk of each, in order. A failed request is an error answer."""
     finals: list[dict[str, Any] | None] = [None] * len(reqs)
     async for chunk in tm.run(reqs, request=request):
@@ -211,25 +218,39 @@ def _tool_call_parser(request: Request) -> str | None:
     return state.tool_call_parser
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(request: Request) -> Response:
-    """OpenAI chat completions (streaming or not), with SGLang's sampling extras, tool calls
-    (``tools``, ``tool_choice``) and reasoning separation (``--reasoning-parser``)."""
-    req: ChatCompletionRequest = await _parse(request, ChatCompletionRequest)  # type: ignore[assignment]
+@dataclass
+class PreparedChat:
+    """A chat request ready to run: its tokenized requests, their prompt owners, how the answers are read."""
+
+    reqs: list[TokenizedGenerateReq]
+    owners: list[int]
+    output: ChatOutputOptions | None
+
+
+async def prepare_chat(request: Request, req: ChatCompletionRequest) -> PreparedChat:
+    """A validated chat request -> templated and tokenized requests (every refusal a 400 naming the field).
+
+    Shared by ``/v1/chat/completions`` and ``/v1/responses`` (which converts its input to chat messages)."""
     tm = request.app.state.tokenizer_manager
     if not tm.alive:
         raise ServerUnavailableError("The server is unhealthy: the scheduler process died.")
+    require_tokenizer(tm.tokenizer, request.url.path, "messages")  # chat templates need the tokenizer
     plan = resolve_tool_plan(req, _tool_call_parser(request))
     add_prompt, continue_final = generation_flags(req)
-    input_ids = await asyncio.to_thread(
-        apply_chat_template,
-        tm.tokenizer,
-        template_messages(req),
-        plan.template_tools,
-        req.chat_template_kwargs,
-        add_prompt,
-        continue_final,
-    )
+    try:
+        input_ids = await asyncio.to_thread(
+            apply_chat_template,
+            tm.tokenizer,
+            template_messages(req),
+            plan.template_tools,
+            req.chat_template_kwargs,
+            add_prompt,
+            continue_final,
+            tm.context_len,
+        )
+    except InvalidRequestError as e:  # bounded templating: a prompt over the context is refused here
+        code = "context_length_exceeded" if "context length" in str(e) else None
+        raise OpenAIError(400, str(e), e.param, code=code) from None
     inp = chat_to_generate_input(req, input_ids, min(tm.context_len, tm.max_total_num_tokens))
     add_tool_constraint(inp, plan, "function_call" if req.function_call is not None else "tool_choice")
     names = param_names(req)
@@ -244,6 +265,17 @@ async def chat_completions(request: Request) -> Response:
         req.stream_reasoning,
         bool(reasoning_parser) and prompt_opens_reasoning(tm.tokenizer, input_ids),
     )
+    return PreparedChat(reqs, owners, output)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    """OpenAI chat completions (streaming or not), with SGLang's sampling extras, tool calls
+    (``tools``, ``tool_choice``) and reasoning separation (``--reasoning-parser``)."""
+    req: ChatCompletionRequest = await _parse(request, ChatCompletionRequest)  # type: ignore[assignment]
+    tm = request.app.state.tokenizer_manager
+    chat = await prepare_chat(request, req)
+    reqs, owners, output = chat.reqs, chat.owners, chat.output
     rid, created, model = (
         _response_id(req, reqs),
         int(time.time()),
@@ -254,7 +286,7 @@ async def chat_completions(request: Request) -> Response:
         formatter = ChatStreamFormatter(rid, created, model, owners, decode, bool(req.logprobs), output)
         usage = formatter.usage_event if req.include_usage else None
         return _sse_response(_stream(tm, reqs, request, formatter.on_chunk, usage))
-    finals = await _collect(tm, reqs, request)
+    finals = await collect_finals(tm, reqs, request)
     return JSONResponse(
         build_chat_response(rid, created, model, finals, owners, decode, bool(req.logprobs), output)
     )
@@ -265,12 +297,13 @@ async def completions(request: Request) -> Response:
     """OpenAI (legacy) text completions: one or many prompts, text or token ids, echo, logprobs, streaming."""
     req: CompletionRequest = await _parse(request, CompletionRequest)  # type: ignore[assignment]
     tm = request.app.state.tokenizer_manager
+    require_tokenizer(tm.tokenizer, "/v1/completions", "prompt")  # its answers are text, even for token ids
     inp = completion_to_generate_input(req)
     reqs, owners = await _tokenize(tm, inp, param_names(req), "prompt")
     echo_texts = None
     if req.echo:
         echo_texts = await asyncio.to_thread(
-            prompt_texts, req, lambda ids: tm.tokenizer.decode(ids, skip_special_tokens=False)
+            prompt_texts, req, lambda ids: tm.tokenizer.decode(ids, skip_special_tokens=True)
         )
     rid, created, model = (
         _response_id(req, reqs),
@@ -282,7 +315,7 @@ async def completions(request: Request) -> Response:
         formatter = CompletionStreamFormatter(rid, created, model, owners, echo_texts, decode, req.logprobs)
         usage = formatter.usage_event if req.include_usage else None
         return _sse_response(_stream(tm, reqs, request, formatter.on_chunk, usage))
-    finals = await _collect(tm, reqs, request)
+    finals = await collect_finals(tm, reqs, request)
     return JSONResponse(
         build_completion_response(rid, created, model, finals, owners, echo_texts, decode, req.logprobs)
     )

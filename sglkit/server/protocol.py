@@ -41,7 +41,9 @@ Bool = StrictBool
 def _has_surrogate(obj: Any) -> bool:
     """True when any string (value or key) in the parsed JSON holds a lone surrogate."""
     if isinstance(obj, str):
-        return _SURROGATE.search(obj) is not None
+        return (
+            not obj.isascii() and _SURROGATE.search(obj) is not None
+        )  # isascii is O(1): big prompts cost nothing
     if isinstance(obj, dict):
         return any(_has_surrogate(k) or _has_surrogate(v) for k, v in obj.items())
     if isinstance(obj, list):

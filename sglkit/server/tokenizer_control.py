@@ -32,7 +32,7 @@ class ControlClient:
             for replica in range(self.dp_size) if replicas is None else replicas:
                 self._check_alive()  # it died while we waited: nobody would answer
                 self.control_future = asyncio.get_running_loop().create_future()
-                self.send_socks[replica].send_pyobj(msg)
+                self.links[replica].send(msg)
                 try:
                     results.append(await asyncio.wait_for(self.control_future, timeout))
                 finally:

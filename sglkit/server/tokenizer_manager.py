@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any
@@ -35,7 +36,9 @@ from sglkit.runtime.frontend.output_folder import OutputFolder
 from sglkit.runtime.frontend.sampling_defaults import model_sampling_defaults
 from sglkit.runtime.frontend.tokenizer import load_tokenizer
 from sglkit.runtime.scheduler.process import PortArgs
+from sglkit.server.metrics import create_metrics_collector
 from sglkit.server.router import Router
+from sglkit.server.scheduler_link import SchedulerLink
 from sglkit.server.tokenizer_control import ControlClient
 from sglkit.server_args import ServerArgs
 
@@ -58,6 +61,8 @@ class ClientDisconnected(Exception):
 
 
 SCHEDULER_DIED = "The server is unhealthy: the scheduler process died."
+SHUTTING_DOWN = "The server is shutting down."
+ANSWER_WAIT_S = 1.0  # after a shutdown ended the last requests: time for their handlers to answer
 
 
 class TokenizerManager(ControlClient):
@@ -67,7 +72,9 @@ class TokenizerManager(ControlClient):
         self, server_args: ServerArgs, port_args: PortArgs | Sequence[PortArgs], model_info: dict[str, Any]
     ) -> None:
         self.server_args = server_args
-        self.tokenizer = load_tokenizer(server_args.tokenizer_path, server_args.chat_template)
+        self.tokenizer = None  # --skip-tokenizer-init: token-in, token-out (runtime/frontend/token_only.py)
+        if not server_args.skip_tokenizer_init:
+            self.tokenizer = load_tokenizer(server_args.tokenizer_path, server_args.chat_template)
         self.context_len: int = model_info["context_len"]
         self.max_total_num_tokens: int = model_info["max_total_num_tokens"]
         self.vocab_size: int = model_info.get("vocab_size") or len(self.tokenizer)
@@ -79,12 +86,10 @@ class TokenizerManager(ControlClient):
         replicas = [port_args] if isinstance(port_args, PortArgs) else list(port_args)
         self.dp_size = len(replicas)
         self.recv_sock = self.ctx.socket(zmq.PULL)
-        self.send_socks: list[zmq.Socket] = []
+        self.links: list[SchedulerLink] = []  # one per replica; sending never blocks the event loop
         for replica in replicas:
             self.recv_sock.bind(replica.scheduler_output)
-            sock = zmq.Context.instance().socket(zmq.PUSH)
-            sock.connect(replica.scheduler_input)
-            self.send_socks.append(sock)
+            self.links.append(SchedulerLink(self.ctx, replica.scheduler_input))
         self.router = Router(
             self.dp_size, server_args.load_balance_method, max_tree_tokens=self.max_total_num_tokens
         )
@@ -97,8 +102,11 @@ class TokenizerManager(ControlClient):
         self.unpaused = asyncio.Event()
         self.unpaused.set()
         self.alive = True
+        # SIGTERM received: new requests get 503, in-flight ones a last chance to finish.
+        self.draining = False
         self.exit_code: int | None = None  # set when the server must exit (launch_server exits with it)
         self.num_in_flight = 0
+        self.metrics = create_metrics_collector(server_args)  # /metrics; timed in run()
 
     # ----- background tasks -----
     def start(self, scheduler_process) -> None:
@@ -107,6 +115,8 @@ class TokenizerManager(ControlClient):
         ``scheduler_process``: the replica's process, or a list with one per replica (data parallelism).
         """
         processes = scheduler_process if isinstance(scheduler_process, (list, tuple)) else [scheduler_process]
+        for link in self.links:
+            link.start()
         self._tasks = [
             asyncio.create_task(self._handle_loop()),
             asyncio.create_task(self._watch_schedulers(processes)),
@@ -159,20 +169,7 @@ class TokenizerManager(ControlClient):
         logger.error(
             f"The scheduler process{where} died (exit code {process.exitcode}). The server is unhealthy."
         )
-        for rid, queue in list(self.rid_to_queue.items()):
-            if self.rid_to_replica.get(rid, 0) != dp_rank:
-                continue
-            queue.put_nowait(
-                GenerateOutput(
-                    rid,
-                    "",
-                    [],
-                    True,
-                    {"id": rid, "finish_reason": {"type": "abort"}},
-                    error="The scheduler process died.",
-                    error_status=503,
-                )
-            )
+        self._end_requests("The scheduler process died.", dp_rank)
         if self.control_future is not None and not self.control_future.done():
             self.control_future.set_exception(ServerUnavailableError("The scheduler process died."))
 
@@ -180,12 +177,44 @@ class TokenizerManager(ControlClient):
     def _check_alive(self) -> None:
         if not self.alive:
             raise ServerUnavailableError(SCHEDULER_DIED)
+        if self.draining:
+            raise ServerUnavailableError(SHUTTING_DOWN)
+
+    def _end_requests(self, message: str, replica: int | None = None) -> None:
+        """End every request in flight (of ``replica``, or all) with a 503 error output; handlers answer it."""
+        for rid, queue in list(self.rid_to_queue.items()):
+            if replica is not None and self.rid_to_replica.get(rid, 0) != replica:
+                continue
+            reason = {"type": "abort", "message": message, "status_code": 503}
+            queue.put_nowait(
+                GenerateOutput(
+                    rid, "", [], True, {"id": rid, "finish_reason": reason}, error=message, error_status=503
+                )
+            )
+
+    async def shutdown(self, grace_s: float) -> None:
+        """SIGTERM: refuse new requests (503), give the ones in flight ``grace_s`` seconds to finish, then end the
+        rest with a 503 error (a JSON answer, or an error event and [DONE] for a stream) and abort them."""
+        self.draining = True
+        logger.info(f"Shutting down: {self.num_in_flight} request(s) in flight get {grace_s:g} s to finish.")
+        deadline = time.monotonic() + grace_s
+        while self.num_in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.num_in_flight:
+            logger.info(f"Shutting down: ending {self.num_in_flight} unfinished request(s).")
+            for link in self.links:
+                link.send(AbortReq(abort_all=True))
+            self._end_requests(SHUTTING_DOWN)
+            deadline = time.monotonic() + ANSWER_WAIT_S
+            while self.num_in_flight and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
 
     async def tokenize(self, inp: GenerateInput) -> tuple[bool, list[TokenizedGenerateReq], list[int]]:
         """Validate and tokenize off the event loop; raises InvalidRequestError for bad input."""
         self._check_alive()
         limits = (self.vocab_size, self.context_len, self.server_args.grammar_backend, self.sampling_defaults)
-        return await asyncio.to_thread(build_requests, inp, self.tokenizer, *limits)
+        max_inputs = self.server_args.max_inputs_per_request
+        return await asyncio.to_thread(build_requests, inp, self.tokenizer, *limits, max_inputs)
 
     async def _dispatch(
         self, reqs: Sequence[TokenizedGenerateReq | TokenizedEmbeddingReq], request=None
@@ -215,7 +244,7 @@ class TokenizerManager(ControlClient):
         self.num_in_flight += len(reqs)
         try:
             for replica, group in by_replica.items():
-                self.send_socks[replica].send_pyobj(group)
+                self.links[replica].send(group)
             while unfinished:
                 try:
                     out = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL_S)
@@ -232,11 +261,20 @@ class TokenizerManager(ControlClient):
                 yield out
         finally:
             for rid in unfinished:
-                self.send_socks[self.rid_to_replica[rid]].send_pyobj(AbortReq(rid=rid))
+                self.links[self.rid_to_replica[rid]].send(AbortReq(rid=rid))
                 self._release(rid)
             for r in reqs:
                 self.rid_to_queue.pop(r.rid, None)
             self.num_in_flight -= len(reqs)
+
+    def registry_info(self) -> dict[str, int]:
+        """What the HTTP process holds per request (all 0 when idle: ids never outlive their requests)."""
+        return {
+            "in_flight": self.num_in_flight,
+            "registered_rids": len(self.rid_to_queue),
+            "rid_replicas": len(self.rid_to_replica),
+            "pending_ipc_messages": sum(link.pending for link in self.links),
+        }
 
     def _release(self, rid: str) -> None:
         """A request left its replica (finished or aborted): it no longer counts towards that replica's load."""
@@ -245,9 +283,15 @@ class TokenizerManager(ControlClient):
             self.replica_loads[replica] -= 1
 
     async def run(
-        self, reqs: list[TokenizedGenerateReq], owners: list[int] | None = None, request=None
+        self,
+        reqs: list[TokenizedGenerateReq],
+        owners: list[int] | None = None,
+        request=None,
+        incremental: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:
         """Send ``reqs`` and yield cumulative chunks (``index`` = position in ``reqs``) until all finish.
+        ``incremental`` (native /generate with --incremental-streaming-output): a streamed chunk's text, output_ids
+        and output logprobs are only the new ones.
 
         Streaming requests yield every chunk; others yield only their final chunk. A chunk is the request's
         folded response (``text``, ``output_ids``, ``meta_info``) plus ``index``, ``delta``, ``finished`` and
@@ -255,14 +299,16 @@ class TokenizerManager(ControlClient):
         """
         index_of = {r.rid: i for i, r in enumerate(reqs)}
         folders = {r.rid: OutputFolder(r.return_logprob) for r in reqs}
+        timer = self.metrics.begin(reqs)
         try:
             async with aclosing(self._dispatch(reqs, request)) as outputs:
                 async for out in outputs:
                     folder = folders[out.rid]
                     folder.add(out)
+                    timer.on_output(out)
                     index = index_of[out.rid]
                     chunk = {
-                        **folder.response(),
+                        **folder.response(incremental and reqs[index].stream),
                         "index": index,
                         "delta": out.text_delta,
                         "finished": out.finished,
@@ -270,7 +316,7 @@ class TokenizerManager(ControlClient):
                         "error_status": out.error_status,
                     }
                     if out.finished and self.server_args.log_requests:
-                        self._log_request(reqs[index], chunk)
+                        self._log_request(reqs[index], folder.response())  # whole, even when incremental
                     if out.finished or reqs[index].stream:
                         yield chunk
         except ClientDisconnected:
@@ -291,12 +337,15 @@ class TokenizerManager(ControlClient):
             self.tokenizer,
             self.vocab_size,
             self.context_len,
+            max_batch_size=self.server_args.max_inputs_per_request,
             text_param=text_param,
             ids_param=ids_param,
         )
         finals: dict[str, EmbeddingOutput] = {}
         async with aclosing(self._dispatch(reqs, request)) as outputs:
             async for out in outputs:
+                if out.error and getattr(out, "error_status", 400) == 503:
+                    raise ServerUnavailableError(out.error)
                 if out.error:
                     raise InvalidRequestError(out.error)
                 finals[out.rid] = out
@@ -326,5 +375,5 @@ class TokenizerManager(ControlClient):
             return False
         replicas = range(self.dp_size) if abort_all else [self.rid_to_replica.get(rid, 0)]
         for replica in replicas:
-            self.send_socks[replica].send_pyobj(AbortReq(rid=rid, abort_all=abort_all))
+            self.links[replica].send(AbortReq(rid=rid, abort_all=abort_all))
         return True

@@ -134,7 +134,9 @@ class Scheduler(SchedulerBase):
             if abort_all or req.rid == rid:
                 self._release(req)  # nothing to release for a waiting one (retracted ones hold no KV)
                 outputs.append(abort_output(req, reason or FinishReason("abort")))
-                self.stats.record_finished(req)  # after abort_output set the finish reason: counted as aborted
+                self.stats.record_finished(
+                    req
+                )  # after abort_output set the finish reason: counted as aborted
         return outputs
 
     def poll_expired(self) -> list[Expired]:
