@@ -251,7 +251,16 @@ def sampling_params_page() -> str:
 # ----------------------------------------------------------------------------- HTTP API
 def http_models() -> tuple[dict[str, type], dict[str, type]]:
     """(path -> request body model, path -> response model): the models the routes validate with / emit."""
-    from sglkit.server import embeddings_api, native_api, parser_api, protocol, tokenize_api
+    from sglkit.server import (
+        embeddings_api,
+        native_api,
+        parser_api,
+        protocol,
+        rerank_api,
+        responses_protocol,
+        score_api,
+        tokenize_api,
+    )
 
     requests_ = {
         "/generate": native_api.GenerateReqInput,
@@ -260,6 +269,9 @@ def http_models() -> tuple[dict[str, type], dict[str, type]]:
         "/abort_request": native_api.AbortReqInput,
         "/v1/chat/completions": protocol.ChatCompletionRequest,
         "/v1/completions": protocol.CompletionRequest,
+        "/v1/responses": responses_protocol.ResponsesRequest,
+        "/v1/score": score_api.ScoringRequest,
+        "/v1/rerank": rerank_api.RerankRequest,
         "/encode": embeddings_api.EncodeReqInput,
         "/classify": embeddings_api.EncodeReqInput,
         "/v1/embeddings": embeddings_api.EmbeddingRequest,

@@ -71,6 +71,7 @@ INTEGRATION_PATHS = (
     "launch/",  # process trees, parent death, session watchdog, log relay: real child processes
     "test_utils.py",  # launch_server_cmd / wait_for_server / terminate_process against stand-in servers
     "bench/test_serving_bench.py",  # bench_serving against a real server
+    "bench/test_soak.py::test_soak_cli_short_run_is_clean",  # python -m sglkit.bench.soak: its own server
     "testing/test_tiny_models.py::test_cli_prints_folder",  # python -m sglkit.testing in a subprocess
 )
 IN_PROCESS_PATHS = (  # under an integration folder, but pure in-process unit tests: they stay in test-fast
