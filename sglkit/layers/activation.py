@@ -11,14 +11,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglkit.layers.triton_fused import fused_ops_enabled
+
 __all__ = ["GeluAndMul", "SiluAndMul", "SUPPORTED_GATED_ACTIVATIONS", "get_act_and_mul"]
 
 
 class SiluAndMul(nn.Module):
-    """SwiGLU: the first half of the last dim is the gate (SiLU), the second half the value."""
+    """SwiGLU: the first half of the last dim is the gate (SiLU), the second half the value.
+
+    On CUDA one fused Triton kernel (``sglkit.layers.triton_fused``), same numerics as the torch code."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [T, 2I] -> [T, I] = silu(x[:, :I]) * x[:, I:]."""
+        if fused_ops_enabled(x):
+            from sglkit.layers.triton_fused.activation import silu_and_mul
+
+            return silu_and_mul(x)
         gate, up = x.chunk(2, dim=-1)
         return F.silu(gate) * up
 

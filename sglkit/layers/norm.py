@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sglkit.layers.triton_fused import fused_ops_enabled
 from sglkit.layers.weight_loader import copy_weight, default_weight_loader, set_weight_loader, shard_tensor
 from sglkit.parallel import tensor_model_parallel_all_reduce
 
@@ -20,7 +21,15 @@ __all__ = ["Float32WeightRMSNorm", "GemmaRMSNorm", "RMSNorm", "ShardedRMSNorm"]
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm over the last dimension, with a learned per-channel weight."""
+    """Root-mean-square norm over the last dimension, with a learned per-channel weight.
+
+    On CUDA ``forward`` runs one fused Triton kernel (``sglkit.layers.triton_fused``) with the same numerics;
+    ``fused_weight_mode`` says which ("cast": cast then multiply by the weight; "float32": multiply by
+    ``weight_offset + weight`` in float32; None: a subclass with other math, always the torch code).
+    """
+
+    fused_weight_mode: str | None = "cast"
+    weight_offset = 0.0
 
     def __init__(self, hidden_size: int, eps: float = 1e-6, dtype: torch.dtype | None = None) -> None:
         super().__init__()
@@ -39,6 +48,11 @@ class RMSNorm(nn.Module):
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x: [..., H] -> normed [..., H]; with ``residual``: (norm(x + residual), x + residual)."""
+        if self.fused_weight_mode is not None and fused_ops_enabled(x):
+            from sglkit.layers.triton_fused.rmsnorm import rms_norm
+
+            weight_in_float32 = self.fused_weight_mode == "float32"
+            return rms_norm(x, self.weight, self.eps, residual, weight_in_float32, self.weight_offset)
         if residual is None:
             return self._norm(x)
         x = x + residual
@@ -55,7 +69,7 @@ class Float32WeightRMSNorm(RMSNorm):
     ``weight_offset`` is added to the weight first (0 here; 1 for Gemma's zero-centred weights).
     """
 
-    weight_offset = 0.0
+    fused_weight_mode = "float32"
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., H] -> [..., H]: x * rsqrt(mean(x^2) + eps) * (offset + weight), all in float32, then cast."""
@@ -101,6 +115,8 @@ class ShardedRMSNorm(Float32WeightRMSNorm):
         self.shard_rank = shard_rank
         self.num_shards = num_shards
         self.tp_size = tp_size
+        if tp_size > 1:
+            self.fused_weight_mode = None  # the all-reduce of the sum of squares: torch code only
         set_weight_loader(self.weight, self.weight_loader)
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:

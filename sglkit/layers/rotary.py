@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sglkit.layers.triton_fused import fused_ops_enabled
+
 __all__ = [
     "LongRopeRotaryEmbedding",
     "RotaryEmbedding",
@@ -104,7 +106,7 @@ class RotaryEmbedding(nn.Module):
     """Applies RoPE to packed q/k using a [num_rows, R] cos|sin cache (float32, not saved in checkpoints).
 
     Row p holds position p (``cache_rows`` is the identity here). With R < head_dim only the first R dims of
-    each head rotate.
+    each head rotate. On CUDA ``forward`` is one fused Triton kernel for q and k (``sglkit.layers.triton_fused``).
     """
 
     def __init__(
@@ -150,6 +152,10 @@ class RotaryEmbedding(nn.Module):
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """positions: [T] (cache rows), q: [T, Hq, D], k: [T, Hkv, D] -> rotated (q, k), same shapes and dtype."""
+        if fused_ops_enabled(q):
+            from sglkit.layers.triton_fused.rope import apply_rope
+
+            return apply_rope(positions, q, k, self.cos_sin_cache, self.rotary_dim)
         cos, sin = self.cos_sin_cache[positions].to(q.dtype).unsqueeze(1).chunk(2, dim=-1)
         if self.rotary_dim == self.head_dim:
             return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
