@@ -8,6 +8,10 @@ each keeps the ``weight_loader`` its layer attached), then streams the checkpoin
 ``model_impl`` picks the implementation: "sglkit" (our registry only), "transformers" (the transformers fallback,
 ``sglkit.models.transformers_backend``: HF layers on our KV pool) or "auto" (ours when the architecture is in
 the registry, else the fallback when transformers has it as a causal LM).
+
+``load_format`` (SGLang's ``--load-format``): "auto" / "safetensors" read the folder's safetensors; "dummy"
+reads only config.json and fills the parameters with seeded random values on the target device
+(``init_dummy_weights``): benchmarks of a model's shape without its weights.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from sglkit.core.model_config import ModelConfig, config_dtype
 from sglkit.models.registry import get_model_class
 
 __all__ = [
+    "DUMMY_WEIGHT_STD",
+    "LOAD_FORMATS",
     "MODEL_IMPLS",
+    "init_dummy_weights",
     "load_config",
     "find_safetensors_files",
     "iterate_weights",
@@ -38,6 +45,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MODEL_IMPLS = ("auto", "sglkit", "transformers")  # ServerArgs.model_impl (--model-impl)
+LOAD_FORMATS = ("auto", "safetensors", "dummy")  # ServerArgs.load_format (--load-format)
+DUMMY_WEIGHT_STD = 0.02  # std of dummy matrices (HF initializer_range): activations stay finite
 
 PROGRESS_DESC = "Loading safetensors checkpoint shards"
 PROGRESS_BAR_FORMAT = (
@@ -190,19 +199,49 @@ def resolve_model_class(
     return TransformersForCausalLM
 
 
+@torch.no_grad()
+def init_dummy_weights(model: torch.nn.Module, seed: int = 0, std: float = DUMMY_WEIGHT_STD) -> None:
+    """Fill every parameter of ``model`` in place, on its device: matrices ~ normal(0, std), biases 0, and
+    1-D scales (norm weights) 1 (``1 - weight_offset`` for Gemma's zero-centred norms).
+
+    Deterministic: parameters are filled in name order from one generator seeded with ``seed`` on the device.
+    """
+    params = dict(model.named_parameters())
+    offsets = {
+        f"{prefix}.weight" if prefix else "weight": float(getattr(module, "weight_offset", 0.0) or 0.0)
+        for prefix, module in model.named_modules()
+    }
+    generators: dict[torch.device, torch.Generator] = {}
+    for name in sorted(params):
+        param = params[name].data
+        if name.endswith("bias"):
+            param.zero_()
+        elif param.dim() <= 1:
+            param.fill_(1.0 - offsets.get(name, 0.0))
+        else:
+            if param.device not in generators:
+                generators[param.device] = torch.Generator(device=param.device).manual_seed(seed)
+            param.normal_(0.0, std, generator=generators[param.device])
+
+
 def load_model(
     model_path: str | os.PathLike,
     dtype: str | torch.dtype = "auto",
     device: str | torch.device = "cpu",
     is_embedding: bool = False,
     model_impl: str = "auto",
+    load_format: str = "auto",
+    seed: int = 0,
 ) -> tuple[torch.nn.Module, ModelConfig]:
     """Build the model of a local folder on ``device`` in ``dtype``, load its weights; (model, ModelConfig).
 
     The ModelConfig keeps the transformers config in ``.hf_config``. ``is_embedding`` picks the embedding /
     reward variant of the architecture; ``model_impl`` the implementation (see ``resolve_model_class``; the
-    choice is logged). The model is in eval mode with gradients off.
+    choice is logged). ``load_format="dummy"`` skips the checkpoint (only config.json is read) and fills the
+    weights by ``init_dummy_weights(model, seed)``. The model is in eval mode with gradients off.
     """
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {load_format!r}.")
     hf_config = load_config(model_path)
     model_config = ModelConfig.from_hf(hf_config)
     model_cls = resolve_model_class(list(model_config.architectures), is_embedding, model_impl, hf_config)
@@ -212,9 +251,16 @@ def load_model(
         f"model_impl={model_impl})"
     )
     torch_dtype = resolve_dtype(dtype, hf_config, device)
+    if load_format == "dummy" and impl != "sglkit":
+        raise ValueError(
+            f"load_format='dummy' needs an sglkit model implementation; {model_cls.__name__} is {impl}'s."
+        )
     with torch.device(device):  # parameters are torch.empty: every one is overwritten by the checkpoint
         model = model_cls(model_config, dtype=torch_dtype)
-    load_checkpoint(model, model_path)
+    if load_format == "dummy":
+        init_dummy_weights(model, seed)
+    else:
+        load_checkpoint(model, model_path)
     model.eval()
     model.requires_grad_(False)
     return model, model_config
