@@ -92,6 +92,7 @@ async def generate(request: Request) -> Response:
     with_index = is_batch or len(reqs) > 1
     token_text = TokenText(tm.tokenizer) if obj.return_text_in_logprobs else None
     if obj.stream:
+        tm.check_new_rids(reqs)  # a 400 now, not an in-band error after the 200
 
         async def stream() -> AsyncIterator[bytes]:
             try:

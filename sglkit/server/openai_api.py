@@ -121,7 +121,6 @@ async def _tokenize(
         err = to_public_error(e, names)
         code = "context_length_exceeded" if "context length" in str(err) else None
         raise OpenAIError(400, str(err), err.param, code=code) from None
-    seen: set[str] = set()
     for r in reqs:
         if len(r.input_ids) + 1 > tm.max_total_num_tokens:
             raise OpenAIError(
@@ -130,9 +129,7 @@ async def _tokenize(
                 f"({tm.max_total_num_tokens} tokens).",
                 prompt_param,
             )
-        if r.rid in tm.rid_to_queue or r.rid in seen:
-            raise OpenAIError(400, f"Duplicate request ID: {r.rid!r}.", "rid")
-        seen.add(r.rid)
+    tm.check_new_rids(reqs)  # a 400 before a stream starts (streams would report it in-band)
     return reqs, owners
 
 

@@ -216,6 +216,16 @@ class TokenizerManager(ControlClient):
         max_inputs = self.server_args.max_inputs_per_request
         return await asyncio.to_thread(build_requests, inp, self.tokenizer, *limits, max_inputs)
 
+    def check_new_rids(self, reqs: Sequence[TokenizedGenerateReq | TokenizedEmbeddingReq]) -> None:
+        """400 "Duplicate request ID" for an id twice in ``reqs`` (``n`` expands "z" to "z-0", "z-1") or in flight.
+
+        ``_dispatch`` checks before it registers anything; routes also call it before a stream's 200 is sent."""
+        seen: set[str] = set()
+        for r in reqs:
+            if r.rid in self.rid_to_queue or r.rid in seen:
+                raise InvalidRequestError(f"Duplicate request ID: {r.rid!r}.", "rid")
+            seen.add(r.rid)
+
     async def _dispatch(
         self, reqs: Sequence[TokenizedGenerateReq | TokenizedEmbeddingReq], request=None
     ) -> AsyncIterator[GenerateOutput | EmbeddingOutput]:
@@ -227,11 +237,7 @@ class TokenizerManager(ControlClient):
         """
         await self.unpaused.wait()
         self._check_alive()
-        seen: set[str] = set()
-        for r in reqs:  # within the batch (n expands "z" to "z-0", "z-1") and against requests in flight
-            if r.rid in self.rid_to_queue or r.rid in seen:
-                raise InvalidRequestError(f"Duplicate request ID: {r.rid!r}.", "rid")
-            seen.add(r.rid)
+        self.check_new_rids(reqs)
         queue: asyncio.Queue = asyncio.Queue()
         by_replica: dict[int, list] = {}
         for r in reqs:

@@ -70,7 +70,7 @@ def routes(key_server) -> list[tuple[str, str]]:
     spec = requests.get(f"{key_server.base_url}/openapi.json", headers=GOOD)
     assert spec.status_code == 200
     found = {
-        (path.replace("{model_id}", "some-model"), method.upper())
+        (path.replace("{model_id}", "some-model").replace("{response_id}", "resp_unknown"), method.upper())
         for path, ops in spec.json()["paths"].items()
         for method in ops
     }
@@ -143,6 +143,12 @@ def test_every_route_accepts_the_right_key(key_server, routes):
             body = {"text": "hi", "tool_call_parser": "qwen25", "tools": []}
         elif path == "/separate_reasoning":
             body = {"text": "hi", "reasoning_parser": "qwen3"}
+        elif path == "/v1/responses":
+            body = {"model": key_server.model_path, "input": "hi", "max_output_tokens": 2}
+        elif path == "/v1/score":
+            body = {"query": "The capital is", "items": [" Paris"], "label_token_ids": [1, 2]}
+        elif path == "/v1/rerank":
+            body = {"query": "capital of France", "documents": ["Paris is.", "Rome is."]}
         else:
             body = {"text": "hi", "sampling_params": {"max_new_tokens": 2}}
         response = requests.request(method, key_server.base_url + path, headers=GOOD, json=body)
@@ -150,6 +156,8 @@ def test_every_route_accepts_the_right_key(key_server, routes):
         assert response.status_code < 500, (path, method, response.text)
         if path in ("/encode", "/classify", "/v1/embeddings"):  # a generation model refuses these by design
             assert response.status_code == 400 and "generation model" in response.text, (path, method)
+        elif path.startswith("/v1/responses/resp_unknown"):  # no such stored response: 404
+            assert response.status_code == 404, (path, method, response.text)
         elif path not in ("/metrics", "/v1/models/some-model"):  # metrics are off; no such model: 404s
             assert response.status_code == 200, (path, method, response.text)
 

@@ -127,6 +127,9 @@ def test_no_request_id_outlives_its_request(server):
     )
     assert dup.status_code == 400 and "Duplicate request ID" in dup.json()["error"]["message"]
     assert _registry(base)["registered_rids"] == 1  # the duplicate registered nothing
+    streamed = requests.post(f"{base}/generate", json={**long_body, "stream": True}, timeout=30)
+    assert streamed.status_code == 400  # before the stream starts, not an in-band error after a 200
+    assert "Duplicate request ID" in streamed.json()["error"]["message"]
     batch = {"text": ["a", "b"], "rid": ["x", "x"], "sampling_params": {"max_new_tokens": 1}}
     assert requests.post(f"{base}/generate", json=batch, timeout=30).status_code == 400
     expanded = {

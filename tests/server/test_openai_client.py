@@ -314,7 +314,10 @@ def test_completion_echo(client, model, tokenizer):
     assert "".join(c.choices[0].text for c in streamed) == echoed.choices[0].text
     ids = tokenizer("Hello").input_ids
     by_ids = client.completions.create(model=model, prompt=ids, max_tokens=8, temperature=0, echo=True)
-    assert by_ids.choices[0].text == tokenizer.decode(ids) + plain.choices[0].text
+    # The echoed prompt is decoded with special tokens skipped, as SGLang does: no "<s>" from the BOS id.
+    assert tokenizer.bos_token and ids[0] == tokenizer.bos_token_id
+    assert by_ids.choices[0].text == tokenizer.decode(ids, skip_special_tokens=True) + plain.choices[0].text
+    assert not by_ids.choices[0].text.startswith(tokenizer.bos_token)
 
 
 def _check_offsets(logprobs, text: str) -> None:

@@ -4,7 +4,7 @@ with an in-band error event and [DONE]), the schedule policies lof and random, a
 --incremental-streaming-output (streamed /generate chunks carry only what is new).
 
 Two server subprocesses, each started once for the module: one with the queue limit (one running request, two
-waiting; lof order, incremental streaming), one with the timeouts (one running request, waiting 1 s, running 3 s).
+waiting; lof order, incremental streaming), one with the timeouts (one running request, waiting 0.5 s, running 1 s).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def queue_server(server_model_path):
 @pytest.fixture(scope="module")
 def timeout_server(server_model_path):
     running = start_server(
-        server_model_path, "--max-running-requests 1 --req-waiting-timeout 1 --req-running-timeout 3"
+        server_model_path, "--max-running-requests 1 --req-waiting-timeout 0.5 --req-running-timeout 1"
     )
     yield running
     terminate_process(running.process)
@@ -208,9 +208,10 @@ def test_incremental_streaming_chunks_carry_only_the_new_output(queue_server):
 
 # ----------------------------------------------------------------------------------------- timeouts
 def test_waiting_then_running_timeout(timeout_server):
-    """SGLang's test: one running request at a time, two long requests: exactly one gets 503 after waiting 1 s (an
-    OpenAI-style body with code 503) while the other still streams; 3 s after it started, that one ends too: an
-    in-band 503 error event after the text it got, then [DONE]."""
+    """SGLang's test: one running request at a time, two long requests: exactly one gets 503 after waiting 0.5 s
+    (an OpenAI-style body with code 503) while the other still streams; 1 s after it started, that one ends too: an
+    in-band 503 error event after the text it got, then [DONE]. (The timeouts are short so that 2000 tokens can
+    never finish first: even a quiet machine takes over 2 s for them.)"""
     url = timeout_server.base_url
     started = time.monotonic()
     response, it, first = start_stream(url, "to-running", LONG)
@@ -221,7 +222,7 @@ def test_waiting_then_running_timeout(timeout_server):
         rest = list(it)
     finally:
         response.close()
-    assert time.monotonic() - started >= 3
+    assert time.monotonic() - started >= 1
     assert rest[-1] is None  # [DONE]
     error = rest[-2]["error"]
     assert error["message"] == "Request running timeout reached." and error["code"] == 503
