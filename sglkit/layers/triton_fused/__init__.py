@@ -16,7 +16,7 @@ import os
 
 import torch
 
-__all__ = ["FUSED_OPS_ENV", "fused_ops_enabled"]
+__all__ = ["FUSED_OPS_ENV", "fused_ops_enabled", "set_fused_ops_on_cuda"]
 
 FUSED_OPS_ENV = "SGLKIT_TRITON_FUSED"  # "1": also on CPU (under TRITON_INTERPRET=1); "0": never; unset: CUDA
 _SETTING = os.environ.get(FUSED_OPS_ENV, "")
@@ -27,3 +27,10 @@ _ON_CPU = _SETTING == "1"
 def fused_ops_enabled(x: torch.Tensor) -> bool:
     """True when the layers should run the fused Triton op on ``x``: on CUDA (unless disabled), on CPU if forced."""
     return _ON_CUDA if x.is_cuda else _ON_CPU
+
+
+def set_fused_ops_on_cuda(enabled: bool) -> bool:
+    """Turn the fused ops on CUDA on or off for this process (benchmarks compare both); returns the old setting."""
+    global _ON_CUDA
+    old, _ON_CUDA = _ON_CUDA, bool(enabled)
+    return old
