@@ -45,3 +45,17 @@ def test_triton_kernels_and_backend_under_the_interpreter():
 @pytest.mark.skipif(RUNNABLE, reason="the Triton tests run directly in this process")
 def test_triton_engine_end_to_end_under_the_interpreter():
     run_child("slow and not gpu")
+
+
+def test_import_sglkit_and_the_cpu_default_never_import_triton():
+    code = (
+        "import sys, sglkit\n"
+        "from sglkit.layers.attention import create_attention_backend\n"
+        "create_attention_backend('auto', 'cpu')\n"
+        "assert 'triton' not in sys.modules, 'triton imported'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
