@@ -16,6 +16,7 @@ from sglkit.server_args_checks import (
     DTYPES,
     GRAMMAR_BACKENDS,
     LOAD_BALANCE_METHODS,
+    LOAD_FORMATS,
     LOG_LEVELS,
     MODEL_IMPLS,
     REASONING_PARSERS,
@@ -63,6 +64,13 @@ class ServerArgs:
         "installed transformers; generation only); 'auto': sglkit's own when the architecture has one, else "
         "transformers.",
         choices=MODEL_IMPLS,
+    )
+    load_format: str = _arg(
+        "auto",
+        "How to get the weights. 'auto' / 'safetensors': the folder's *.safetensors; 'dummy': seeded random "
+        "weights of the config's shape made on the device (the folder needs only config.json and a tokenizer), "
+        "for benchmarks.",
+        choices=LOAD_FORMATS,
     )
     context_length: int | None = _arg(
         None,

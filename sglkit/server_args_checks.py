@@ -9,6 +9,7 @@ SCHEDULE_POLICIES = ("lpm", "fcfs", "lof", "random")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 MODEL_IMPLS = ("auto", "sglkit", "transformers")  # as sglkit.models.loader.MODEL_IMPLS
+LOAD_FORMATS = ("auto", "safetensors", "dummy")  # as sglkit.models.loader.LOAD_FORMATS
 LOAD_BALANCE_METHODS = ("cache_aware", "shortest_queue", "round_robin")  # as sglkit.server.router's
 GRAMMAR_BACKENDS = ("xgrammar", "none")  # as sglkit.constrained.GRAMMAR_BACKENDS
 SAMPLING_DEFAULTS_MODES = ("model", "openai")  # as sglkit.runtime.frontend.sampling_defaults's
@@ -62,6 +63,8 @@ def validate_server_args(args: ServerArgs) -> None:
         raise ValueError(f"dtype must be one of {DTYPES}, got {args.dtype!r}.")
     if args.model_impl not in MODEL_IMPLS:
         raise ValueError(f"model_impl must be one of {MODEL_IMPLS}, got {args.model_impl!r}.")
+    if args.load_format not in LOAD_FORMATS:
+        raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {args.load_format!r}.")
     if args.device is not None and args.device.split(":")[0] not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {args.device!r}.")
     if not 0 <= args.port < 65536:

@@ -61,6 +61,8 @@ class ModelRunner:
             device=self.device,
             is_embedding=server_args.is_embedding,
             model_impl=server_args.model_impl,
+            load_format=server_args.load_format,
+            seed=server_args.random_seed,
         )
         self.dtype = next(self.model.parameters()).dtype
         pack_linear_weights(self.model)
