@@ -72,6 +72,9 @@ INTEGRATION_PATHS = (
     "test_utils.py",  # launch_server_cmd / wait_for_server / terminate_process against stand-in servers
     "bench/test_serving_bench.py",  # bench_serving against a real server
     "bench/test_soak.py::test_soak_cli_short_run_is_clean",  # python -m sglkit.bench.soak: its own server
+    "bench/test_one_batch.py::test_cli_prints_sglang_lines_per_batch_size",  # python -m sglkit.bench_one_batch
+    "scripts/test_gpu_check.py",  # scripts/gpu_check.sh --dry-run in a subprocess
+    "layers/test_triton_fused.py::test_kernels_under_interpreter",  # re-runs the file under TRITON_INTERPRET=1
     "testing/test_tiny_models.py::test_cli_prints_folder",  # python -m sglkit.testing in a subprocess
 )
 IN_PROCESS_PATHS = (  # under an integration folder, but pure in-process unit tests: they stay in test-fast
