@@ -141,8 +141,9 @@ class ServerArgs:
     disable_radix_cache: bool = _arg(False, "Turn the radix prefix cache off.")
     attention_backend: str | None = _arg(
         None,
-        "Attention kernels. Only 'torch_native' (the default, CPU and CUDA) is implemented; 'triton' and "
-        "'flashinfer' are reserved names that fail at start-up (not implemented yet; they need CUDA).",
+        "Attention kernels: 'triton' (the default on CUDA; on CPU only under TRITON_INTERPRET=1, for tests), "
+        "'torch_native' (the default on CPU; CPU and CUDA); 'flashinfer' is a reserved name that fails at "
+        "start-up (not implemented yet; it needs CUDA).",
     )
     grammar_backend: str = _arg(
         "xgrammar",

@@ -83,15 +83,18 @@ def test_model_impl_flag(tmp_path):
     assert "'transformers'" in _help("model_impl") and "'auto'" in _help("model_impl")
 
 
-def test_attention_backend_help_promises_only_torch_native():
+def test_attention_backend_help_matches_the_factory(monkeypatch):
     text = _help("attention_backend")
-    assert "Only 'torch_native'" in text and "not implemented" in text
-    create_attention_backend(None, "cpu")  # the default works
-    for name in ("triton", "flashinfer"):  # the others fail, as the help says
+    assert (
+        "'triton' (the default on CUDA" in text and "TRITON_INTERPRET=1" in text and "not implemented" in text
+    )
+    assert type(create_attention_backend(None, "cpu")).__name__ == "TorchNativeAttnBackend"  # the CPU default
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    for name in ("triton", "flashinfer"):  # CUDA backends refuse a CPU device
         with pytest.raises(ValueError, match="needs a CUDA device"):
             create_attention_backend(name, "cpu")
-        with pytest.raises(NotImplementedError):
-            create_attention_backend(name, "cuda")
+    with pytest.raises(NotImplementedError):
+        create_attention_backend("flashinfer", "cuda")
 
 
 def test_mem_fraction_static_help_matches_the_sizing_defaults():

@@ -24,6 +24,13 @@ class AttentionBackend(ABC):
     have been written to the pool at ``forward_batch.out_cache_loc``.
     """
 
+    def set_kv_buffer(
+        self, layer: RadixAttention, forward_batch: ForwardBatch, k: torch.Tensor, v: torch.Tensor
+    ) -> None:
+        """Store this pass's k, v ([T, Hkv, D]) in the pool at ``forward_batch.out_cache_loc`` (the pool's own
+        write by default; a backend may fuse it, e.g. one kernel for K and V)."""
+        forward_batch.token_to_kv_pool.set_kv_buffer(layer.layer_id, forward_batch.out_cache_loc, k, v)
+
     @abstractmethod
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         """Prepare per-pass metadata (index tensors, masks) and store it on ``forward_batch.attn_metadata``."""
@@ -87,8 +94,8 @@ class RadixAttention(nn.Module):
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        forward_batch.token_to_kv_pool.set_kv_buffer(self.layer_id, forward_batch.out_cache_loc, k, v)
         backend = forward_batch.attn_backend
+        backend.set_kv_buffer(self, forward_batch, k, v)
         if forward_batch.forward_mode.is_decode():
             out = backend.forward_decode(q, self, forward_batch)
         else:
