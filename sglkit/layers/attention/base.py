@@ -7,6 +7,7 @@ import a concrete backend; ``create_attention_backend`` in ``sglkit.layers.atten
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -24,6 +25,8 @@ class AttentionBackend(ABC):
     have been written to the pool at ``forward_batch.out_cache_loc``.
     """
 
+    supports_cuda_graph: bool = False  # True when the decode forward is graph-safe (hooks below implemented)
+
     def set_kv_buffer(
         self, layer: RadixAttention, forward_batch: ForwardBatch, k: torch.Tensor, v: torch.Tensor
     ) -> None:
@@ -34,6 +37,24 @@ class AttentionBackend(ABC):
     @abstractmethod
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         """Prepare per-pass metadata (index tensors, masks) and store it on ``forward_batch.attn_metadata``."""
+
+    # ----- CUDA graphs (sglkit.runtime.executor.cuda_graph_runner) -----
+    def init_cuda_graph_state(
+        self, max_bs: int, max_num_tokens: int, layers: Sequence[RadixAttention]
+    ) -> None:
+        """Preallocate what decode graphs of up to ``max_bs`` rows (``max_num_tokens`` KV slots in all) read, for
+        these attention ``layers``. Default: nothing (a backend whose metadata is built fresh per pass)."""
+        return None
+
+    def init_forward_metadata_capture_cuda_graph(self, forward_batch: ForwardBatch) -> None:
+        """Metadata for capturing the decode graph of ``forward_batch.batch_size`` rows, outside the graph; the
+        graph keeps reading the tensors set here. Default: ``init_forward_metadata``."""
+        self.init_forward_metadata(forward_batch)
+
+    def init_forward_metadata_replay_cuda_graph(self, forward_batch: ForwardBatch) -> None:
+        """Refresh, in place and outside the graph, the metadata the captured graph of this batch size reads,
+        from the padded batch's static inputs. Default: ``init_forward_metadata``."""
+        self.init_forward_metadata(forward_batch)
 
     @abstractmethod
     def forward_extend(

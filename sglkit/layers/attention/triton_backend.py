@@ -16,6 +16,7 @@ float32 (its bf16 ``tl.dot`` is wrong); on a GPU the kernels multiply in the poo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 
@@ -67,6 +68,8 @@ class TritonAttnBackend(AttentionBackend):
     the GPU about twice, at most 16; 8 under the CPU interpreter).
     """
 
+    supports_cuda_graph = True
+
     def __init__(
         self,
         device: str | torch.device = "cuda",
@@ -115,6 +118,67 @@ class TritonAttnBackend(AttentionBackend):
             batch = len(ext_lens)
             meta.qo_indptr, meta.prefix_lens = staged[: batch + 1], staged[batch + 1 :]
             meta.max_extend_len = max(ext_lens, default=0)
+        forward_batch.attn_metadata = meta
+
+    # ----- CUDA graphs: buffers preallocated once, refilled in place outside the graph -----
+    def init_cuda_graph_state(
+        self, max_bs: int, max_num_tokens: int, layers: Sequence[RadixAttention]
+    ) -> None:
+        """kv_indptr [max_bs + 1], kv_indices [max_num_tokens], num_kv_splits [max_bs] (int32) and one flat decode
+        workspace per (heads, head_dim) of ``layers``, sized for the most splits any batch size gets."""
+        self.graph_kv_indptr = torch.zeros(max_bs + 1, dtype=torch.int32, device=self.device)
+        self.graph_kv_indices = torch.zeros(max(1, max_num_tokens), dtype=torch.int32, device=self.device)
+        self.graph_num_kv_splits = torch.ones(max_bs, dtype=torch.int32, device=self.device)
+        most_splits = self.max_kv_splits(1, 1)  # the split count only falls as batch x heads grows
+        self.graph_workspaces: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        for heads, head_dim in sorted({(layer.num_heads, layer.head_dim) for layer in layers}):
+            rows = max_bs * heads * most_splits
+            self.graph_workspaces[(heads, head_dim)] = (
+                torch.empty(rows * head_dim, dtype=torch.float32, device=self.device),
+                torch.empty(rows, dtype=torch.float32, device=self.device),
+            )
+        self.graph_metadata: dict[int, TritonMetadata] = {}
+
+    def _graph_metadata(self, forward_batch: ForwardBatch) -> TritonMetadata:
+        """The metadata of the graph of this batch size: views of the preallocated buffers (made once per size)."""
+        bs = forward_batch.batch_size
+        if bs not in self.graph_metadata:
+            splits = self.max_kv_splits(bs, forward_batch.token_to_kv_pool.num_kv_heads)
+            workspaces = {
+                (heads, dim): (
+                    out[: bs * heads * splits * dim].view(bs, heads, splits, dim),
+                    lse[: bs * heads * splits].view(bs, heads, splits),
+                )
+                for (heads, dim), (out, lse) in self.graph_workspaces.items()
+            }
+            self.graph_metadata[bs] = TritonMetadata(
+                kv_indptr=self.graph_kv_indptr[: bs + 1],
+                kv_indices=self.graph_kv_indices,
+                num_kv_splits=self.graph_num_kv_splits[:bs],
+                max_kv_splits=splits,
+                workspaces=workspaces,
+            )
+        return self.graph_metadata[bs]
+
+    def init_forward_metadata_capture_cuda_graph(self, forward_batch: ForwardBatch) -> None:
+        """Point the batch at its size's preallocated metadata and fill it (see the replay hook)."""
+        self.init_forward_metadata_replay_cuda_graph(forward_batch)
+
+    def init_forward_metadata_replay_cuda_graph(self, forward_batch: ForwardBatch) -> None:
+        """Refill kv_indptr, kv_indices and num_kv_splits in place from the padded batch's device tensors
+        (no allocation the graph reads, no host sync)."""
+        meta = self._graph_metadata(forward_batch)
+        seq_lens = forward_batch.seq_lens
+        build_kv_indptr(seq_lens, out=meta.kv_indptr)
+        build_kv_indices(
+            forward_batch.req_to_token_pool.req_to_token,
+            forward_batch.req_pool_indices,
+            seq_lens,
+            meta.kv_indptr,
+            meta.kv_indices,
+        )
+        splits = (seq_lens + self.min_split_tokens - 1) // self.min_split_tokens
+        meta.num_kv_splits.copy_(splits.clamp(1, meta.max_kv_splits))
         forward_batch.attn_metadata = meta
 
     def set_kv_buffer(

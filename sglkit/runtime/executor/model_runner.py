@@ -83,6 +83,9 @@ class ModelRunner:
         self.attn_backend = create_attention_backend(server_args.attention_backend, self.device)
         self.sampler = Sampler()
         self.generator = make_generator(server_args.random_seed, self.device)  # for rows without a seed
+        self.cuda_graph_runner = None  # decode graphs (cuda_graph_runner.py), when cuda_graphs_wanted()
+        if self.cuda_graphs_wanted():
+            self.init_cuda_graphs()
 
     # ----- sizing (hooks the embedding runner overrides) -----
     def _after_load(self) -> None:
@@ -159,10 +162,49 @@ class ModelRunner:
         """Longest input the scheduler may accept: the context length."""
         return self.context_len
 
+    # ----- CUDA graphs -----
+    def cuda_graphs_wanted(self) -> bool:
+        """Decode graphs are captured on CUDA, with a backend that supports them (triton), one rank, a KV cache,
+        unless --disable-cuda-graph."""
+        args = self.server_args
+        return (
+            not getattr(args, "disable_cuda_graph", False)
+            and self.device.startswith("cuda")
+            and self.uses_kv_cache
+            and not args.is_embedding
+            and args.tp_size == 1
+            and self.attn_backend.supports_cuda_graph
+        )
+
+    def resolve_cuda_graph_max_bs(self) -> int:
+        """--cuda-graph-max-bs, else SGLang's default for this GPU's memory; capped by max_running_requests."""
+        from sglkit.runtime.executor.cuda_graph_buckets import default_cuda_graph_max_bs
+
+        max_bs = getattr(self.server_args, "cuda_graph_max_bs", None)
+        if max_bs is None:
+            gpu_gb = None
+            if self.device.startswith("cuda"):
+                gpu_gb = torch.cuda.get_device_properties(torch.device(self.device)).total_memory / GB
+            max_bs = default_cuda_graph_max_bs(gpu_gb)
+        return max(1, min(max_bs, self.max_running_requests))
+
+    def init_cuda_graphs(
+        self, graph_factory=None, max_bs: int | None = None, show_progress: bool = True
+    ) -> None:
+        """Capture the decode graphs (``graph_factory``: tests inject a CPU stand-in for torch.cuda.CUDAGraph)."""
+        from sglkit.runtime.executor.cuda_graph_runner import CudaGraphRunner
+
+        max_bs = max_bs or self.resolve_cuda_graph_max_bs()
+        self.cuda_graph_runner = CudaGraphRunner(self, max_bs, graph_factory, show_progress)
+
     # ----- compute -----
     @torch.inference_mode()
     def forward(self, forward_batch: ForwardBatch) -> torch.Tensor:
-        """Run the model on one batch; returns float32 logits [num_logit_rows, vocab]."""
+        """Run the model on one batch; returns float32 logits [num_logit_rows, vocab]. A decode batch a captured
+        graph covers replays it (padded; logits of the real rows)."""
+        graphs = self.cuda_graph_runner
+        if graphs is not None and graphs.can_run(forward_batch):
+            return graphs.replay(forward_batch)
         self.attn_backend.init_forward_metadata(forward_batch)
         hidden = self.model(forward_batch.input_ids, forward_batch.positions, forward_batch)  # [T, H]
         if forward_batch.logits_indices.numel() == 0:
