@@ -7,8 +7,9 @@ runner is driven directly, as ``sglkit.bench.one_batch`` does.
    generates greedily through sglkit; HF transformers (SDPA) re-reads prompt + generated tokens with the same
    weights; the logits of every generated position are compared, and HF's argmax must agree with sglkit's
    token (ties in bf16 may flip a few: at least ``MIN_AGREEMENT``).
-2. Speed on the 8B shape with dummy weights (``VARIANTS``): batch-1 decode tok/s for graph+triton (reported
-   "not built" while sglkit has no CUDA graphs), eager triton, eager torch_native, and eager torch_native
+2. Speed on the 8B shape with dummy weights (``VARIANTS``): batch-1 decode tok/s for graph+triton (decode
+   replayed from CUDA graphs, ``cuda_graph_runner.py``; ``graph_replays`` counts them), eager triton (the same
+   runner with its graphs dropped), eager torch_native, and eager torch_native
    without the fused Triton norm/rope/activation ops; prefill latency of ``--input-len`` tokens; batch
    ``--big-batch`` decode tok/s; HF side by side (throughput ratios).
 All figures go to one JSON file. ``--dry-run`` does the same on CPU with the tiny shape, in seconds.
@@ -102,6 +103,8 @@ def check_correctness(model_path: str, backend: str, cfg: argparse.Namespace) ->
         "prefill_logits_max_abs_diff": diff[:, 0].max().item(),
     }
     result["passed"] = agreement >= (1.0 if runner.dtype == torch.float32 else MIN_AGREEMENT)
+    graphs = runner.cuda_graph_runner  # on CUDA with triton, decode steps replay CUDA graphs
+    result["cuda_graph_replays"] = graphs.num_replays if graphs is not None else None
     _free(runner, hf_model)
     return result
 
@@ -141,8 +144,12 @@ def measure_speed(cfg: argparse.Namespace, statuses: dict[str, str], log=print) 
         args.input_len, args.output_len = [cfg.input_len], [max(r[2] for r in variant_runs)]
         with tempfile.TemporaryDirectory() as tmp:
             runner = build_runner(args, str(write_preset(cfg.config, tmp)))
-        if hasattr(runner.server_args, "disable_cuda_graph"):
-            runner.server_args.disable_cuda_graph = not graph
+        if graph and runner.cuda_graph_runner is None:
+            speed[name] = "not built: this runner captured no CUDA graphs (CUDA + triton only)"
+            _free(runner)
+            continue
+        if not graph:
+            runner.cuda_graph_runner = None  # eager decode (graphs are captured at start-up when wanted)
         was_fused = set_fused_ops_on_cuda(fused)
         try:
             latency_test_run_once(runner, 1, min(cfg.input_len, 256), 8, log=lambda *_: None)  # warm-up
@@ -153,6 +160,8 @@ def measure_speed(cfg: argparse.Namespace, statuses: dict[str, str], log=print) 
             set_fused_ops_on_cuda(was_fused)
         for figures in speed[name].values():
             figures.pop("output_ids", None)
+        if graph:
+            speed[name]["graph_replays"] = runner.cuda_graph_runner.num_replays
         _free(runner)
     if cfg.compare_hf and time.perf_counter() - cfg.start < cfg.budget_s:
         speed["hf"] = measure_hf(cfg, runs, speed, log)
