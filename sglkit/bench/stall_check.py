@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import multiprocessing
 import sys
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,36 +38,44 @@ FLOOD_SERVER_ARGS = "--max-queued-requests 32 --max-running-requests 32"
 CLIENT_TIMEOUT_S = 120.0
 
 
+def _poll_health(url: str, stop, out) -> None:
+    """The poller process: GET /health every HEALTH_POLL_S until ``stop`` is set; sends (latencies, failures)."""
+    session = requests.Session()
+    session.trust_env = False
+    latencies, failures = [], 0
+    while not stop.is_set():
+        start = time.perf_counter()
+        try:
+            ok = session.get(f"{url}/health", timeout=30).status_code == 200
+        except requests.RequestException:
+            ok = False
+        latencies.append(time.perf_counter() - start)
+        failures += not ok
+        time.sleep(HEALTH_POLL_S)
+    out.send((latencies, failures))
+
+
 class HealthPoller:
-    """Polls ``/health`` from its own thread and records each answer's latency (s)."""
+    """Polls ``/health`` from its own process (the load's client threads must not delay it) and records each
+    answer's latency (s)."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        ctx = multiprocessing.get_context("spawn")
+        self._stop = ctx.Event()
+        self._recv, send = ctx.Pipe(duplex=False)
+        self._process = ctx.Process(target=_poll_health, args=(url, self._stop, send), daemon=True)
         self.latencies: list[float] = []
         self.failures = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        session = requests.Session()
-        session.trust_env = False
-        while not self._stop.is_set():
-            start = time.perf_counter()
-            try:
-                ok = session.get(f"{self.url}/health", timeout=30).status_code == 200
-            except requests.RequestException:
-                ok = False
-            self.latencies.append(time.perf_counter() - start)
-            self.failures += not ok
-            time.sleep(HEALTH_POLL_S)
 
     def __enter__(self) -> HealthPoller:
-        self._thread.start()
+        self._process.start()
+        time.sleep(1.0)  # the poller is up and polling before the load starts
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join()
+        self.latencies, self.failures = self._recv.recv()
+        self._process.join()
 
 
 def _post(url: str, body: dict | bytes) -> tuple[int | str, str]:
