@@ -127,14 +127,21 @@ def launch_server(
 ) -> tuple[subprocess.Popen, str]:
     """Start ``sglkit.launch_server`` (with ``env`` added to its environment) on a free port and wait until it can
     generate; returns (process, url)."""
-    from sglkit.utils import launch_server_cmd, terminate_process, wait_for_server
-
     flags = "".join(
         f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in engine_kwargs.items()
     )
     prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
     model = shlex.quote(model_path)
-    command = f"{prefix}python -m sglkit.launch_server --model-path {model} --log-level warning{flags}"
+    return launch_command(
+        f"{prefix}python -m sglkit.launch_server --model-path {model} --log-level warning{flags}"
+    )
+
+
+def launch_command(command: str) -> tuple[subprocess.Popen, str]:
+    """Run a ``python -m sglkit.launch_server ...`` command line on a free port and wait until the server can
+    generate (it is stopped if it never does); returns (process, url)."""
+    from sglkit.utils import launch_server_cmd, terminate_process, wait_for_server
+
     process, port = launch_server_cmd(command, echo=False)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -65,21 +65,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- server side
 def launch(args: argparse.Namespace):
     """Start a server for the soak; returns (process, url)."""
-    from sglkit.utils import launch_server_cmd, terminate_process, wait_for_server
+    from sglkit.bench.serving import launch_command
 
     model = f" --model-path {shlex.quote(args.model_path)}" if args.model_path else ""
-    command = (
+    return launch_command(
         f"python -m sglkit.launch_server{model} --max-total-tokens {args.max_total_tokens} "
         f"--log-level warning {args.server_args}"
     )
-    process, port = launch_server_cmd(command, echo=False)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_server(url, timeout=600, process=process, print_note=False)
-    except BaseException:
-        terminate_process(process)
-        raise
-    return process, url
 
 
 def server_pid(url: str, process) -> int | None:
