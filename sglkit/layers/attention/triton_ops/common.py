@@ -1,4 +1,5 @@
-"""What the Triton attention kernels share (backend -> triton_ops.* -> here): soft-cap tanh, block sizes, interpreter.
+"""What the Triton attention kernels share (backend -> triton_ops.* -> here): soft-cap tanh, the paged K/V tile
+steps of decode and extend, block sizes, the interpreter flag.
 
 Kept free of torch tensors' host values: everything here is a pure function of shapes, dtypes and env flags.
 """
@@ -12,7 +13,16 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-__all__ = ["INTERPRETED", "NO_WINDOW", "interpreting", "needs_upcast", "head_block", "tanh"]
+__all__ = [
+    "INTERPRETED",
+    "NO_WINDOW",
+    "interpreting",
+    "needs_upcast",
+    "head_block",
+    "tanh",
+    "paged_scores",
+    "accumulate_values",
+]
 
 # Fixed at import, as ``triton.jit`` decides at decoration whether a kernel is interpreted: the kernels of these
 # modules are interpreted iff TRITON_INTERPRET was set when they were first imported.
@@ -49,3 +59,48 @@ def tanh(x):
     t = tl.exp(-2.0 * tl.abs(x))
     y = (1.0 - t) / (1.0 + t)
     return tl.where(x < 0, -y, y)
+
+
+@triton.jit
+def paged_scores(
+    q,
+    k_buf_ptr,
+    slots,
+    head_off,
+    stride_buf_s,
+    offs_d,
+    mask_d,
+    mask_n,
+    scaling,
+    UPCAST: tl.constexpr,
+    LOGIT_CAP: tl.constexpr,
+):
+    """q [M, BLOCK_D] x the K rows of the pool at ``slots`` [BLOCK_N] -> scores [M, BLOCK_N], scaled and (with a
+    logit cap) soft-capped; masked keys are left for the caller to set to -inf."""
+    k = tl.load(
+        k_buf_ptr + slots[None, :] * stride_buf_s + head_off + offs_d[:, None],
+        mask=mask_d[:, None] & mask_n[None, :],
+        other=0.0,
+    )  # [BLOCK_D, BLOCK_N]
+    if UPCAST:
+        k = k.to(tl.float32)
+    s = tl.dot(q, k) * scaling
+    if LOGIT_CAP > 0:
+        s = LOGIT_CAP * tanh(s / LOGIT_CAP)
+    return s
+
+
+@triton.jit
+def accumulate_values(
+    acc, p, alpha, v_buf_ptr, slots, head_off, stride_buf_s, offs_d, mask_d, mask_n, UPCAST: tl.constexpr
+):
+    """The online-softmax accumulator [M, BLOCK_D] rescaled by ``alpha`` [M] plus probabilities ``p`` [M, BLOCK_N]
+    times the V rows of the pool at ``slots``."""
+    v = tl.load(
+        v_buf_ptr + slots[:, None] * stride_buf_s + head_off + offs_d[None, :],
+        mask=mask_n[:, None] & mask_d[None, :],
+        other=0.0,
+    )  # [BLOCK_N, BLOCK_D]
+    if UPCAST:
+        return acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
+    return acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)

@@ -18,7 +18,14 @@ import torch
 import triton
 import triton.language as tl
 
-from sglkit.layers.attention.triton_ops.common import NO_WINDOW, head_block, interpreting, needs_upcast, tanh
+from sglkit.layers.attention.triton_ops.common import (
+    NO_WINDOW,
+    accumulate_values,
+    head_block,
+    interpreting,
+    needs_upcast,
+    paged_scores,
+)
 
 __all__ = ["extend_attention", "extend_blocks"]
 
@@ -84,16 +91,9 @@ def _extend_kernel(
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < hi
         slots = tl.load(kv_indices_ptr + kv_begin + offs_n, mask=mask_n, other=0).to(tl.int64)
-        k = tl.load(
-            k_buf_ptr + slots[None, :] * stride_buf_s + head_off + offs_d[:, None],
-            mask=mask_d[:, None] & mask_n[None, :],
-            other=0.0,
-        )  # [BLOCK_D, BLOCK_N]
-        if UPCAST:
-            k = k.to(tl.float32)
-        s = tl.dot(q, k) * scaling  # [BLOCK_M, BLOCK_N]
-        if LOGIT_CAP > 0:
-            s = LOGIT_CAP * tanh(s / LOGIT_CAP)
+        s = paged_scores(
+            q, k_buf_ptr, slots, head_off, stride_buf_s, offs_d, mask_d, mask_n, scaling, UPCAST, LOGIT_CAP
+        )  # [BLOCK_M, BLOCK_N]
         attend = mask_n[None, :] & (offs_n[None, :] <= q_pos[:, None])
         attend = attend & (offs_n[None, :] > q_pos[:, None] - window)
         s = tl.where(attend, s, float("-inf"))
@@ -102,15 +102,9 @@ def _extend_kernel(
         alpha = tl.exp(m_i - m_safe)
         p = tl.exp(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(
-            v_buf_ptr + slots[:, None] * stride_buf_s + head_off + offs_d[None, :],
-            mask=mask_n[:, None] & mask_d[None, :],
-            other=0.0,
-        )  # [BLOCK_N, BLOCK_D]
-        if UPCAST:
-            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = accumulate_values(
+            acc, p, alpha, v_buf_ptr, slots, head_off, stride_buf_s, offs_d, mask_d, mask_n, UPCAST
+        )
         m_i = m_new
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(
