@@ -56,7 +56,8 @@ def store_kv(
     # Cast in torch (a no-op when the model and pool dtypes agree): round-to-nearest everywhere, where the
     # interpreter's in-kernel bf16 cast truncates.
     k, v = _rows(k.to(k_buf.dtype)), _rows(v.to(v_buf.dtype))
-    loc = loc.contiguous()  # the kernel reads slot i at loc + i (a column view, e.g. a bench's step, is copied)
+    # The kernel reads slot i at loc + i: a strided view (e.g. a bench's column of steps) is copied first.
+    loc = loc.contiguous()
     row = k.shape[1] * k.shape[2]
     block = min(triton.next_power_of_2(row), 4096)
     _store_kv_kernel[(num_tokens,)](
