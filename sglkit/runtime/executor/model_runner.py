@@ -16,25 +16,28 @@ import torch
 
 from sglkit.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TokenToKVPoolAllocator
 from sglkit.core.forward_batch import ForwardBatch
-from sglkit.layers.attention import create_attention_backend
+from sglkit.layers.attention import create_attention_backend, resolve_attention_backend
 from sglkit.layers.linear import pack_linear_weights
 from sglkit.models.loader import load_checkpoint, load_config, load_model
 from sglkit.parallel import all_reduce_min_int
+from sglkit.runtime.executor.cuda_graph_buckets import default_cuda_graph_max_bs
+from sglkit.runtime.executor.memory_budget import MemoryPlan, ModelShape, plan_kv_pool
 from sglkit.runtime.executor.sampler import Sampler, SamplingBatchInfo, make_generator
 from sglkit.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
 
 GB = 1 << 30
-CUDA_DEFAULT_MEM_FRACTION = 0.88  # share of the GPU's memory for weights + KV pool (the rest: activations)
+CUDA_DEFAULT_CHUNKED_PREFILL = 8192  # the scheduler's chunk on CUDA when --chunked-prefill-size is unset
 CPU_DEFAULT_MEM_FRACTION = 0.1  # share of available RAM for the KV pool on CPU
 CPU_MAX_AUTO_TOKENS = 1 << 18  # cap of an automatically sized CPU pool (a bigger one only costs RAM)
 MAX_REQ_TO_TOKEN_BYTES = 512 << 20
 
 
 def available_memory_gb(device: str) -> float:
-    """Free device memory (CPU: available RAM) in GB."""
+    """Free device memory (CPU: available RAM) in GB; on CUDA after returning the allocator's cached blocks."""
     if device.startswith("cuda"):
+        torch.cuda.empty_cache()
         free, _ = torch.cuda.mem_get_info()
         return free / GB
     return psutil.virtual_memory().available / GB
@@ -54,7 +57,9 @@ class ModelRunner:
         self.model_path = server_args.model_path
         torch.manual_seed(server_args.random_seed)
 
-        logger.info(f"Load weight begin. avail mem={available_memory_gb(self.device):.2f} GB")
+        free_before_gb = available_memory_gb(self.device)
+        self.free_before_load_bytes = int(free_before_gb * GB)  # the CUDA budget's baseline
+        logger.info(f"Load weight begin. avail mem={free_before_gb:.2f} GB")
         self.model, self.model_config = load_model(
             self.model_path,
             dtype=server_args.dtype,
@@ -104,7 +109,8 @@ class ModelRunner:
         return int(context_len)
 
     def _resolve_pool_size(self) -> int:
-        """KV pool size in tokens: --max-total-tokens, else ``mem_fraction_static`` of the device's memory."""
+        """KV pool size in tokens: --max-total-tokens, else CUDA: SGLang's budget (``_plan_cuda_pool``); CPU:
+        ``mem_fraction_static`` of the available RAM, capped at CPU_MAX_AUTO_TOKENS."""
         args, cfg = self.server_args, self.model_config
         if args.max_total_tokens:
             return args.max_total_tokens
@@ -112,9 +118,7 @@ class ModelRunner:
             cfg.num_hidden_layers, self.num_kv_heads_per_rank, cfg.head_dim, self.dtype
         )
         if self.device.startswith("cuda"):
-            free, total = torch.cuda.mem_get_info()
-            fraction = args.mem_fraction_static or CUDA_DEFAULT_MEM_FRACTION
-            num_tokens = int((free - total * (1.0 - fraction)) // per_token)
+            num_tokens = self._plan_cuda_pool(per_token).num_tokens
         else:
             fraction = args.mem_fraction_static or CPU_DEFAULT_MEM_FRACTION
             num_tokens = min(
@@ -127,6 +131,40 @@ class ModelRunner:
                 "Raise --mem-fraction-static or set --max-total-tokens."
             )
         return num_tokens
+
+    def _plan_cuda_pool(self, per_token: int) -> MemoryPlan:
+        """The KV pool by SGLang's rule: free memory after the weights minus the larger of the slack left by
+        ``mem_fraction_static`` (default by GPU memory) and an estimate of the runtime's buffers."""
+        args = self.server_args
+        torch.cuda.empty_cache()
+        free_after, total = torch.cuda.mem_get_info()
+        chunk = args.chunked_prefill_size or CUDA_DEFAULT_CHUNKED_PREFILL
+        chunk = args.max_prefill_tokens if chunk == -1 else chunk
+        max_bs = args.cuda_graph_max_bs or default_cuda_graph_max_bs(total / GB, args.max_running_requests)
+        graphs = not (args.disable_cuda_graph or args.is_embedding) and args.tp_size == 1
+        graphs = graphs and resolve_attention_backend(args.attention_backend, self.device) == "triton"
+        elem = torch.tensor([], dtype=self.dtype).element_size()
+        plan = plan_kv_pool(
+            ModelShape.from_config(self.model_config, elem, args.tp_size, self.num_kv_heads_per_rank),
+            total_bytes=total,
+            free_before_load=self.free_before_load_bytes,
+            free_after_load=free_after,
+            kv_bytes_per_token=per_token,
+            context_len=self.context_len,
+            max_bs=max_bs,
+            chunk_tokens=chunk,
+            cuda_graphs=graphs,
+            mem_fraction_static=args.mem_fraction_static,
+            tp_size=args.tp_size,
+            min_tokens=self.context_len // 4,
+        )
+        logger.info(f"Memory budget. {plan.summary()}")
+        if plan.estimate_binds:
+            logger.warning(
+                f"--mem-fraction-static={plan.mem_fraction_static} leaves less than the runtime needs after the "
+                "KV pool; the pool was sized by the runtime estimate instead."
+            )
+        return plan
 
     def _resolve_max_running_requests(self) -> int:
         """--max-running-requests, else a device default bounded by the pool; capped by the request table size."""
