@@ -91,8 +91,11 @@ class ServerArgs:
     # Memory and scheduling.
     mem_fraction_static: float | None = _arg(
         None,
-        "Sizes the KV pool when --max-total-tokens is unset. CUDA: the share of the GPU's total memory "
-        "for the weights + KV pool (default 0.88; the rest is left for activations). CPU: the share of "
+        "Sizes the KV pool when --max-total-tokens is unset. CUDA: the share of the GPU's total memory for the "
+        "weights + KV pool, as SGLang (default by GPU memory: total minus a reserve of 512 MB + 1.5 MB per "
+        "chunked-prefill token + 2 MB per --cuda-graph-max-bs, at least 10 GB on a GPU over 60 GB; the rest is "
+        "left for activations, CUDA graphs, logits and workspaces, never less than sglkit's estimate of them). "
+        "CPU: the share of "
         "the available RAM (after loading the weights) for the KV pool alone (default 0.1; an automatically "
         "sized CPU pool is capped at 262144 tokens). Embedding models ignore it (their pool holds one batch).",
     )

@@ -99,7 +99,7 @@ def test_attention_backend_help_matches_the_factory(monkeypatch):
 
 def test_mem_fraction_static_help_matches_the_sizing_defaults():
     text = _help("mem_fraction_static")
-    assert f"default {model_runner.CUDA_DEFAULT_MEM_FRACTION}" in text
+    assert "default by GPU memory" in text and "at least 10 GB" in text
     assert f"default {model_runner.CPU_DEFAULT_MEM_FRACTION}" in text
     assert f"capped at {model_runner.CPU_MAX_AUTO_TOKENS} tokens" in text
     assert "available RAM" in text and "total memory" in text
