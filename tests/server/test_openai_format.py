@@ -45,7 +45,7 @@ from sglkit.server.openai_response import (
     usage_from,
 )
 from sglkit.server.protocol import ChatCompletionRequest, CompletionRequest, validate_request
-from sglkit.server.tokenizer_manager import ServerUnavailableError
+from sglkit.server.tokenizer_manager import ServerUnavailableError, TokenizerManager
 from sglkit.testing.tiny_models import make_tokenizer
 
 SERVED = "tiny-chat"
@@ -505,6 +505,8 @@ class ScriptedTokenizerManager:
         self.rid_to_queue: dict = {}
         self.error: str | None = None
         self.inputs: list = []
+
+    check_new_rids = TokenizerManager.check_new_rids  # the real duplicate check (it reads rid_to_queue)
 
     async def tokenize(self, inp):
         if not self.alive:
