@@ -106,7 +106,8 @@ def test_mem_fraction_static_help_matches_the_sizing_defaults():
 
 
 def test_chunked_prefill_and_running_request_defaults_in_help():
-    assert "8192 on CUDA, 2048 on CPU" in _help("chunked_prefill_size")
+    text = _help("chunked_prefill_size")
+    assert "Default 2048 on CPU" in text and "4096 under 60 GB" in text and "8192 under 160 GB" in text
     text = _help("max_running_requests")
     assert "256 on CPU" in text and "4096 on CUDA" in text
 

@@ -217,3 +217,22 @@ def plan_kv_pool(
             "--chunked-prefill-size (or --context-length; --max-total-tokens sets the pool directly)."
         )
     return plan
+
+
+CPU_DEFAULT_CHUNKED_PREFILL = 2048
+
+
+def default_chunked_prefill_size(device: str, gpu_memory_gb: float | None) -> int:
+    """The prefill chunk when ``--chunked-prefill-size`` is unset: 2048 on CPU; on CUDA SGLang's default by GPU
+    memory (< 20 GB 2048, < 60 GB 4096, < 160 GB 8192 (H100, H200), else 16384; 4096 when unknown)."""
+    if not device.startswith("cuda"):
+        return CPU_DEFAULT_CHUNKED_PREFILL
+    if gpu_memory_gb is None:
+        return 4096
+    if gpu_memory_gb < 20:
+        return 2048
+    if gpu_memory_gb < 60:
+        return 4096
+    if gpu_memory_gb < 160:
+        return 8192
+    return 16384

@@ -21,14 +21,18 @@ from sglkit.layers.linear import pack_linear_weights
 from sglkit.models.loader import load_checkpoint, load_config, load_model
 from sglkit.parallel import all_reduce_min_int
 from sglkit.runtime.executor.cuda_graph_buckets import default_cuda_graph_max_bs
-from sglkit.runtime.executor.memory_budget import MemoryPlan, ModelShape, plan_kv_pool
+from sglkit.runtime.executor.memory_budget import (
+    MemoryPlan,
+    ModelShape,
+    default_chunked_prefill_size,
+    plan_kv_pool,
+)
 from sglkit.runtime.executor.sampler import Sampler, SamplingBatchInfo, make_generator
 from sglkit.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
 
 GB = 1 << 30
-CUDA_DEFAULT_CHUNKED_PREFILL = 8192  # the scheduler's chunk on CUDA when --chunked-prefill-size is unset
 CPU_DEFAULT_MEM_FRACTION = 0.1  # share of available RAM for the KV pool on CPU
 CPU_MAX_AUTO_TOKENS = 1 << 18  # cap of an automatically sized CPU pool (a bigger one only costs RAM)
 MAX_REQ_TO_TOKEN_BYTES = 512 << 20
@@ -55,6 +59,17 @@ class ModelRunner:
         self.server_args = server_args
         self.device = server_args.resolved_device()
         self.model_path = server_args.model_path
+        chunk = server_args.chunked_prefill_size
+        if chunk is None:
+            cuda = self.device.startswith("cuda")
+            gpu_gb = (
+                torch.cuda.get_device_properties(torch.device(self.device)).total_memory / GB
+                if cuda
+                else None
+            )
+            chunk = default_chunked_prefill_size(self.device, gpu_gb)
+        # Tokens per prefill pass (None: prompts are never split); the scheduler and the memory budget read it.
+        self.chunked_prefill_size: int | None = None if chunk == -1 else chunk
         torch.manual_seed(server_args.random_seed)
 
         free_before_gb = available_memory_gb(self.device)
@@ -138,8 +153,9 @@ class ModelRunner:
         args = self.server_args
         torch.cuda.empty_cache()
         free_after, total = torch.cuda.mem_get_info()
-        chunk = args.chunked_prefill_size or CUDA_DEFAULT_CHUNKED_PREFILL
-        chunk = args.max_prefill_tokens if chunk == -1 else chunk
+        chunk = (
+            self.chunked_prefill_size if self.chunked_prefill_size is not None else args.max_prefill_tokens
+        )
         max_bs = args.cuda_graph_max_bs or default_cuda_graph_max_bs(total / GB, args.max_running_requests)
         graphs = not (args.disable_cuda_graph or args.is_embedding) and args.tp_size == 1
         graphs = graphs and resolve_attention_backend(args.attention_backend, self.device) == "triton"

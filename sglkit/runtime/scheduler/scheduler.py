@@ -69,10 +69,7 @@ class Scheduler(SchedulerBase):
 
     def __init__(self, server_args: ServerArgs, tokenizer=None) -> None:
         super().__init__(server_args, ModelRunner(server_args), tokenizer)
-        chunk = server_args.chunked_prefill_size
-        if chunk is None:
-            chunk = 8192 if self.device.startswith("cuda") else 2048
-        self.chunked_prefill_size = None if chunk == -1 else chunk
+        self.chunked_prefill_size = self.model_runner.chunked_prefill_size  # resolved there (GPU memory)
         self.req_to_token_pool = self.model_runner.req_to_token_pool
         self.allocator = self.model_runner.token_to_kv_pool_allocator
         self.tree_cache = RadixCache(

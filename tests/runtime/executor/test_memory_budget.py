@@ -204,6 +204,7 @@ def test_cuda_glue_uses_the_budget(monkeypatch, caplog):
     runner.dtype = torch.bfloat16
     runner.context_len = CONTEXT
     runner.free_before_load_bytes = free_before
+    runner.chunked_prefill_size = 8192  # what __init__ resolves on a 140 GiB GPU (default_chunked_prefill_size)
     runner.model = SimpleNamespace(num_kv_heads_per_rank=8)
     runner.model_config = SimpleNamespace(
         num_hidden_layers=32,
@@ -218,3 +219,12 @@ def test_cuda_glue_uses_the_budget(monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger=model_runner_module.__name__):
         assert runner._resolve_pool_size() == 916_955  # the H200 plan above (max_bs 256, chunk 8192)
     assert "Memory budget. mem_fraction_static=0.907" in caplog.text
+
+
+def test_default_chunked_prefill_size_follows_sglang_by_gpu_memory():
+    from sglkit.runtime.executor.memory_budget import default_chunked_prefill_size
+
+    assert default_chunked_prefill_size("cpu", None) == 2048
+    assert default_chunked_prefill_size("cuda", None) == 4096  # memory unknown
+    sizes = {gb: default_chunked_prefill_size("cuda:0", gb) for gb in (16, 24, 48, 80, 140.4, 192)}
+    assert sizes == {16: 2048, 24: 4096, 48: 4096, 80: 8192, 140.4: 8192, 192: 16384}
