@@ -204,7 +204,7 @@ def test_cuda_glue_uses_the_budget(monkeypatch, caplog):
     runner.dtype = torch.bfloat16
     runner.context_len = CONTEXT
     runner.free_before_load_bytes = free_before
-    runner.chunked_prefill_size = 8192  # what __init__ resolves on a 140 GiB GPU (default_chunked_prefill_size)
+    runner.chunked_prefill_size = 8192  # what __init__ resolves on a 140 GiB GPU
     runner.model = SimpleNamespace(num_kv_heads_per_rank=8)
     runner.model_config = SimpleNamespace(
         num_hidden_layers=32,
