@@ -75,6 +75,9 @@ INTEGRATION_PATHS = (
     "bench/test_one_batch.py::test_cli_prints_sglang_lines_per_batch_size",  # python -m sglkit.bench_one_batch
     "scripts/test_gpu_check.py",  # scripts/gpu_check.sh --dry-run in a subprocess
     "layers/test_triton_fused.py::test_kernels_under_interpreter",  # re-runs the file under TRITON_INTERPRET=1
+    # The Triton attention kernels and the graph hooks, re-run in a child pytest under TRITON_INTERPRET=1.
+    "layers/attention/test_triton_interpreter.py::test_triton_kernels_and_backend_under_the_interpreter",
+    "runtime/executor/test_cuda_graph_runner.py::test_triton_graph_hooks_and_graph_safety_under_the_interpreter",
     "testing/test_tiny_models.py::test_cli_prints_folder",  # python -m sglkit.testing in a subprocess
 )
 IN_PROCESS_PATHS = (  # under an integration folder, but pure in-process unit tests: they stay in test-fast
