@@ -213,7 +213,11 @@ def parse_check_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line of ``scripts/gpu_check.sh``."""
     p = argparse.ArgumentParser(prog="scripts/gpu_check.sh", description=__doc__.split("\n")[0])
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny shape, short runs: checks the script.")
-    p.add_argument("--out", default=None, help="JSON file of all figures (default: $OUT/gpu_check.json).")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="JSON file of all figures (default: $OUT/gpu_check.json, else in the temp folder).",
+    )
     p.add_argument("--config", default="8b-shape", help="Shape of the speed runs (one_batch's --config).")
     p.add_argument("--input-len", type=int, default=1024)
     p.add_argument("--output-len", type=int, default=128)
@@ -234,7 +238,7 @@ def parse_check_args(argv: list[str] | None = None) -> argparse.Namespace:
             4,
         )
     if cfg.out is None:
-        cfg.out = str(Path(os.environ.get("OUT") or ".") / "gpu_check.json")
+        cfg.out = str(Path(os.environ.get("OUT") or tempfile.gettempdir()) / "gpu_check.json")
     return cfg
 
 
