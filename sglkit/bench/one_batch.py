@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from sglkit.testing.tiny_models import PRESETS as TINY_MODEL_PRESETS
+
 __all__ = ["PRESETS", "StaticBatch", "latency_test_run_once", "main", "parse_args", "run", "write_preset"]
 
 LLAMA3_ROPE = {
@@ -61,12 +63,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         rms_norm_eps=1e-5,
         rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
     ),
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    "tiny": dict(  # sglkit.testing's tiny shape, with llama3 rope
+        **TINY_MODEL_PRESETS["tiny"],
         vocab_size=512,
         max_position_embeddings=4096,
         rms_norm_eps=1e-5,
