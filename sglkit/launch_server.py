@@ -26,10 +26,13 @@ def main(argv: list[str] | None = None) -> None:
         code = run_node(server_args)
         gc.freeze()
         sys.exit(code)
-    from sglkit.server.http_server import launch_server
+    from sglkit.server.replicas import begin_launch
 
     try:
-        launch_server(server_args)
+        replicas = begin_launch(server_args)  # the model loads in the children while the HTTP stack imports
+        from sglkit.server.http_server import launch_server
+
+        launch_server(server_args, replicas)
     except RuntimeError as e:
         print(f"Error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -95,9 +95,10 @@ class ServerArgs:
         "weights + KV pool, as SGLang (default by GPU memory: total minus a reserve of 512 MB + 1.5 MB per "
         "chunked-prefill token + 2 MB per --cuda-graph-max-bs, at least 10 GB on a GPU over 60 GB; the rest is "
         "left for activations, CUDA graphs, logits and workspaces, never less than sglkit's estimate of them). "
-        "CPU: the share of "
-        "the available RAM (after loading the weights) for the KV pool alone (default 0.1; an automatically "
-        "sized CPU pool is capped at 262144 tokens). Embedding models ignore it (their pool holds one batch).",
+        "CPU: the pool holds what the model can use (context length x --max-running-requests, default 256), "
+        "limited to this share of the available RAM (after loading the weights; default 0.1) and capped at "
+        "262144 tokens; its pages are committed as tokens are written. Embedding models ignore it (their pool holds "
+        "one batch).",
     )
     max_total_tokens: int | None = _arg(
         None, "Size of the KV pool in tokens (overrides --mem-fraction-static)."

@@ -102,6 +102,7 @@ def test_mem_fraction_static_help_matches_the_sizing_defaults():
     assert "default by GPU memory" in text and "at least 10 GB" in text
     assert f"default {model_runner.CPU_DEFAULT_MEM_FRACTION}" in text
     assert f"capped at {model_runner.CPU_MAX_AUTO_TOKENS} tokens" in text
+    assert f"--max-running-requests, default {model_runner.CPU_DEFAULT_MAX_RUNNING_REQUESTS}" in text
     assert "available RAM" in text and "total memory" in text
 
 

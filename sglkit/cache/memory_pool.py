@@ -5,11 +5,34 @@ Data flow: the scheduler allocates slots (``TokenToKVPoolAllocator``) and record
 
 Slot 0 of the KV pool is reserved as a padding sink and is never handed out, so slots run 1..size.
 Invariant when idle: ``allocator.available_size() + tree_cache.total_size() == size``.
+
+On CPU the big buffers (K/V, the request table) are anonymous memory maps: zero-filled by the kernel page by
+page on first touch, so allocating a pool is instant and the process's resident memory grows with the tokens
+actually written, not with the pool's size (``zeroed_buffer``).
 """
 
 from __future__ import annotations
 
+import mmap
+
 import torch
+
+LAZY_MIN_BYTES = 1 << 20  # CPU buffers from this size up are memory-mapped (smaller ones: torch.zeros)
+
+
+def zeroed_buffer(
+    shape: tuple[int, ...], dtype: torch.dtype, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """A zero tensor of ``shape``; on CPU (from LAZY_MIN_BYTES up) backed by an anonymous ``mmap``, whose pages
+    the kernel zero-fills on first touch, so untouched parts cost no RAM and no time to clear."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    if torch.device(device).type != "cpu" or nbytes < LAZY_MIN_BYTES:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    # The tensor keeps a reference to the map, which is unmapped when the last view of it is gone.
+    return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=numel).view(shape)
 
 
 class ReqToTokenPool:
@@ -20,7 +43,7 @@ class ReqToTokenPool:
         self.max_context_len = max_context_len
         self.device = device
         # [size, max_context_len] int64: row r holds the KV slots of request slot r, in token order.
-        self.req_to_token = torch.zeros((size, max_context_len), dtype=torch.int64, device=device)
+        self.req_to_token = zeroed_buffer((size, max_context_len), torch.int64, device)
         self.free_slots: list[int] = list(range(size))
 
     def available_size(self) -> int:
@@ -104,14 +127,9 @@ class MHATokenToKVPool:
         self.head_dim = head_dim
         self.dtype = dtype
         self.device = device
-        self.k_buffer = [
-            torch.zeros((size + 1, num_kv_heads, head_dim), dtype=dtype, device=device)
-            for _ in range(num_layers)
-        ]
-        self.v_buffer = [
-            torch.zeros((size + 1, num_kv_heads, head_dim), dtype=dtype, device=device)
-            for _ in range(num_layers)
-        ]
+        shape = (size + 1, num_kv_heads, head_dim)
+        self.k_buffer = [zeroed_buffer(shape, dtype, device) for _ in range(num_layers)]
+        self.v_buffer = [zeroed_buffer(shape, dtype, device) for _ in range(num_layers)]
 
     @staticmethod
     def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:

@@ -1,21 +1,19 @@
 """HTTP server: starts the scheduler process, then serves the native and OpenAI APIs with FastAPI + uvicorn.
 
-launch_server: log args -> check the port -> spawn the scheduler process (loads the model) -> wait until it is
-ready -> uvicorn -> one warmup request -> "The server is fired up and ready to roll!" -> /health turns 200.
+launch_server: log args -> check the port -> spawn the scheduler process (loads the model; ``server.replicas``)
+-> load the tokenizer meanwhile -> wait until the scheduler is ready -> uvicorn -> one warmup request -> "The
+server is fired up and ready to roll!" -> /health turns 200.
 The HTTP process only tokenizes and routes; the scheduler process dies with it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import secrets
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -25,11 +23,6 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sglkit.launch.log_format import configure_logging
-from sglkit.launch.ports import port_bind_error
-from sglkit.runtime.scheduler.process import PortArgs
-from sglkit.runtime.scheduler.rank_group import RankGroup
-from sglkit.runtime.scheduler.rank_process import default_init_method, node_ranks
 from sglkit.server import (
     embeddings_api,
     native_api,
@@ -44,7 +37,8 @@ from sglkit.server.errors import error_body, install_error_handlers
 from sglkit.server.graceful_server import GracefulServer
 from sglkit.server.http_limits import MAX_HEADER_BYTES, HeaderSizeLimitMiddleware, limited_h11_protocol
 from sglkit.server.openapi_schema import install_openapi
-from sglkit.server.tokenizer_manager import TokenizerManager
+from sglkit.server.replicas import ReplicaSet, begin_launch
+from sglkit.server.tokenizer_manager import TokenizerManager, preload_tokenizer
 from sglkit.server_args import ServerArgs
 
 logger = logging.getLogger("sglkit.server")
@@ -181,15 +175,6 @@ def uvicorn_log_config(level: str) -> dict:
     }
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Fail fast (before loading the model) when the port is taken."""
-    error = port_bind_error(port, host)
-    if error is not None:
-        raise RuntimeError(
-            f"Port {port} on {host} is already in use ({error.strerror}). Pick another --port."
-        ) from error
-
-
 def local_base_url(host: str, port: int) -> str:
     """A loopback URL reaching a server bound to ``host``."""
     if host in ("0.0.0.0", ""):
@@ -233,101 +218,39 @@ def warmup(app: FastAPI, server_args: ServerArgs) -> None:
     logger.info("The server is fired up and ready to roll!")
 
 
-def start_scheduler(server_args: ServerArgs, ipc_dir: str) -> tuple[RankGroup, PortArgs, dict]:
-    """Spawn this node's rank processes and wait until each has loaded its shard; raise with a rank's error.
-
-    Rank 0 is the scheduler process (ZMQ sockets in ``ipc_dir``); with tp_size > 1 the other local ranks mirror
-    it, meeting at ``tcp://{dist_init_addr}`` or at a free local port picked for this call. The returned
-    ``RankGroup`` behaves as one process: alive while every rank is, and stopped as a whole.
-    """
-    port_args = PortArgs(f"ipc://{ipc_dir}/scheduler_input", f"ipc://{ipc_dir}/scheduler_output")
-    init_method = default_init_method(server_args) if server_args.tp_size > 1 else None
-    group = RankGroup.launch(server_args, node_ranks(server_args), init_method, port_args)
-    try:
-        info = group.wait_ready()
-    except BaseException:
-        group.stop()
-        raise
-    return group, port_args, info
-
-
-def replica_server_args(server_args: ServerArgs, dp_rank: int) -> ServerArgs:
-    """Data-parallel replica ``dp_rank``'s arguments: on CUDA its own devices (after the previous replicas'
-    ``tp_size`` ranks), and its own rendezvous port when ``dist_init_addr`` is given."""
-    if server_args.dp_size == 1:
-        return server_args
-    changes: dict = {}
-    if server_args.resolved_device().startswith("cuda"):
-        changes["base_gpu_id"] = server_args.base_gpu_id + dp_rank * server_args.tp_size_per_node
-    if server_args.dist_init_addr:
-        host, _, port = server_args.dist_init_addr.rpartition(":")
-        changes["dist_init_addr"] = f"{host}:{int(port) + dp_rank}"
-    return dataclasses.replace(server_args, **changes) if changes else server_args
-
-
-def share_cpu_threads(server_args: ServerArgs) -> None:
-    """On CPU with ``dp_size > 1``: the replicas' processes get cores // dp_size threads each (OMP_NUM_THREADS,
-    inherited by the processes spawned next), unless OMP_NUM_THREADS is already set."""
-    if server_args.dp_size == 1 or "OMP_NUM_THREADS" in os.environ:
-        return
-    if not server_args.resolved_device().startswith("cpu"):
-        return
-    threads = max(1, len(os.sched_getaffinity(0)) // server_args.dp_size)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    logger.info(f"dp_size={server_args.dp_size} on CPU: {threads} thread(s) per replica (OMP_NUM_THREADS).")
-
-
-def stop_processes(processes: list) -> None:
-    """Terminate every replica, then wait for each (killing whatever still runs after 5 s).
-
-    Unconditional: a replica whose group has one dead rank reports ``is_alive() == False`` while its other ranks
-    may still run, and ``terminate`` / ``kill`` only signal the processes still running.
-    """
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        process.join(timeout=5)
-        process.kill()
-        process.join(timeout=5)
-
-
 def _exit_on_signal(signum: int, _frame) -> None:
     """SIGTERM: unwind (so ``launch_server``'s cleanup runs) and exit with the shell's code, 128 + signal."""
     raise SystemExit(128 + signum)
 
 
-def launch_server(server_args: ServerArgs) -> None:
+def launch_server(server_args: ServerArgs, replicas: ReplicaSet | None = None) -> None:
     """Run the server until it is stopped (SIGINT/SIGTERM); the scheduler processes go down with it.
 
-    With ``dp_size`` N, N replicas are started one after the other, each with its own IPC sub-folder.
+    ``replicas``: already spawned by the caller (``python -m sglkit.launch_server`` spawns them before importing
+    this module, so the model loads while the HTTP stack is imported); else spawned here. With ``dp_size`` N,
+    N replicas are started one after the other, each with its own IPC sub-folder.
 
     uvicorn handles SIGTERM with a graceful shutdown and then re-raises it under the handler it found, so
     a Python handler is installed first: the process then unwinds through the cleanup below (scheduler
     process stopped, IPC folder removed) instead of being killed by the default action.
     """
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    configure_logging(server_args.log_level)
-    logger.info(f"server_args={server_args}")
-    check_port_free(server_args.host, server_args.port)
-    ipc_dir = tempfile.mkdtemp(prefix="sglkit-ipc-")
-    processes, port_args, infos = [], [], []  # one entry per data-parallel replica
     try:
-        share_cpu_threads(server_args)
-        for dp_rank in range(server_args.dp_size):
-            replica_dir = os.path.join(ipc_dir, f"dp{dp_rank}")
-            os.makedirs(replica_dir)
-            replica_args = replica_server_args(server_args, dp_rank)
-            process, replica_ports, info = start_scheduler(replica_args, replica_dir)
-            processes.append(process)
-            port_args.append(replica_ports)
-            infos.append(info)
+        if replicas is None:
+            replicas = begin_launch(server_args)
+        try:  # in this process while the ranks load the model
+            tokenizer = preload_tokenizer(server_args)
+        except Exception:  # noqa: BLE001 - the scheduler's error (e.g. a bad model path) is reported first;
+            tokenizer = None  # the TokenizerManager then loads it again and raises its own error
+        infos = replicas.wait_ready()
     except BaseException:
-        stop_processes(processes)
-        shutil.rmtree(ipc_dir, ignore_errors=True)
+        if replicas is not None:
+            replicas.stop()
         raise
+    processes, port_args = replicas.processes, replicas.port_args
     tokenizer_manager = None
     try:
-        tokenizer_manager = TokenizerManager(server_args, port_args, infos[0])
+        tokenizer_manager = TokenizerManager(server_args, port_args, infos[0], tokenizer=tokenizer)
         app = create_app(server_args, tokenizer_manager, processes)
         if not server_args.skip_server_warmup:
             threading.Thread(
@@ -347,8 +270,7 @@ def launch_server(server_args: ServerArgs) -> None:
         GracefulServer(config, tokenizer_manager, server_args.graceful_shutdown_timeout).run()
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
-        stop_processes(processes)
-        shutil.rmtree(ipc_dir, ignore_errors=True)
+        replicas.stop()
         sys.stdout.flush()
         if tokenizer_manager is not None and tokenizer_manager.exit_code:  # the scheduler died: a failure
             raise SystemExit(tokenizer_manager.exit_code)

@@ -35,7 +35,7 @@ from sglkit.runtime.frontend.input_processor import GenerateInput, InvalidReques
 from sglkit.runtime.frontend.output_folder import OutputFolder
 from sglkit.runtime.frontend.sampling_defaults import model_sampling_defaults
 from sglkit.runtime.frontend.tokenizer import load_tokenizer
-from sglkit.runtime.scheduler.process import PortArgs
+from sglkit.runtime.scheduler.rank_process import PortArgs
 from sglkit.server.metrics import create_metrics_collector
 from sglkit.server.router import Router
 from sglkit.server.scheduler_link import SchedulerLink
@@ -65,16 +65,28 @@ SHUTTING_DOWN = "The server is shutting down."
 ANSWER_WAIT_S = 1.0  # after a shutdown ended the last requests: time for their handlers to answer
 
 
+def preload_tokenizer(server_args: ServerArgs):
+    """The server's tokenizer (with its chat template), or None with --skip-tokenizer-init."""
+    if server_args.skip_tokenizer_init:
+        return None
+    return load_tokenizer(server_args.tokenizer_path, server_args.chat_template)
+
+
 class TokenizerManager(ControlClient):
     """Sends requests to the scheduler(s) and routes outputs back; ``port_args``: one or a list (one per replica)."""
 
     def __init__(
-        self, server_args: ServerArgs, port_args: PortArgs | Sequence[PortArgs], model_info: dict[str, Any]
+        self,
+        server_args: ServerArgs,
+        port_args: PortArgs | Sequence[PortArgs],
+        model_info: dict[str, Any],
+        tokenizer=None,
     ) -> None:
+        """``tokenizer``: already loaded (``preload_tokenizer``), else loaded here."""
         self.server_args = server_args
-        self.tokenizer = None  # --skip-tokenizer-init: token-in, token-out (runtime/frontend/token_only.py)
-        if not server_args.skip_tokenizer_init:
-            self.tokenizer = load_tokenizer(server_args.tokenizer_path, server_args.chat_template)
+        self.tokenizer = tokenizer  # None with --skip-tokenizer-init (runtime/frontend/token_only.py)
+        if self.tokenizer is None:
+            self.tokenizer = preload_tokenizer(server_args)
         self.context_len: int = model_info["context_len"]
         self.max_total_num_tokens: int = model_info["max_total_num_tokens"]
         self.vocab_size: int = model_info.get("vocab_size") or len(self.tokenizer)

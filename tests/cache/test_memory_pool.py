@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import random
 
+import psutil
 import torch
 
-from sglkit.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TokenToKVPoolAllocator
+from sglkit.cache.memory_pool import (
+    MHATokenToKVPool,
+    ReqToTokenPool,
+    TokenToKVPoolAllocator,
+    zeroed_buffer,
+)
 
 
 def drain(allocator: TokenToKVPoolAllocator) -> set[int]:
@@ -129,3 +135,30 @@ def test_mha_kv_pool_set_get():
     per_token = MHATokenToKVPool.bytes_per_token(2, 2, 4, torch.float32)
     assert per_token == 2 * 2 * 2 * 4 * 4
     assert pool.total_bytes() == per_token * 7
+
+
+def test_cpu_buffers_are_zero_and_committed_only_where_written():
+    """A 256 MiB KV pool costs RAM only for the pages written; reads of untouched slots give zeros."""
+    process = psutil.Process()
+    before = process.memory_info().rss
+    pool = MHATokenToKVPool(
+        size=(256 << 20) // (2 * 4 * 64 * 4), num_layers=2, num_kv_heads=4, head_dim=64, dtype=torch.float32
+    )
+    assert pool.total_bytes() >= 256 << 20
+    assert process.memory_info().rss - before < 32 << 20
+    loc = torch.tensor([1, 5, pool.size])
+    k = torch.randn(3, 4, 64)
+    pool.set_kv_buffer(1, loc, k, -k)
+    assert torch.equal(pool.k_buffer[1][loc], k) and torch.equal(pool.v_buffer[1][loc], -k)
+    assert pool.k_buffer[0][pool.size // 2].abs().sum() == 0
+    assert process.memory_info().rss - before < 32 << 20
+
+
+def test_zeroed_buffer_small_and_views_outlive_the_name():
+    small = zeroed_buffer((4, 4), torch.int64)
+    assert small.dtype == torch.int64 and not small.any()
+    big = zeroed_buffer((1024, 1024), torch.float32)
+    tail = big[512:]
+    del big
+    tail += 1
+    assert tail.sum() == 512 * 1024

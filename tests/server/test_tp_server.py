@@ -1,4 +1,4 @@
-"""Tensor-parallel servers (sglkit/runtime/scheduler/rank_group.py, mirror.py, http_server.start_scheduler):
+"""Tensor-parallel servers (sglkit/runtime/scheduler/rank_group.py, mirror.py, replicas.start_scheduler):
 ``--tp-size 2`` on one node and split over two simulated nodes serves tp 1's greedy answers; control requests
 reach every rank; a node that dies makes the other fail cleanly (503, errors for in-flight requests, exit, no
 orphan process). Every test starts its own servers and stops them.

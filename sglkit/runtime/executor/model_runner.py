@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 GB = 1 << 30
 CPU_DEFAULT_MEM_FRACTION = 0.1  # share of available RAM for the KV pool on CPU
 CPU_MAX_AUTO_TOKENS = 1 << 18  # cap of an automatically sized CPU pool (a bigger one only costs RAM)
+CPU_DEFAULT_MAX_RUNNING_REQUESTS = (
+    256  # default cap of the running batch on CPU (sizes the pool with the context)
+)
 MAX_REQ_TO_TOKEN_BYTES = 512 << 20
 
 
@@ -124,8 +127,9 @@ class ModelRunner:
         return int(context_len)
 
     def _resolve_pool_size(self) -> int:
-        """KV pool size in tokens: --max-total-tokens, else CUDA: SGLang's budget (``_plan_cuda_pool``); CPU:
-        ``mem_fraction_static`` of the available RAM, capped at CPU_MAX_AUTO_TOKENS."""
+        """KV pool size in tokens: --max-total-tokens, else CUDA: SGLang's budget (``_plan_cuda_pool``); CPU: what
+        the model can use (context length x max running requests), capped by ``mem_fraction_static`` of the
+        available RAM and by CPU_MAX_AUTO_TOKENS (the CPU pool is committed page by page as it fills)."""
         args, cfg = self.server_args, self.model_config
         if args.max_total_tokens:
             return args.max_total_tokens
@@ -136,9 +140,9 @@ class ModelRunner:
             num_tokens = self._plan_cuda_pool(per_token).num_tokens
         else:
             fraction = args.mem_fraction_static or CPU_DEFAULT_MEM_FRACTION
-            num_tokens = min(
-                int(psutil.virtual_memory().available * fraction // per_token), CPU_MAX_AUTO_TOKENS
-            )
+            usable = self.context_len * (args.max_running_requests or CPU_DEFAULT_MAX_RUNNING_REQUESTS)
+            ram_share = int(psutil.virtual_memory().available * fraction // per_token)
+            num_tokens = min(usable, ram_share, CPU_MAX_AUTO_TOKENS)
         num_tokens = all_reduce_min_int(num_tokens)  # tensor parallel: every rank's pool holds as many
         if num_tokens < self.context_len // 4:
             raise RuntimeError(
@@ -185,7 +189,7 @@ class ModelRunner:
     def _resolve_max_running_requests(self) -> int:
         """--max-running-requests, else a device default bounded by the pool; capped by the request table size."""
         args = self.server_args
-        default_cap = 4096 if self.device.startswith("cuda") else 256
+        default_cap = 4096 if self.device.startswith("cuda") else CPU_DEFAULT_MAX_RUNNING_REQUESTS
         value = args.max_running_requests or min(default_cap, max(1, self.max_total_num_tokens // 2))
         table_cap = max(1, MAX_REQ_TO_TOKEN_BYTES // (8 * (self.context_len + 1)))
         return int(min(value, table_cap))

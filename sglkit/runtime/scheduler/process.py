@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import zmq
@@ -27,21 +26,13 @@ from sglkit.core.messages import ControlResult
 from sglkit.launch.log_format import configure_logging
 from sglkit.launch.parent_death import die_with_parent
 from sglkit.runtime.scheduler.mirror import LeaderScheduler, RankFailedError
-from sglkit.runtime.scheduler.rank_process import setup_rank
+from sglkit.runtime.scheduler.rank_process import PortArgs, setup_rank
 from sglkit.server_args import ServerArgs
 
 if TYPE_CHECKING:
     from sglkit.runtime.scheduler.base import SchedulerBase
 
 logger = logging.getLogger("sglkit.scheduler")
-
-
-@dataclass
-class PortArgs:
-    """ZMQ endpoints between the HTTP process and the scheduler process."""
-
-    scheduler_input: str  # HTTP -> scheduler (PUSH/PULL)
-    scheduler_output: str  # scheduler -> HTTP (PUSH/PULL)
 
 
 def start_progress_watchdog(get_progress, is_busy, timeout: float) -> None:

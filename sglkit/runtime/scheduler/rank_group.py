@@ -16,13 +16,25 @@ import signal
 import threading
 import time
 
-from sglkit.runtime.scheduler.process import PortArgs, run_scheduler_process
-from sglkit.runtime.scheduler.rank_process import default_init_method, node_ranks, run_follower_process
+from sglkit.runtime.scheduler.rank_process import (
+    PortArgs,
+    default_init_method,
+    node_ranks,
+    run_follower_process,
+)
 from sglkit.server_args import ServerArgs
 
 logger = logging.getLogger("sglkit.server")
 
 LEADER_STOP_S = 3.0  # rank 0 gets this long to tell the followers to exit before they are signalled too
+
+
+def _scheduler_process_main(*args) -> None:
+    """Spawn target of rank 0: the scheduler module (torch, the model code) is imported in the child only, so a
+    parent can spawn its ranks before importing anything heavy (``sglkit.server.replicas``)."""
+    from sglkit.runtime.scheduler.process import run_scheduler_process
+
+    run_scheduler_process(*args)
 
 
 class RankGroup:
@@ -53,7 +65,7 @@ class RankGroup:
                     assert port_args is not None, (
                         "rank 0 is the scheduler process: it needs its ZMQ endpoints"
                     )
-                    target = run_scheduler_process
+                    target = _scheduler_process_main
                     args = (server_args, port_args, writer, os.getpid(), init_method, with_parent)
                 else:
                     target = run_follower_process

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import traceback
+from dataclasses import dataclass
 
 from sglkit.launch.log_format import configure_logging
 from sglkit.launch.parent_death import die_with_parent
@@ -24,6 +25,14 @@ from sglkit.server_args import ServerArgs
 logger = logging.getLogger("sglkit.scheduler")
 
 DEFAULT_DIST_TIMEOUT_S = 600.0
+
+
+@dataclass
+class PortArgs:
+    """ZMQ endpoints between the HTTP process and the scheduler process."""
+
+    scheduler_input: str  # HTTP -> scheduler (PUSH/PULL)
+    scheduler_output: str  # scheduler -> HTTP (PUSH/PULL)
 
 
 def default_init_method(server_args: ServerArgs) -> str:

@@ -27,7 +27,12 @@ from sglkit.runtime.executor.memory_budget import (
     plan_kv_pool,
     runtime_reserve,
 )
-from sglkit.runtime.executor.model_runner import CPU_DEFAULT_MEM_FRACTION, CPU_MAX_AUTO_TOKENS, ModelRunner
+from sglkit.runtime.executor.model_runner import (
+    CPU_DEFAULT_MAX_RUNNING_REQUESTS,
+    CPU_DEFAULT_MEM_FRACTION,
+    CPU_MAX_AUTO_TOKENS,
+    ModelRunner,
+)
 from sglkit.server_args import ServerArgs
 
 MIB, GIB = 1 << 20, 1 << 30
@@ -171,8 +176,10 @@ def test_model_shape_from_config_splits_over_tensor_parallel_ranks():
     )
 
 
-def test_cpu_runner_sizes_the_pool_as_before(llama_path, monkeypatch):
-    available = 3 * GIB
+@pytest.mark.parametrize("available_gib", [3, 0.05])
+def test_cpu_runner_sizes_the_pool_by_what_the_model_can_use(llama_path, monkeypatch, available_gib):
+    """CPU: context length x max running requests, limited by 10% of the available RAM (and the token cap)."""
+    available = int(available_gib * GIB)
     real = psutil.virtual_memory()
     monkeypatch.setattr(
         model_runner_module.psutil, "virtual_memory", lambda: real._replace(available=available)
@@ -182,9 +189,25 @@ def test_cpu_runner_sizes_the_pool_as_before(llama_path, monkeypatch):
     per_token = MHATokenToKVPool.bytes_per_token(
         cfg.num_hidden_layers, runner.num_kv_heads_per_rank, cfg.head_dim, runner.dtype
     )
-    # the pre-budget CPU rule, unchanged: 10% of the available RAM, capped at 262144 tokens
-    expected = min(int(available * CPU_DEFAULT_MEM_FRACTION // per_token), CPU_MAX_AUTO_TOKENS)
-    assert runner.max_total_num_tokens == expected
+    usable = runner.context_len * CPU_DEFAULT_MAX_RUNNING_REQUESTS
+    assert runner.max_running_requests == min(
+        CPU_DEFAULT_MAX_RUNNING_REQUESTS, runner.max_total_num_tokens // 2
+    )
+    ram_share = int(available * CPU_DEFAULT_MEM_FRACTION // per_token)
+    assert runner.max_total_num_tokens == min(usable, ram_share, CPU_MAX_AUTO_TOKENS)
+    if available_gib == 3:  # plenty of RAM: the model's own need decides (here above the token cap)
+        assert runner.max_total_num_tokens == min(usable, CPU_MAX_AUTO_TOKENS) < ram_share
+
+
+def test_cpu_pool_follows_max_running_requests_and_starts_zeroed(llama_path):
+    """--max-running-requests 4: the pool holds 4 full contexts; the (lazily committed) buffers read as zeros."""
+    runner = ModelRunner(
+        ServerArgs(model_path=llama_path, device="cpu", random_seed=0, max_running_requests=4)
+    )
+    assert runner.max_total_num_tokens == runner.context_len * 4
+    pool = runner.token_to_kv_pool
+    assert all(not buf.any() for buf in pool.k_buffer + pool.v_buffer)
+    assert not runner.req_to_token_pool.req_to_token.any()
 
 
 def test_cuda_glue_uses_the_budget(monkeypatch, caplog):
