@@ -147,14 +147,14 @@ class ServerArgs:
     attention_backend: str | None = _arg(
         None,
         "Attention kernels: 'triton' (the default on CUDA; on CPU only under TRITON_INTERPRET=1, for tests), "
-        "'torch_native' (the default on CPU; CPU and CUDA); 'flashinfer' is a reserved name that fails at "
-        "start-up (not implemented yet; it needs CUDA).",
+        "'torch_native' (the default on CPU; CPU and CUDA); 'flashinfer' (CUDA, float16/bfloat16 models; needs "
+        "pip install 'sglkit[flashinfer]'; written against FlashInfer's documented API, not yet run on a GPU).",
     )
     disable_cuda_graph: bool = _arg(
         False,
-        "Run decode eagerly. By default, on CUDA with the triton attention backend (one rank), decode forwards "
-        "are captured as CUDA graphs at start-up, one per batch size (1, 2, 4, 8, 16, 24, 32, then every 16 up to "
-        "--cuda-graph-max-bs), and a decode batch replays the graph of the next captured size.",
+        "Run decode eagerly. By default, on CUDA with the triton or flashinfer attention backend (one rank), "
+        "decode forwards are captured as CUDA graphs at start-up, one per batch size (1, 2, 4, 8, 16, 24, 32, then "
+        "every 16 up to --cuda-graph-max-bs), and a decode batch replays the graph of the next captured size.",
     )
     cuda_graph_max_bs: int | None = _arg(
         None,

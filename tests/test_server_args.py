@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 
 import pytest
 
@@ -86,14 +87,17 @@ def test_model_impl_flag(tmp_path):
 def test_attention_backend_help_matches_the_factory(monkeypatch):
     text = _help("attention_backend")
     assert (
-        "'triton' (the default on CUDA" in text and "TRITON_INTERPRET=1" in text and "not implemented" in text
+        "'triton' (the default on CUDA" in text
+        and "TRITON_INTERPRET=1" in text
+        and "sglkit[flashinfer]" in text
     )
     assert type(create_attention_backend(None, "cpu")).__name__ == "TorchNativeAttnBackend"  # the CPU default
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     for name in ("triton", "flashinfer"):  # CUDA backends refuse a CPU device
         with pytest.raises(ValueError, match="needs a CUDA device"):
             create_attention_backend(name, "cpu")
-    with pytest.raises(NotImplementedError):
+    monkeypatch.setitem(sys.modules, "flashinfer", None)  # not importable: the install hint
+    with pytest.raises(ValueError, match=r"pip install 'sglkit\[flashinfer\]'"):
         create_attention_backend("flashinfer", "cuda")
 
 

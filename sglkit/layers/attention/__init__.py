@@ -1,7 +1,7 @@
 """Attention backends behind one interface; ``create_attention_backend`` picks one by name.
 
 GPU backends import their optional packages (triton, flashinfer) only inside this factory: ``import sglkit``
-never imports triton. ``auto`` (or None) picks ``triton`` on CUDA when triton is installed, else
+never imports triton or flashinfer. ``auto`` (or None) picks ``triton`` on CUDA when triton is installed, else
 ``torch_native``; on CPU ``triton`` runs only under Triton's interpreter (``TRITON_INTERPRET=1``, for tests).
 """
 
@@ -56,5 +56,11 @@ def create_attention_backend(name: str | None, device) -> AttentionBackend:
             raise ValueError(
                 f"attention_backend='flashinfer' needs a CUDA device; use 'torch_native' on {device}."
             )
-        raise NotImplementedError("attention_backend='flashinfer' is not implemented yet; use 'triton'.")
+        if importlib.util.find_spec("flashinfer") is None:
+            from sglkit.layers.attention.flashinfer_backend import FLASHINFER_MISSING
+
+            raise ValueError(FLASHINFER_MISSING)
+        from sglkit.layers.attention.flashinfer_backend import FlashInferAttnBackend
+
+        return FlashInferAttnBackend(device)
     raise ValueError(f"Unknown attention_backend {name!r}; choose one of {ATTENTION_BACKENDS}.")

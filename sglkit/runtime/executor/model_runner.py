@@ -162,7 +162,8 @@ class ModelRunner:
         )
         max_bs = args.cuda_graph_max_bs or default_cuda_graph_max_bs(total / GB, args.max_running_requests)
         graphs = not (args.disable_cuda_graph or args.is_embedding) and args.tp_size == 1
-        graphs = graphs and resolve_attention_backend(args.attention_backend, self.device) == "triton"
+        backend = resolve_attention_backend(args.attention_backend, self.device)
+        graphs = graphs and backend in ("triton", "flashinfer")
         elem = torch.tensor([], dtype=self.dtype).element_size()
         plan = plan_kv_pool(
             ModelShape.from_config(self.model_config, elem, args.tp_size, self.num_kv_heads_per_rank),
@@ -222,8 +223,8 @@ class ModelRunner:
 
     # ----- CUDA graphs -----
     def cuda_graphs_wanted(self) -> bool:
-        """Decode graphs are captured on CUDA, with a backend that supports them (triton), one rank, a KV cache,
-        unless --disable-cuda-graph."""
+        """Decode graphs are captured on CUDA, with a backend that supports them (triton, flashinfer), one rank, a
+        KV cache, unless --disable-cuda-graph."""
         args = self.server_args
         return (
             not getattr(args, "disable_cuda_graph", False)
