@@ -42,8 +42,9 @@ class ReqToTokenPool:
         self.size = size
         self.max_context_len = max_context_len
         self.device = device
-        # [size, max_context_len] int64: row r holds the KV slots of request slot r, in token order.
-        self.req_to_token = zeroed_buffer((size, max_context_len), torch.int64, device)
+        # [size, max_context_len] int32: row r holds the KV slots of request slot r, in token order (int32 as the
+        # attention kernels read it; slot numbers stay far below 2**31).
+        self.req_to_token = zeroed_buffer((size, max_context_len), torch.int32, device)
         self.free_slots: list[int] = list(range(size))
 
     def available_size(self) -> int:

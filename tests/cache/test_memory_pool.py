@@ -105,7 +105,7 @@ def test_allocator_clear():
 
 def test_req_to_token_pool_alloc_free_write():
     pool = ReqToTokenPool(3, 10)
-    assert pool.req_to_token.shape == (3, 10) and pool.req_to_token.dtype == torch.int64
+    assert pool.req_to_token.shape == (3, 10) and pool.req_to_token.dtype == torch.int32
     slots = [pool.alloc() for _ in range(3)]
     assert sorted(slots) == [0, 1, 2]
     assert pool.alloc() is None

@@ -7,6 +7,7 @@ logprobs were asked for. Decode: every request feeds its last sampled token at p
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -103,16 +104,13 @@ def build_extend_batch(
 def build_decode_batch(
     batch: ScheduleBatch, out_cache_loc: torch.Tensor, req_to_token_pool: ReqToTokenPool
 ) -> dict:
-    """Write req_to_token for each request's new slot and return ForwardBatch fields for a decode pass."""
+    """ForwardBatch fields for a decode pass; ``to_forward_batch`` records each request's new slot in
+    req_to_token on the device (``write_decode_slots``)."""
     input_ids, positions = [], []
     for i, req in enumerate(batch.reqs):
         input_ids.append(req.output_ids[-1])
         positions.append(req.kv_len)
         batch.rows.sample_row[i] = i
-    slots = torch.tensor([r.req_pool_idx for r in batch.reqs], dtype=torch.int64)
-    req_to_token_pool.req_to_token[slots, torch.tensor(positions)] = out_cache_loc.to(
-        req_to_token_pool.device
-    )
     return dict(
         input_ids=input_ids,
         positions=positions,
@@ -124,26 +122,57 @@ def build_decode_batch(
     )
 
 
+def stage_int_lists(parts: list[list[int]], device: str | torch.device) -> list[torch.Tensor]:
+    """Lists of ints -> int64 tensors on ``device`` through one host buffer and one copy (pinned and
+    non-blocking on CUDA, none at all on CPU); the results are views of one device tensor, in order."""
+    sizes = [len(part) for part in parts]
+    host = torch.tensor(list(itertools.chain.from_iterable(parts)), dtype=torch.int64)  # [sum(sizes)]
+    if torch.device(device).type == "cuda":
+        host = host.pin_memory().to(device, non_blocking=True)
+    return list(host.split(sizes))
+
+
+def write_decode_slots(
+    req_to_token_pool: ReqToTokenPool,
+    req_pool_indices: torch.Tensor,
+    positions: torch.Tensor,
+    out_cache_loc: torch.Tensor,
+) -> None:
+    """req_to_token[req_pool_indices[i], positions[i]] = out_cache_loc[i], all tensors on the pool's device."""
+    table = req_to_token_pool.req_to_token
+    table[req_pool_indices, positions] = out_cache_loc.to(table.dtype)
+
+
 def to_forward_batch(batch: ScheduleBatch, fields: dict, out_cache_loc: torch.Tensor, runner) -> ForwardBatch:
-    """Pack python lists into device tensors and wrap them in a ForwardBatch for ``runner``."""
+    """Pack python lists into device tensors (one staged copy) and wrap them in a ForwardBatch for ``runner``;
+    in decode, also record each request's new KV slot in req_to_token (on the device)."""
     device = runner.device
-
-    def as_tensor(values: list[int]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.int64, device=device)
-
+    input_ids, positions, req_pool_indices, seq_lens, logits_indices = stage_int_lists(
+        [
+            fields["input_ids"],
+            fields["positions"],
+            [r.req_pool_idx for r in batch.reqs],
+            fields["seq_lens"],
+            fields["logits_indices"],
+        ],
+        device,
+    )
+    out_cache_loc = out_cache_loc.to(device)
+    if batch.forward_mode.is_decode():
+        write_decode_slots(runner.req_to_token_pool, req_pool_indices, positions, out_cache_loc)
     return ForwardBatch(
         forward_mode=batch.forward_mode,
         batch_size=len(batch.reqs),
-        input_ids=as_tensor(fields["input_ids"]),
-        positions=as_tensor(fields["positions"]),
-        out_cache_loc=out_cache_loc.to(device),
-        req_pool_indices=as_tensor([r.req_pool_idx for r in batch.reqs]),
-        seq_lens=as_tensor(fields["seq_lens"]),
+        input_ids=input_ids,
+        positions=positions,
+        out_cache_loc=out_cache_loc,
+        req_pool_indices=req_pool_indices,
+        seq_lens=seq_lens,
         seq_lens_cpu=fields["seq_lens"],
         extend_prefix_lens_cpu=fields["extend_prefix_lens_cpu"],
         extend_seq_lens_cpu=fields["extend_seq_lens_cpu"],
         extend_start_loc_cpu=fields["extend_start_loc_cpu"],
-        logits_indices=as_tensor(fields["logits_indices"]),
+        logits_indices=logits_indices,
         req_to_token_pool=runner.req_to_token_pool,
         token_to_kv_pool=runner.token_to_kv_pool,
         attn_backend=runner.attn_backend,

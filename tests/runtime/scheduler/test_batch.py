@@ -22,6 +22,7 @@ from sglkit.runtime.scheduler.batch import (
     build_decode_batch,
     build_extend_batch,
     input_logprob_start,
+    stage_int_lists,
     to_forward_batch,
 )
 
@@ -285,9 +286,25 @@ def test_decode_batch_positions_and_slot_writes(pools):
     assert f["extend_prefix_lens_cpu"] == kv_lens
     assert f["extend_start_loc_cpu"] == [0, 1, 2]
     assert batch.rows.sample_row == {0: 0, 1: 1, 2: 2}
+    table = pools.req_to_token_pool.req_to_token
+    assert all(int(table[r.req_pool_idx, r.kv_len]) == 0 for r in reqs)  # written with the ForwardBatch
+    runner = SimpleNamespace(
+        device="cpu", req_to_token_pool=pools.req_to_token_pool, token_to_kv_pool=None, attn_backend=None
+    )
+    fb = to_forward_batch(batch, f, out, runner)
+    assert fb.forward_mode.is_decode() and fb.positions.tolist() == kv_lens
+    assert table.dtype == torch.int32
     for i, req in enumerate(reqs):
         assert row(pools, req, req.kv_len) == before[i]  # earlier slots untouched
-        assert int(pools.req_to_token_pool.req_to_token[req.req_pool_idx, req.kv_len]) == int(out[i])
+        assert int(table[req.req_pool_idx, req.kv_len]) == int(out[i])
+
+
+def test_stage_int_lists_one_buffer_split_in_order():
+    parts = [[1, 2, 3], [], [7], [8, 9]]
+    staged = stage_int_lists(parts, "cpu")
+    assert [t.tolist() for t in staged] == parts
+    assert all(t.dtype == torch.int64 for t in staged)
+    assert len({t.untyped_storage().data_ptr() for t in staged}) == 1  # views of one tensor
 
 
 def test_to_forward_batch_packs_tensors(pools, extend_case):
