@@ -60,7 +60,7 @@ class Req:
     # Generation state.
     output_ids: list[int] = field(default_factory=list)
     finished_reason: FinishReason | None = None
-    generator: torch.Generator | None = None  # per-request RNG when sampling_seed is set
+    penalty_row: int | None = None  # its row of the scheduler's PenaltyCounts (penalized requests only)
     grammar: Any = None  # sglkit.constrained.GrammarMatcher when the request is constrained
     grammar_future: Any = None  # the compile in flight while the request waits for its grammar
 

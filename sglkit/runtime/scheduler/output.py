@@ -5,6 +5,9 @@ Finish order (SGLang's): max_new_tokens -> EOS / stop_token_ids -> stop strings 
 length.
 While stop strings are active, streamed text holds back the last ``max_stop_len - 1`` characters so a
 stream never shows the start of a stop string that the final text trims.
+Detokenization is lazy: ``req.text`` is brought up to date (``catch_up_text``) only when something reads it: every
+step for a request with stop strings or stop_regex, else when an output is built (a stream chunk, the final
+output) or the request finishes by length. A non-streaming request is detokenized once, at its end.
 Without a tokenizer (``--skip-tokenizer-init``: ``tokenizer`` is None) nothing is detokenized: ``req.text`` stays
 empty and outputs carry token ids only (the front end refused stop strings, stop_regex and grammars).
 """
@@ -18,8 +21,9 @@ import torch
 
 from sglkit.core.messages import GenerateOutput
 from sglkit.core.req import FinishReason, Req
-from sglkit.runtime.executor.sampler import compute_logprobs, get_token_logprobs, get_top_logprobs
+from sglkit.runtime.executor.sampling.logprobs import compute_logprobs, get_token_logprobs, get_top_logprobs
 from sglkit.runtime.scheduler.detokenizer import IncrementalDetokenizer, find_stop_str
+from sglkit.runtime.scheduler.readout import RowLogprobs, StepReadout
 
 
 def init_detokenizer(req: Req, tokenizer) -> None:
@@ -45,8 +49,8 @@ def append_token(req: Req, token_id: int, eos_token_ids: set[int], context_len: 
     if not req.first_token_time:
         req.first_token_time = time.perf_counter()
     prev_len = len(req.text)
-    if req.detokenizer is not None:
-        req.text += req.detokenizer.append([token_id])
+    if params.stop or params.stop_regex:  # the finish checks read the text
+        catch_up_text(req)
 
     if len(req.output_ids) >= params.max_new_tokens:
         req.finished_reason = FinishReason("length", length=params.max_new_tokens)
@@ -71,7 +75,15 @@ def append_token(req: Req, token_id: int, eos_token_ids: set[int], context_len: 
         req.finished_reason = FinishReason("length", length=len(req.output_ids))
     finished_by_length = req.finished_reason is not None and req.finished_reason.type == "length"
     if finished_by_length and req.detokenizer is not None:
+        catch_up_text(req)
         req.text += req.detokenizer.flush()
+
+
+def catch_up_text(req: Req) -> None:
+    """Detokenize the output ids not yet in ``req.text`` (no-op without a detokenizer or after a stop trim)."""
+    detokenizer = req.detokenizer
+    if detokenizer is not None and detokenizer.num_tokens < len(req.output_ids):
+        req.text += detokenizer.append(req.output_ids[detokenizer.num_tokens :])
 
 
 def _check_stop_regex(req: Req) -> None:
@@ -100,6 +112,7 @@ def streamable_text_end(req: Req) -> int:
 
 def make_output(req: Req) -> GenerateOutput:
     """The news of ``req`` since its last output (and its meta_info)."""
+    catch_up_text(req)
     end = streamable_text_end(req)
     text_delta = req.text[req.sent_text_len : end]
     ids_delta = req.output_ids[req.sent_output_len :]
@@ -143,14 +156,25 @@ def should_stream(req: Req, stream_interval: int) -> bool:
     return req.stream and new_tokens > 0 and (new_tokens >= interval or len(req.output_ids) == 1)
 
 
-def record_output_logprobs(req: Req, logprobs: torch.Tensor, token_id: int) -> None:
-    """logprobs: [V] log-softmax of this step's logits -> append the sampled token's logprob (and top-k)."""
-    req.output_token_logprobs.append((float(logprobs[token_id]), token_id))
+def append_tokens(
+    reqs: list[Req], readout: StepReadout, eos_token_ids: set[int], context_len: int, tokenizer
+) -> None:
+    """Record each unfinished request's sampled token (``readout.next_ids[i]``) and its logprobs if asked."""
+    for i, req in enumerate(reqs):
+        if req.finished():
+            continue
+        if i in readout.logprobs:
+            record_output_logprobs(req, readout.next_ids[i], readout.logprobs[i])
+        append_token(req, readout.next_ids[i], eos_token_ids, context_len, tokenizer)
+
+
+def record_output_logprobs(req: Req, token_id: int, row: RowLogprobs) -> None:
+    """Append the sampled token's logprob (and its top-k / token_ids_logprob entries) read back this step."""
+    req.output_token_logprobs.append((row.token_logprob, token_id))
     if req.top_logprobs_num > 0:
-        values, ids = get_top_logprobs(logprobs[None], req.top_logprobs_num)
-        req.output_top_logprobs.append(list(zip(values[0].tolist(), ids[0].tolist())))
+        req.output_top_logprobs.append(list(row.top or []))
     if req.token_ids_logprob is not None:
-        req.output_token_ids_logprobs.append(_token_ids_logprobs(logprobs[None], req.token_ids_logprob)[0])
+        req.output_token_ids_logprobs.append(list(row.token_ids or []))
 
 
 def _token_ids_logprobs(logprobs: torch.Tensor, token_ids: list[int]) -> list[list[tuple[float, int]]]:

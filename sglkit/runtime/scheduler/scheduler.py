@@ -21,7 +21,7 @@ from sglkit.core.forward_batch import ForwardMode
 from sglkit.core.messages import ControlResult, GenerateOutput, TokenizedGenerateReq
 from sglkit.core.req import FinishReason, Req
 from sglkit.runtime.executor.model_runner import ModelRunner
-from sglkit.runtime.executor.sampler import SamplingBatchInfo, compute_logprobs
+from sglkit.runtime.executor.sampling import PenaltyCounts, SamplingBatchInfo
 from sglkit.runtime.frontend.tokenizer import get_eos_token_ids
 from sglkit.runtime.scheduler.base import SchedulerBase
 from sglkit.runtime.scheduler.batch import (
@@ -33,13 +33,7 @@ from sglkit.runtime.scheduler.batch import (
 )
 from sglkit.runtime.scheduler.grammar_queue import GrammarQueue, build_vocab_mask
 from sglkit.runtime.scheduler.intake import kv_fit_error, new_req
-from sglkit.runtime.scheduler.output import (
-    append_token,
-    collect_input_logprobs,
-    make_output,
-    record_output_logprobs,
-    should_stream,
-)
+from sglkit.runtime.scheduler.output import append_tokens, collect_input_logprobs, make_output, should_stream
 from sglkit.runtime.scheduler.policy import (
     PrefillAdder,
     decode_reserve,
@@ -47,6 +41,7 @@ from sglkit.runtime.scheduler.policy import (
     shares_uncached_prefix,
     sort_waiting_queue,
 )
+from sglkit.runtime.scheduler.readout import read_step
 from sglkit.runtime.scheduler.request_limits import (
     QUEUE_FULL_MESSAGE,
     Expired,
@@ -81,6 +76,8 @@ class Scheduler(SchedulerBase):
         self.grammar_queue = GrammarQueue.for_server(
             server_args, self.tokenizer, self.model_runner.vocab_size, self.eos_token_ids
         )
+        # Token counts of the running requests with penalties (device rows, released with the request).
+        self.penalty_counts = PenaltyCounts(self.model_runner.vocab_size, self.device)
         self.waiting_queue: list[Req] = []
         self.running_reqs: list[Req] = []
         self.chunked_req: Req | None = None
@@ -315,23 +312,17 @@ class Scheduler(SchedulerBase):
         for req in zero_len:
             req.finished_reason = FinishReason("length", length=0)
         info = SamplingBatchInfo.from_reqs(
-            reqs, self.model_runner.vocab_size, self.eos_token_ids, logits.device
+            reqs, self.model_runner.vocab_size, self.eos_token_ids, logits.device, self.penalty_counts
         )
         build_vocab_mask(info, reqs, self.grammar_queue.backend)
-        next_ids = self.model_runner.sample(logits, info).tolist()
-        logprobs = compute_logprobs(logits) if any(r.return_logprob for r in reqs) else None
-        for i, req in enumerate(reqs):
-            if req.finished():
-                continue
-            if logprobs is not None and req.return_logprob:
-                record_output_logprobs(req, logprobs[i], next_ids[i])
-            append_token(req, next_ids[i], self.eos_token_ids, self.context_len, self.tokenizer)
+        next_ids = self.model_runner.sample(logits, info)
+        info.record_output(next_ids)  # penalty counts, on the device
+        readout = read_step(next_ids, logits, reqs)  # the step's one device -> host copy
+        append_tokens(reqs, readout, self.eos_token_ids, self.context_len, self.tokenizer)
         self.stats.num_generated_tokens += len(reqs) - len(zero_len)
         for req in reqs:
             if req.finished():
-                if req in self.running_reqs:
-                    self.running_reqs.remove(req)
-                self._release(req)
+                self._release(req)  # also drops it from running_reqs
                 self.stats.record_finished(req)
                 outputs.append(make_output(req))
             elif should_stream(req, self.server_args.stream_interval):
@@ -348,8 +339,10 @@ class Scheduler(SchedulerBase):
         if req.req_pool_idx is not None:
             self.tree_cache.cache_finished_req(req)
             req.req_pool_idx = None
+        self.penalty_counts.release_req(req)
 
     def _retract(self, req: Req) -> None:
+        self.penalty_counts.release_req(req)  # rebuilt from its output ids when it samples again
         if req.req_pool_idx is not None:
             self.tree_cache.cache_finished_req(req)
         req.reset_for_retract()
@@ -372,6 +365,12 @@ class Scheduler(SchedulerBase):
         self.stats.reset_cache_counters()
         logger.info("Cache flushed successfully!")
         return ControlResult(True, "Cache flushed.")
+
+    def check_memory_leak(self) -> tuple[bool, str]:
+        """The KV check of ``SchedulerBase``, and no penalty-count row held while idle."""
+        ok, detail = super().check_memory_leak()
+        held = self.penalty_counts.num_used
+        return ok and held == 0, f"{detail}, penalty rows held={held}"
 
     def _num_running(self) -> int:
         return len(self.running_reqs) + (1 if self.chunked_req else 0)

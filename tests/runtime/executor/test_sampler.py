@@ -1,6 +1,7 @@
 """Sampler: greedy/top-k/top-p/min-p sets and frequencies, penalties by hand, bias, min_new_tokens, seeds, logprobs."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,7 +16,6 @@ from sglkit.runtime.executor.sampler import (
     filter_probs,
     get_token_logprobs,
     get_top_logprobs,
-    make_generator,
 )
 
 NUM_DRAWS = 2000
@@ -24,14 +24,13 @@ PROBS = torch.tensor([0.05, 0.15, 0.10, 0.50, 0.20])
 LOGITS = PROBS.log()
 
 
-def build(params, prompt_ids=None, output_ids=None, generators=None, vocab_size=None, eos=(), device="cpu"):
+def build(params, prompt_ids=None, output_ids=None, vocab_size=None, eos=(), device="cpu"):
     """SamplingBatchInfo with empty histories unless given."""
     n = len(params)
     return SamplingBatchInfo.from_params(
         params,
         prompt_ids if prompt_ids is not None else [[] for _ in range(n)],
         output_ids if output_ids is not None else [[] for _ in range(n)],
-        generators if generators is not None else [None] * n,
         vocab_size if vocab_size is not None else LOGITS.shape[0],
         set(eos),
         device,
@@ -121,10 +120,7 @@ def test_top_k_one_equals_greedy():
     torch.manual_seed(1)
     logits = torch.randn(16, 100)
     params = [SamplingParams(top_k=1, temperature=0.8, sampling_seed=3)] * 16
-    gens = [make_generator(3) for _ in range(16)]
-    ids = Sampler().sample(
-        logits, build(params, generators=gens, vocab_size=100), torch.Generator().manual_seed(0)
-    )
+    ids = Sampler().sample(logits, build(params, vocab_size=100), torch.Generator().manual_seed(0))
     assert torch.equal(ids, logits.argmax(dim=-1))
     # The filter itself keeps only the argmax when k == 1, whatever the temperature.
     kept = filter_probs(
@@ -228,7 +224,7 @@ def test_min_new_tokens_masks_eos_and_stop_token_ids():
 def test_same_seed_same_tokens_alone_or_in_a_batch():
     torch.manual_seed(4)
     vocab = 64
-    steps = [torch.randn(6, vocab) for _ in range(20)]
+    steps = [torch.randn(7, vocab) for _ in range(20)]
     seeded = SamplingParams(temperature=0.9, top_p=0.95, sampling_seed=1234)
     others = [
         SamplingParams(temperature=0.0),
@@ -237,23 +233,23 @@ def test_same_seed_same_tokens_alone_or_in_a_batch():
         SamplingParams(temperature=1.0),
     ]
 
-    def run(batch_params, row, gens, default_seed):
+    def run(batch_params, row, default_seed):
         default = torch.Generator().manual_seed(default_seed)
         out = []
         for logits in steps:
             batch_logits = logits[1 : 1 + len(batch_params)].clone()
             batch_logits[row] = logits[0]  # the seeded request's row, wherever it sits
-            info = build(batch_params, generators=gens, vocab_size=vocab)
+            histories = [[0] * len(out)] * len(batch_params)  # the draw's counter: tokens generated so far
+            info = build(batch_params, output_ids=histories, vocab_size=vocab)
             out.append(Sampler().sample(batch_logits, info, default)[row].item())
         return out
 
-    alone = run([seeded], 0, [make_generator(1234)], default_seed=0)
-    batch = others[:2] + [seeded] + others[2:]
-    gens = [None, make_generator(99), make_generator(1234), None, None]
-    in_batch = run(batch, 2, gens, default_seed=7)
+    alone = run([seeded], 0, default_seed=0)
+    batch = others[:1] + [replace(seeded, sampling_seed=99)] + [seeded] + others[1:]
+    in_batch = run(batch, 2, default_seed=7)
     assert alone == in_batch
     assert len(set(alone)) > 1  # it really sampled
-    other_seed = run([SamplingParams(temperature=0.9, top_p=0.95)], 0, [make_generator(1)], default_seed=0)
+    other_seed = run([replace(seeded, sampling_seed=1)], 0, default_seed=0)
     assert other_seed != alone
 
 
@@ -282,12 +278,15 @@ def test_logprobs_helpers():
     assert get_top_logprobs(logprobs, 0)[0].shape == (3, 0)
 
 
-def test_build_is_sparse_and_cheap_for_a_large_batch():
+def test_build_for_a_large_batch():
     vocab = 32000
     params = [SamplingParams(repetition_penalty=1.1, frequency_penalty=0.2, logit_bias={5: 1.0})] * 64
     info = build(params, [list(range(500))] * 64, [list(range(100))] * 64, vocab_size=vocab, eos=[2])
-    assert info.repetition_index.numel() == 64 * 500
-    assert info.output_index.numel() == 64 * 100 and info.bias_index.numel() == 64
+    assert info.penalty_rows.numel() == 64 and info.penalty_batch_rows is None  # every row penalized
+    assert (
+        int(info.penalty_counts.counts.sum()) == 64 * 100 and int(info.penalty_counts.seen.sum()) == 64 * 500
+    )
+    assert info.bias_index.numel() == 64
     ids = Sampler().sample(torch.randn(64, vocab), info, torch.Generator().manual_seed(0))
     assert ids.shape == (64,) and ids.dtype == torch.int64
 
@@ -298,17 +297,10 @@ def test_cuda_seeded_rows_match_alone_and_batched():
     device = "cuda"
     logits = torch.randn(3, 1000, device=device)
     p = SamplingParams(temperature=0.8, top_k=50, sampling_seed=5)
-    alone = Sampler().sample(
-        logits[1:2], build([p], generators=[make_generator(5, device)], vocab_size=1000, device=device)
-    )
+    alone = Sampler().sample(logits[1:2], build([p], vocab_size=1000, device=device))
     batch = Sampler().sample(
         logits,
-        build(
-            [SamplingParams()] * 1 + [p] + [SamplingParams(top_p=0.5)],
-            generators=[None, make_generator(5, device), None],
-            vocab_size=1000,
-            device=device,
-        ),
+        build([SamplingParams()] * 1 + [p] + [SamplingParams(top_p=0.5)], vocab_size=1000, device=device),
         torch.Generator(device=device).manual_seed(0),
     )
     assert alone.item() == batch[1].item()

@@ -8,9 +8,16 @@ import torch
 from sglkit.core.req import FinishReason, Req
 from sglkit.core.sampling_params import SamplingParams
 from sglkit.runtime.scheduler.output import collect_input_logprobs, make_output, record_output_logprobs
+from sglkit.runtime.scheduler.readout import read_step
 
 VOCAB = 11
 PROMPT = [3, 1, 4, 1, 5]
+
+
+def record_step(req: Req, step_logits: torch.Tensor, token_id: int) -> None:
+    """step_logits: [V] -> the sampled token's logprobs as the scheduler records them (read_step, then record)."""
+    readout = read_step(torch.tensor([token_id]), step_logits[None], [req])
+    record_output_logprobs(req, readout.next_ids[0], readout.logprobs[0])
 
 
 def make_req(token_ids_logprob=None, logprob_start_len=0) -> Req:
@@ -58,7 +65,7 @@ def test_output_token_ids_logprobs_and_their_deltas() -> None:
     step_logits = logits(2, seed=5)
     for step, token_id in enumerate([3, 7]):
         lp = torch.log_softmax(step_logits[step], dim=-1)
-        record_output_logprobs(req, lp, token_id)
+        record_step(req, step_logits[step], token_id)
         req.output_ids.append(token_id)
         assert req.output_token_ids_logprobs[-1] == [(lp[7].item(), 7), (lp[3].item(), 3)]
         assert (
@@ -75,7 +82,7 @@ def test_output_token_ids_logprobs_and_their_deltas() -> None:
 
 def test_no_token_ids_logprob_means_none_in_outputs() -> None:
     req = make_req(None)
-    record_output_logprobs(req, torch.log_softmax(logits(1)[0], dim=-1), 4)
+    record_step(req, logits(1)[0], 4)
     req.output_ids.append(4)
     out = make_output(req)
     assert out.input_token_ids_logprobs is None and out.output_token_ids_logprobs_delta is None
