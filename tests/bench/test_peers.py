@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from sglkit.bench import offline_throughput
+from sglkit.bench import offline_throughput, one_batch
 from sglkit.bench.one_batch import write_preset
 from sglkit.bench.peers import llamacpp
 from sglkit.bench.peers.compare import build_job, check_sides, format_ratios, format_table
@@ -92,6 +92,10 @@ def test_missing_side_venv_is_one_line_naming_the_prepare_script(tmp_path, monke
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "prepare_bench_peers.sh llamacpp" in err
+    with pytest.raises(SystemExit) as exit_info:
+        one_batch.main(["--config", "tiny", "--compare-vllm"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("bash scripts/prepare_bench_peers.sh vllm")
 
 
 def test_shape_model_is_written_once_with_weights(tmp_path):

@@ -9,6 +9,7 @@ peer's side venv is missing (``PeerUnavailable``: the CLI prints its one line an
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from sglkit.bench.peers import llamacpp, vllm_cpu
@@ -87,12 +88,15 @@ def compare(sides: list[str], job: dict, timeout: float | None = None, log=print
     results: dict[str, dict] = {}
     for side in sides:
         log(f"[{LABELS[side]}] running ...")
+        start = time.perf_counter()
         try:
             spec, side_job = side_spec(side, job, log)
             results[side] = run_worker(spec, side_job, timeout=timeout, log=log)
         except PeerUnavailable as exc:
             results[side] = {"peer": LABELS[side], "error": str(exc)}
         results[side].setdefault("peer", LABELS[side])
+        figures = {k: v for k, v in results[side].items() if "outputs" not in k}
+        log(f"[{LABELS[side]}] done in {time.perf_counter() - start:.0f} s: {json.dumps(figures)}")
     return results
 
 
@@ -205,10 +209,11 @@ def compare_static(
             f"{name}. Prefill. latency: {figs['prefill_latency']:6.5f} s, "
             f"throughput: {figs['prefill_throughput']:9.2f} token/s"
         )
-        log(f"{name}. Decode.  mean throughput: {figs['decode_throughput']:9.2f} token/s")
+        if "decode_throughput" in figs:
+            log(f"{name}. Decode.  mean throughput: {figs['decode_throughput']:9.2f} token/s")
         line = f"Ratio (sglkit / {name}). prefill throughput: "
         line += f"{result['prefill_throughput'] / figs['prefill_throughput']:.2f}x"
-        if "median_decode_throughput" in result:
+        if "median_decode_throughput" in result and "decode_throughput" in figs:
             line += (
                 f", decode throughput: {result['median_decode_throughput'] / figs['decode_throughput']:.2f}x"
             )

@@ -13,7 +13,7 @@ Figures: decode_tok_s (batch-1 decode: (decode_len - 1) / (t(decode_len) - t(1))
 batch_elapsed_s, batch_output_tokens, ttft_s (median over repeats of a 1-token generate of ttft_prompt),
 load_s, peak_rss_mb (ru_maxrss of the worker plus its largest waited-for child), outputs (the batch's ids);
 "static" (bench_one_batch): prefill_latency / prefill_throughput of generate(prompts, 1) and decode_throughput =
-len(prompts) * (output_len - 1) / (t(output_len) - t(1)).
+len(prompts) * (output_len - 1) / (t(output_len) - t(1)); a decode figure is left out when t(N) <= t(1).
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def measure(job: dict, generate: Generate) -> dict:
         n = job["decode_len"]
         _, one = _timed(generate, [job["decode_prompt"]], 1)
         outs, full = _timed(generate, [job["decode_prompt"]], n)
-        figures["decode_tok_s"] = (n - 1) / max(full - one, 1e-9)
+        if full > one:  # else the machine's noise exceeded the decode time: no figure rather than a wild one
+            figures["decode_tok_s"] = (n - 1) / (full - one)
         figures["decode_outputs"] = outs[0]
     if "batch" in job["figures"] and job["prompts"]:
         outs, elapsed = _timed(generate, job["prompts"], job["output_len"])
@@ -96,7 +97,9 @@ def measure(job: dict, generate: Generate) -> dict:
         _, one = _timed(generate, prompts, 1)
         outs, full = _timed(generate, prompts, n)
         figures.update(prefill_latency=one, prefill_throughput=sum(len(p) for p in prompts) / one)
-        figures.update(decode_throughput=len(prompts) * (n - 1) / max(full - one, 1e-9), outputs=outs)
+        figures["outputs"] = outs
+        if full > one:
+            figures["decode_throughput"] = len(prompts) * (n - 1) / (full - one)
     return figures
 
 
