@@ -1,6 +1,7 @@
 """Intake (scheduler, on arrival): a TokenizedGenerateReq from the front end -> the scheduler's plain ``Req``.
 
-The arrival time is stamped (``created_time``); a request with its own ``sampling_seed`` gets its own generator.
+The arrival time is stamped (``created_time``). A seeded request needs nothing here: its draws are
+``hash(sampling_seed, position)`` (``sglkit.runtime.executor.sampling.seeded``).
 Whether it may queue (fits the context and the KV pool, the waiting queue not full) is the scheduler's call.
 """
 
@@ -10,13 +11,12 @@ import time
 
 from sglkit.core.messages import TokenizedGenerateReq
 from sglkit.core.req import Req
-from sglkit.runtime.executor.sampler import make_generator
 
 __all__ = ["kv_fit_error", "new_req"]
 
 
 def new_req(recv: TokenizedGenerateReq, device: str) -> Req:
-    """The ``Req`` for ``recv``, stamped with its arrival time (its generator on ``device`` when seeded)."""
+    """The ``Req`` for ``recv``, stamped with its arrival time (``device``: kept for callers; unused)."""
     params = recv.sampling_params
     req = Req(
         rid=recv.rid,
@@ -30,8 +30,6 @@ def new_req(recv: TokenizedGenerateReq, device: str) -> Req:
         token_ids_logprob=recv.token_ids_logprob,
     )
     req.created_time = time.perf_counter()
-    if params.sampling_seed is not None:
-        req.generator = make_generator(params.sampling_seed, device)
     return req
 
 
