@@ -19,9 +19,15 @@ A fused parameter also accepts the whole fused tensor (``shard_id=None``: Phi-3 
 ``gate_up_proj`` so, and so does our own state_dict, as ``update_weights`` re-reads it): with tp_size > 1 it is
 split into its sections, each loaded as its shard (this rank's slice).
 
-On CPU the model runner calls ``pack_linear_weights(model)`` after every weight change; each ``Linear`` then
-keeps a oneDNN-blocked copy of its weight and runs ``mkldnn._linear_pointwise`` (about 2x faster than
-``F.linear`` at serving shapes on AVX-512 machines). Elsewhere, or if packing is unavailable, it is F.linear.
+After loading, each ``Linear`` hands its weight to its *linear method* (``sglkit.layers.quantization``): the model
+runner calls ``pack_linear_weights(model)`` after every weight change, and the default method
+(``PackedLinearMethod``) reorders a CPU weight into oneDNN's blocked layout for ``mkldnn._linear_pointwise`` (float32
+everywhere; bfloat16 on AVX-512 / AVX-NE-CONVERT CPUs), else keeps it for ``F.linear``. ``quantize_linear_weights(
+model, "int8wo" | "int4wo-G")`` (SGLang's ``--torchao-config``) gives the "proj" layers int8 / int4 weight-only
+methods instead. A method that replaces the weight frees the plain copy (every weight is held once): ``weight``
+keeps its shape and dtype for the loaders, ``state_dict`` returns ``dense_weight()`` (unpacked / dequantized),
+and loading into the layer (``param.weight_loader``, ``load_state_dict``) first turns it back into a plain
+weight, so ``update_weights`` re-loads and the next ``pack_linear_weights`` re-processes.
 """
 
 from __future__ import annotations
@@ -30,9 +36,15 @@ import logging
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from sglkit.layers.quantization import (
+    LinearMethod,
+    PackedLinearMethod,
+    create_linear_method,
+    should_quantize,
+    validate_torchao_config,
+)
 from sglkit.layers.weight_loader import copy_weight, set_weight_loader, shard_tensor
 from sglkit.parallel import get_tp_rank, get_tp_size, tensor_model_parallel_all_reduce
 
@@ -44,10 +56,11 @@ __all__ = [
     "MergedColumnParallelLinear",
     "QKVParallelLinear",
     "RowParallelLinear",
+    "dense_parameter",
+    "linear_weight_bytes",
     "pack_linear_weights",
+    "quantize_linear_weights",
 ]
-
-PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def divide(numerator: int, denominator: int) -> int:
@@ -66,10 +79,9 @@ class Linear(nn.Module):
     """y = x W^T + b with a replicated weight [out, in]; x: [..., in] -> [..., out].
 
     Parameters are created with ``torch.empty`` on the current default device (the loader fills them), named
-    ``weight`` / ``bias`` like ``nn.Linear``. Uses a prepacked weight on CPU once ``pack()`` has run.
+    ``weight`` / ``bias`` like ``nn.Linear``. ``linear_method`` (default: oneDNN packing where it runs) takes the
+    weight over in ``process_weights_after_loading``.
     """
-
-    packed_weight: torch.Tensor | None = None
 
     def __init__(
         self,
@@ -87,8 +99,18 @@ class Linear(nn.Module):
         self.tp_size = tp_size
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype)) if bias else None
-        set_weight_loader(self.weight, self.weight_loader)
-        set_weight_loader(self.bias, self.weight_loader)
+        self.linear_method: LinearMethod = PackedLinearMethod()
+        set_weight_loader(self.weight, self.load_weight)
+        set_weight_loader(self.bias, self.load_weight)
+        self.register_state_dict_post_hook(_dense_weight_in_state_dict)
+        self.register_load_state_dict_pre_hook(_release_before_load_state_dict)
+
+    def load_weight(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
+        """``param.weight_loader`` of both parameters: a processed weight becomes a plain one again (uninitialised,
+        about to be overwritten), then this class's ``weight_loader`` copies its slice."""
+        if param is self.weight:
+            self.linear_method.release(self)
+        self.weight_loader(param, loaded_weight, shard_id)
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
         """Replicated: copy the whole checkpoint tensor (no shards)."""
@@ -96,41 +118,42 @@ class Linear(nn.Module):
             raise ValueError(f"{type(self).__name__} has no shards; got shard_id={shard_id!r}.")
         copy_weight(param.data, loaded_weight)
 
-    def pack(self) -> bool:
-        """(Re)build the prepacked weight from ``self.weight``; False (plain path) when not possible."""
-        self.packed_weight = None
-        weight = self.weight
-        if (
-            weight.device.type != "cpu"
-            or weight.dtype not in PACKABLE_DTYPES
-            or not torch.backends.mkldnn.is_available()
-        ):
-            return False
-        try:
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
-            probe = torch.zeros(1, self.in_features, dtype=weight.dtype)
-            torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
-        except (RuntimeError, AttributeError) as e:
-            logger.debug(f"oneDNN weight packing unavailable ({e}); using F.linear.")
-            return False
-        self.packed_weight = packed
-        return True
+    def process_weights_after_loading(self) -> bool:
+        """Hand the loaded weight to ``linear_method`` (pack or quantize it, freeing the plain copy); True if it did."""
+        return self.linear_method.process_weights_after_loading(self)
+
+    def set_linear_method(self, method: LinearMethod) -> None:
+        """Use ``method`` from now on (unprocessed: call ``process_weights_after_loading``); the current method's
+        form, if any, is turned back into the plain weight first."""
+        self.linear_method.restore(self)
+        self.linear_method = method
+
+    def dense_weight(self) -> torch.Tensor:
+        """The weight as a plain [out, in] tensor: ``weight``, or unpacked / dequantized from the method's form."""
+        return self.linear_method.dense_weight(self)
+
+    @property
+    def packed_weight(self) -> torch.Tensor | None:
+        """The oneDNN-blocked weight while the packed method holds one, else None (fused-op callers check this)."""
+        method = self.linear_method
+        return method.packed if isinstance(method, PackedLinearMethod) and method.processed else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., in] -> [..., out]."""
         return self.matmul(x, self.bias)
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """x: [..., in] -> x W^T (+ bias): [..., out], through the prepacked weight when there is one."""
-        if self.packed_weight is None or torch.is_grad_enabled() or x.dtype != self.weight.dtype:
-            return F.linear(x, self.weight, bias)
-        bias = None if bias is None else bias.detach()
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed_weight, bias, "none", [], "")
+        """x: [..., in] -> x W^T (+ bias): [..., out], by the layer's linear method."""
+        return self.linear_method.apply(self, x, bias)
 
     def extra_repr(self) -> str:
         """Sizes (this rank's) and tensor-parallel placement, for ``print(model)``."""
         tp = f", tp_rank={self.tp_rank}, tp_size={self.tp_size}" if self.tp_size > 1 else ""
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{tp}"
+        method = self.linear_method.name if self.linear_method.processed else "dense"
+        sizes = (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        )
+        return f"{sizes}{tp}, method={method}"
 
 
 class ColumnParallelLinear(Linear):
@@ -316,6 +339,59 @@ def _split_rows(loaded_weight: torch.Tensor, sizes: Sequence[int]) -> tuple[torc
     return loaded_weight.split(list(sizes), dim=0)
 
 
+def _dense_weight_in_state_dict(module: Linear, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """state_dict post-hook: the plain weight (unpacked / dequantized) in place of a freed placeholder."""
+    key = prefix + "weight"
+    if module.linear_method.processed and key in state_dict:
+        state_dict[key] = module.dense_weight()
+
+
+def _release_before_load_state_dict(module: Linear, state_dict: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: a plain weight to copy into (re-process afterwards)."""
+    if prefix + "weight" in state_dict:
+        module.linear_method.release(module)
+
+
 def pack_linear_weights(model: nn.Module) -> int:
-    """Pack every ``Linear`` of ``model`` (call after loading or changing weights); returns how many were packed."""
-    return sum(module.pack() for module in model.modules() if isinstance(module, Linear))
+    """Process every ``Linear`` of ``model`` by its linear method (call after loading or changing weights): pack
+    for oneDNN by default, re-quantize a quantized layer; returns how many hold their weight in a method's form."""
+    return sum(
+        module.process_weights_after_loading() for module in model.modules() if isinstance(module, Linear)
+    )
+
+
+def quantize_linear_weights(model: nn.Module, torchao_config: str | None) -> int:
+    """Quantize the "proj" linears of a loaded ``model`` by SGLang's ``--torchao-config`` value ("int8wo",
+    "int4wo-32/64/128/256"; "" / None: nothing); returns how many were quantized. Each keeps its method, so
+    later weight loads are quantized again by ``pack_linear_weights``. ValueError for other values or devices."""
+    if not torchao_config:
+        return 0
+    device = next(model.parameters()).device
+    validate_torchao_config(torchao_config, str(device))
+    chosen = [m for name, m in model.named_modules() if isinstance(m, Linear) and should_quantize(name)]
+    quantized = 0
+    for module in chosen:
+        module.set_linear_method(create_linear_method(torchao_config))
+        quantized += module.process_weights_after_loading()
+    if quantized < len(chosen):
+        logger.warning(
+            f"torchao_config={torchao_config}: {len(chosen) - quantized} of {len(chosen)} proj linears kept "
+            "their dtype (shape the kernel cannot take)."
+        )
+    logger.info(f"torchao_config={torchao_config}: quantized {quantized} linear layers.")
+    return quantized
+
+
+def linear_weight_bytes(model: nn.Module) -> int:
+    """Bytes the ``Linear`` layers of ``model`` hold for their weights (plain, packed or quantized; no bias)."""
+    return sum(m.linear_method.weight_bytes(m) for m in model.modules() if isinstance(m, Linear))
+
+
+def dense_parameter(model: nn.Module, name: str) -> torch.Tensor:
+    """Parameter ``name`` of ``model`` with its real values (for /get_weights_by_name and the like): a processed
+    ``Linear`` weight is unpacked / dequantized (its Parameter holds a placeholder), any other is the Parameter."""
+    module_name, _, param_name = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    if isinstance(module, Linear) and param_name == "weight":
+        return module.dense_weight()
+    return model.get_parameter(name)

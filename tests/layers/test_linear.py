@@ -40,11 +40,12 @@ def test_every_parameter_carries_its_layers_loader():
         QKVParallelLinear(8, 2, 2, 1),
     ]
     for layer in layers:
+        # Each parameter's loader is the layer's entry (releases a processed weight), then its class's loader.
         for param in layer.parameters():
-            assert (
-                param.weight_loader.__self__ is layer
-                and param.weight_loader.__func__ is type(layer).weight_loader
-            )
+            loader = param.weight_loader
+            assert loader.__self__ is layer and loader.__func__ is Linear.load_weight
+        load(layer, "weight", torch.ones(layer.weight.shape))  # reaches the class's own weight_loader
+        assert torch.equal(layer.weight, torch.ones(layer.weight.shape))
 
 
 def test_qkv_shards_land_in_their_rows():
