@@ -23,6 +23,7 @@ from sglkit.server_args_checks import (
     SAMPLING_DEFAULTS_MODES,
     SCHEDULE_POLICIES,
     TOOL_CALL_PARSERS,
+    TORCHAO_CONFIGS,
     validate_server_args,
 )
 
@@ -71,6 +72,14 @@ class ServerArgs:
         "weights of the config's shape made on the device (the folder needs only config.json and a tokenizer), "
         "for benchmarks.",
         choices=LOAD_FORMATS,
+    )
+    torchao_config: str = _arg(
+        "",
+        "Weight-only quantization of the linear layers at load, on CPU (SGLang's flag, done by sglkit without "
+        "torchao): 'int8wo' (int8, one scale per output channel) or 'int4wo-32' / 'int4wo-64' / 'int4wo-128' / "
+        "'int4wo-256' (int4, one scale and zero per group of that many inputs); '' quantizes nothing. "
+        "See docs/quantization.md.",
+        choices=("", *TORCHAO_CONFIGS),
     )
     context_length: int | None = _arg(
         None,

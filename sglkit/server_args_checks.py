@@ -15,6 +15,8 @@ GRAMMAR_BACKENDS = ("xgrammar", "none")  # as sglkit.constrained.GRAMMAR_BACKEND
 SAMPLING_DEFAULTS_MODES = ("model", "openai")  # as sglkit.runtime.frontend.sampling_defaults's
 TOOL_CALL_PARSERS = ("qwen25", "hermes", "llama3", "mistral", "pythonic")  # as sglkit.server.function_call's
 REASONING_PARSERS = ("qwen3", "deepseek-r1")  # as sglkit.server.reasoning_parser's
+# as sglkit.layers.quantization.TORCHAO_CONFIGS (SGLang's weight-only --torchao-config values)
+TORCHAO_CONFIGS = ("int8wo", "int4wo-32", "int4wo-64", "int4wo-128", "int4wo-256")
 
 if TYPE_CHECKING:
     from sglkit.server_args import ServerArgs
@@ -68,6 +70,7 @@ def validate_server_args(args: ServerArgs) -> None:
         raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {args.load_format!r}.")
     if args.device is not None and args.device.split(":")[0] not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {args.device!r}.")
+    _validate_torchao_config(args)
     if not 0 <= args.port < 65536:
         raise ValueError(f"port must be in [0, 65535], got {args.port!r}.")
     _validate_parallel(args)
@@ -79,6 +82,24 @@ def validate_server_args(args: ServerArgs) -> None:
     if args.reasoning_parser is not None and args.reasoning_parser not in REASONING_PARSERS:
         raise ValueError(
             f"reasoning_parser must be one of {REASONING_PARSERS}, got {args.reasoning_parser!r}."
+        )
+
+
+def _validate_torchao_config(args: ServerArgs) -> None:
+    """torchao_config: '' or one of TORCHAO_CONFIGS; CPU only; sglkit's own model implementation only."""
+    value = args.torchao_config
+    if not value:
+        return
+    if value not in TORCHAO_CONFIGS:
+        raise ValueError(f"torchao_config must be one of {TORCHAO_CONFIGS} (or empty), got {value!r}.")
+    if args.device is not None and args.device.split(":")[0] != "cpu":
+        raise ValueError(
+            f"torchao_config={value!r} is implemented for CPU only (sglkit's int8 / int4 weight-only linears); "
+            f"device is {args.device!r}. Drop --torchao-config on CUDA, or use --device cpu."
+        )
+    if args.model_impl == "transformers":
+        raise ValueError(
+            "torchao_config quantizes sglkit's own linear layers; use model_impl='auto' or 'sglkit'."
         )
 
 

@@ -283,6 +283,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attention-backend", default=None, help="torch_native (default), triton, ...")
     p.add_argument("--device", default=None, choices=("cpu", "cuda"), help="Default: cuda when available.")
     p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, the config's on CUDA), bfloat16, ...")
+    p.add_argument(
+        "--torchao-config", default="", help="int8wo, int4wo-32/64/128/256 (CPU): quantized linears."
+    )
     p.add_argument("--seed", type=int, default=0, help="Seed of the dummy weights and the prompts.")
     p.add_argument("--compare-hf", action="store_true", help="Also run HF transformers (eager SDPA).")
     p.add_argument(
@@ -313,6 +316,7 @@ def build_runner(args: argparse.Namespace, model_path: str):
         attention_backend=args.attention_backend,
         device=args.device,
         dtype=args.dtype,
+        torchao_config=args.torchao_config,
         random_seed=args.seed,
         context_length=max_len + 1,
         max_total_tokens=max_bs * max_len + 1,

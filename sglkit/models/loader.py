@@ -232,13 +232,16 @@ def load_model(
     model_impl: str = "auto",
     load_format: str = "auto",
     seed: int = 0,
+    torchao_config: str = "",
 ) -> tuple[torch.nn.Module, ModelConfig]:
     """Build the model of a local folder on ``device`` in ``dtype``, load its weights; (model, ModelConfig).
 
     The ModelConfig keeps the transformers config in ``.hf_config``. ``is_embedding`` picks the embedding /
     reward variant of the architecture; ``model_impl`` the implementation (see ``resolve_model_class``; the
     choice is logged). ``load_format="dummy"`` skips the checkpoint (only config.json is read) and fills the
-    weights by ``init_dummy_weights(model, seed)``. The model is in eval mode with gradients off.
+    weights by ``init_dummy_weights(model, seed)``. ``torchao_config`` ("int8wo", "int4wo-G"; CPU) quantizes the
+    "proj" linears once loaded (``sglkit.layers.linear.quantize_linear_weights``). The model is in eval mode with
+    gradients off.
     """
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {load_format!r}.")
@@ -251,6 +254,10 @@ def load_model(
         f"model_impl={model_impl})"
     )
     torch_dtype = resolve_dtype(dtype, hf_config, device)
+    if torchao_config and impl != "sglkit":
+        raise ValueError(
+            f"torchao_config needs an sglkit model implementation; {model_cls.__name__} is {impl}'s."
+        )
     if load_format == "dummy" and impl != "sglkit":
         raise ValueError(
             f"load_format='dummy' needs an sglkit model implementation; {model_cls.__name__} is {impl}'s."
@@ -261,6 +268,10 @@ def load_model(
         init_dummy_weights(model, seed)
     else:
         load_checkpoint(model, model_path)
+    if torchao_config:
+        from sglkit.layers.linear import quantize_linear_weights
+
+        quantize_linear_weights(model, torchao_config)
     model.eval()
     model.requires_grad_(False)
     return model, model_config

@@ -86,6 +86,7 @@ class ModelRunner:
             model_impl=server_args.model_impl,
             load_format=server_args.load_format,
             seed=server_args.random_seed,
+            torchao_config=server_args.torchao_config,
         )
         self.dtype = next(self.model.parameters()).dtype
         pack_linear_weights(self.model)
