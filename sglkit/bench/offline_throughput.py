@@ -63,6 +63,30 @@ def run_sglkit(model_path: str, prompts: list[list[int]], output_len: int, engin
 
 
 @torch.inference_mode()
+def hf_greedy_batches(
+    model, prompts: list[list[int]], batch_size: int, max_tokens: int, pad: int
+) -> list[list[int]]:
+    """HF ``generate``, greedy, on left-padded batches of ``batch_size`` prompts; exactly ``max_tokens`` new ids
+    per prompt (no EOS stop)."""
+    outputs: list[list[int]] = []
+    for lo in range(0, len(prompts), batch_size):
+        chunk = prompts[lo : lo + batch_size]
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_tokens,
+            min_new_tokens=max_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+        outputs.extend(out[:, width:].tolist())
+    return outputs
+
+
+@torch.inference_mode()
 def run_hf(
     model_path: str, prompts: list[list[int]], output_len: int, batch_size: int, dtype: str = "float32"
 ) -> dict:
@@ -73,21 +97,7 @@ def run_hf(
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     model.generate(torch.tensor([prompts[0][:8]]), max_new_tokens=4, do_sample=False, pad_token_id=pad)
     start = time.perf_counter()
-    outputs = []
-    for lo in range(0, len(prompts), batch_size):
-        chunk = prompts[lo : lo + batch_size]
-        width = max(len(p) for p in chunk)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=output_len,
-            min_new_tokens=output_len,
-            do_sample=False,
-            pad_token_id=pad,
-        )
-        outputs.extend(out[:, width:].tolist())
+    outputs = hf_greedy_batches(model, prompts, batch_size, output_len, pad)
     elapsed = time.perf_counter() - start
     return {"elapsed": elapsed, "output_tokens": sum(len(o) for o in outputs), "outputs": outputs}
 

@@ -21,30 +21,16 @@ def load(job: dict):
     import transformers
     from transformers import AutoModelForCausalLM
 
+    from sglkit.bench.offline_throughput import hf_greedy_batches  # the project's venv: sglkit is importable
+
     torch.set_num_threads(job["threads"])
     model = AutoModelForCausalLM.from_pretrained(
         job["model"], dtype=getattr(torch, job["dtype"]), attn_implementation="sdpa", local_files_only=True
     ).eval()
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
 
-    @torch.inference_mode()
     def generate(prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
-        outputs: list[list[int]] = []
-        for lo in range(0, len(prompts), job["max_batch"]):
-            chunk = prompts[lo : lo + job["max_batch"]]
-            width = max(len(p) for p in chunk)
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max_tokens,
-                min_new_tokens=max_tokens,
-                do_sample=False,
-                pad_token_id=pad,
-            )
-            outputs.extend(out[:, width:].tolist())
-        return outputs
+        return hf_greedy_batches(model, prompts, job["max_batch"], max_tokens, pad)
 
     return generate, f"transformers {transformers.__version__} (torch {torch.__version__})"
 
