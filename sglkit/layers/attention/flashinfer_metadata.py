@@ -167,16 +167,7 @@ def extend_plan_args(
         spec.head_dim,
         PAGE_SIZE,
     )
-    kwargs = dict(
-        causal=True,
-        pos_encoding_mode="NONE",  # RoPE is applied by the model before attention
-        sm_scale=spec.sm_scale,
-        window_left=spec.window_left,
-        logits_soft_cap=spec.logits_soft_cap,
-        q_data_type=kv_dtype,
-        kv_data_type=kv_dtype,
-    )
-    return args, kwargs
+    return args, dict(causal=True, **_shared_plan_kwargs(spec, kv_dtype))
 
 
 def decode_plan_args(
@@ -192,15 +183,19 @@ def decode_plan_args(
         spec.head_dim,
         PAGE_SIZE,
     )
-    kwargs = dict(
-        pos_encoding_mode="NONE",
+    return args, _shared_plan_kwargs(spec, kv_dtype)
+
+
+def _shared_plan_kwargs(spec: LayerSpec, kv_dtype: torch.dtype) -> dict[str, Any]:
+    """The keyword arguments both ``plan`` calls take from the layer spec and the pool's dtype."""
+    return dict(
+        pos_encoding_mode="NONE",  # RoPE is applied by the model before attention
         sm_scale=spec.sm_scale,
         window_left=spec.window_left,
         logits_soft_cap=spec.logits_soft_cap,
         q_data_type=kv_dtype,
         kv_data_type=kv_dtype,
     )
-    return args, kwargs
 
 
 def paged_kv_cache(k_buf: torch.Tensor, v_buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
