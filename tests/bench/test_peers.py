@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import pytest
 
@@ -40,6 +41,7 @@ def test_measure_reports_every_figure_from_the_generate_calls():
 
     def generate(prompts, max_tokens):
         calls.append((len(prompts), max_tokens))
+        time.sleep(0.02 * max_tokens)  # a decode that takes time, so t(N tokens) > t(1 token) on any machine
         return _greedy_counter(prompts, max_tokens)
 
     figures = peer_harness.measure(job, generate)
