@@ -73,6 +73,7 @@ INTEGRATION_PATHS = (
     "bench/test_serving_bench.py",  # bench_serving against a real server
     "bench/test_soak.py::test_soak_cli_short_run_is_clean",  # python -m sglkit.bench.soak: its own server
     "bench/test_one_batch.py::test_cli_prints_sglang_lines_per_batch_size",  # python -m sglkit.bench_one_batch
+    "bench/test_peers_workers.py",  # peer workers as subprocesses (sglkit, HF; llama.cpp / vLLM venvs)
     "scripts/test_gpu_check.py",  # scripts/gpu_check.sh --dry-run in a subprocess
     "layers/test_triton_fused.py::test_kernels_under_interpreter",  # re-runs the file under TRITON_INTERPRET=1
     # The Triton attention kernels and the graph hooks, re-run in a child pytest under TRITON_INTERPRET=1.
