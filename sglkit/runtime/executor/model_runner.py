@@ -35,9 +35,8 @@ logger = logging.getLogger(__name__)
 GB = 1 << 30
 CPU_DEFAULT_MEM_FRACTION = 0.1  # share of available RAM for the KV pool on CPU
 CPU_MAX_AUTO_TOKENS = 1 << 18  # cap of an automatically sized CPU pool (a bigger one only costs RAM)
-CPU_DEFAULT_MAX_RUNNING_REQUESTS = (
-    256  # default cap of the running batch on CPU (sizes the pool with the context)
-)
+# Default cap of the running batch on CPU; with the context length it also sizes the CPU KV pool.
+CPU_DEFAULT_MAX_RUNNING_REQUESTS = 256
 MAX_REQ_TO_TOKEN_BYTES = 512 << 20
 
 

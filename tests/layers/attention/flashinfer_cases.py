@@ -6,43 +6,13 @@ decode batch as the CUDA-graph runner does; ``twin_pools`` gives two identical l
 
 from __future__ import annotations
 
-from itertools import accumulate
-
 import torch
 
 from sglkit.core.forward_batch import ForwardBatch, ForwardMode
 from sglkit.layers.attention.base import RadixAttention
-from tests.layers.attention.triton_cases import DEVICE, make_paged
+from tests.layers.attention.triton_cases import DEVICE, make_batch, make_paged
 
 NUM_KV_HEADS, HEAD_DIM = 2, 64
-
-
-def make_batch(paged, backend, mode, reqs, prefix_lens, ext_lens) -> ForwardBatch:
-    """The ForwardBatch of ``reqs`` adding ``ext_lens`` tokens after ``prefix_lens`` (KV at their slots)."""
-    seq_lens = [p + e for p, e in zip(prefix_lens, ext_lens)]
-    loc = [s for i, p, e in zip(reqs, prefix_lens, ext_lens) for s in paged.kv[i][p : p + e]]
-    positions = [pos for p, e in zip(prefix_lens, ext_lens) for pos in range(p, p + e)]
-
-    def as_t(values):
-        return torch.tensor(values, dtype=torch.int64, device=DEVICE)
-
-    return ForwardBatch(
-        forward_mode=mode,
-        batch_size=len(reqs),
-        input_ids=as_t([0] * len(positions)),
-        positions=as_t(positions),
-        out_cache_loc=as_t(loc),
-        req_pool_indices=as_t([paged.rows[i] for i in reqs]),
-        seq_lens=as_t(seq_lens),
-        seq_lens_cpu=seq_lens,
-        extend_prefix_lens_cpu=list(prefix_lens),
-        extend_seq_lens_cpu=list(ext_lens),
-        logits_indices=as_t(list(range(len(positions)))),
-        req_to_token_pool=paged.r2t,
-        token_to_kv_pool=paged.pool,
-        attn_backend=backend,
-        extend_start_loc_cpu=[0, *accumulate(ext_lens)][:-1],
-    )
 
 
 def static_decode_batch(paged, backend, reqs, lens, bs) -> ForwardBatch:
