@@ -11,7 +11,12 @@
 from sglkit.runtime.executor.sampling.batch_info import SamplingBatchInfo
 from sglkit.runtime.executor.sampling.filters import draw_from_probs, filter_probs
 from sglkit.runtime.executor.sampling.logprobs import compute_logprobs, get_token_logprobs, get_top_logprobs
-from sglkit.runtime.executor.sampling.penalties import PenaltyCounts, apply_penalties, has_penalties
+from sglkit.runtime.executor.sampling.penalties import (
+    PenaltyCounts,
+    apply_penalties,
+    apply_penalties_sparse,
+    has_penalties,
+)
 from sglkit.runtime.executor.sampling.sampler import Sampler, apply_logit_processors, make_generator
 from sglkit.runtime.executor.sampling.seeded import seeded_uniforms
 
@@ -21,6 +26,7 @@ __all__ = [
     "SamplingBatchInfo",
     "apply_logit_processors",
     "apply_penalties",
+    "apply_penalties_sparse",
     "compute_logprobs",
     "draw_from_probs",
     "filter_probs",

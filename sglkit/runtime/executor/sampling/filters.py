@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["draw_from_probs", "filter_probs"]
+__all__ = ["DRAW_BLOCK", "draw_from_probs", "filter_probs"]
 
 
 def filter_probs(
@@ -105,14 +105,48 @@ def _adaptive_ranked(probs: torch.Tensor, top_ks: torch.Tensor, top_ps: torch.Te
     return probs.sort(dim=-1, descending=True).values
 
 
-def draw_from_probs(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+DRAW_BLOCK = 256
+"""Vocabulary block of the two-level draw: block sums and their cumsum first, then one block's cumsum per row."""
+
+
+def draw_from_probs(probs: torch.Tensor, uniforms: torch.Tensor, block: int = DRAW_BLOCK) -> torch.Tensor:
     """probs: [N, V] (unnormalized, >= 0, some mass per row), uniforms: [N] in [0, 1) -> token ids [N] int64.
 
     Inverse CDF in vocabulary order: the first token whose cumulative mass exceeds ``u * total``. A token with no
     mass is never returned: when round-off puts the target at the very end, the last token with mass is taken.
+    Two levels, so no [N, V] scan is made (a cumsum is serial per row; block sums are one vectorized pass): the
+    block is picked on the cumulative block sums, then the token on that block's own cumsum. Fixed shapes and no
+    read-back, as on every accelerator path.
     """
-    cdf = probs.cumsum(dim=-1)  # [N, V]
-    total = cdf[:, -1:].contiguous()  # [N, 1]
-    ids = torch.searchsorted(cdf, uniforms.unsqueeze(1).to(cdf.dtype) * total, right=True)
-    last_with_mass = torch.searchsorted(cdf, total, right=False)  # where the CDF first reaches its total
-    return torch.minimum(ids, last_with_mass).squeeze(1)
+    num_rows, vocab = probs.shape
+    if vocab <= 2 * block:
+        return _first_above(probs, uniforms.unsqueeze(1).to(probs.dtype) * probs.sum(-1, keepdim=True))
+    probs = probs.contiguous()
+    full = vocab // block
+    block_sums = probs.as_strided((num_rows, full, block), (vocab, block, 1)).sum(-1)  # [N, full]
+    if full * block < vocab:
+        block_sums = torch.cat([block_sums, probs[:, full * block :].sum(-1, keepdim=True)], dim=1)  # [N, nb]
+    block_cdf = block_sums.cumsum(dim=-1)  # [N, nb]
+    target = uniforms.unsqueeze(1).to(block_cdf.dtype) * block_cdf[:, -1:]  # [N, 1]
+    chosen = _first_above_in_cdf(block_cdf, target)  # [N, 1]: a block with mass
+    before = torch.where(chosen > 0, block_cdf.gather(1, (chosen - 1).clamp(min=0)), 0.0)  # [N, 1]
+    offsets = chosen * block + torch.arange(block, device=probs.device)  # [N, block]
+    in_vocab = offsets < vocab
+    values = probs.gather(1, offsets.clamp(max=vocab - 1)) * in_vocab  # [N, block]; past the end: no mass
+    within = _first_above(values, (target - before).clamp(min=0))  # [N]
+    return chosen.squeeze(1) * block + within
+
+
+def _first_above(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """probs: [N, W] with some mass per row, target: [N, 1] -> [N] the first column whose cumulative mass exceeds
+    ``target``, or the last column with mass when none does (round-off)."""
+    return _first_above_in_cdf(probs.cumsum(dim=-1), target).squeeze(1)
+
+
+def _first_above_in_cdf(cdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """cdf: [N, W] non-decreasing with a positive end, target: [N, 1] -> [N, 1] int64 (see ``_first_above``)."""
+    index = torch.searchsorted(cdf, target, right=True)
+    last_with_mass = torch.searchsorted(
+        cdf, cdf[:, -1:].contiguous(), right=False
+    )  # where it reaches its end
+    return torch.minimum(index, last_with_mass)

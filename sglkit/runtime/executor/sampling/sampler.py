@@ -19,7 +19,7 @@ import torch
 
 from sglkit.runtime.executor.sampling.batch_info import SamplingBatchInfo
 from sglkit.runtime.executor.sampling.filters import draw_from_probs, filter_probs
-from sglkit.runtime.executor.sampling.penalties import apply_penalties
+from sglkit.runtime.executor.sampling.penalties import apply_penalties, apply_penalties_sparse
 from sglkit.runtime.executor.sampling.seeded import seeded_uniforms
 
 __all__ = ["Sampler", "apply_logit_processors", "make_generator"]
@@ -32,11 +32,16 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     return generator
 
 
-def apply_logit_processors(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
+def apply_logit_processors(
+    logits: torch.Tensor, info: SamplingBatchInfo, sparse_penalties: bool | None = None
+) -> torch.Tensor:
     """logits: [B, V] -> new float32 [B, V] with bias, min_new_tokens ban, penalties and the grammar mask applied.
 
-    The input is untouched (see ``penalties.py`` for the penalty rules).
+    The input is untouched (see ``penalties.py`` for the penalty rules). ``sparse_penalties``: apply penalties
+    only at the seen tokens (reads back; default: on CPU) rather than densely over the rows.
     """
+    if sparse_penalties is None:
+        sparse_penalties = logits.device.type == "cpu"
     out = logits.to(torch.float32, copy=True).contiguous()
     flat = out.view(-1)
     if info.bias_index is not None:
@@ -46,14 +51,13 @@ def apply_logit_processors(logits: torch.Tensor, info: SamplingBatchInfo) -> tor
     if info.penalty_rows is not None:
         table, rows, batch_rows = info.penalty_counts, info.penalty_rows, info.penalty_batch_rows
         part = out if batch_rows is None else out.index_select(0, batch_rows)  # [P, V]
-        part = apply_penalties(
-            part,
-            table.counts.index_select(0, rows),
-            table.seen.index_select(0, rows),
-            info.repetition_penalties,
-            info.frequency_penalties,
-            info.presence_penalties,
-        )
+        penalties = (info.repetition_penalties, info.frequency_penalties, info.presence_penalties)
+        if sparse_penalties:  # only the seen tokens; the nonzero() it needs is free on CPU
+            part = apply_penalties_sparse(part, table, rows, *penalties)
+        else:  # dense and sync-free: graph-safe on accelerators
+            part = apply_penalties(
+                part, table.counts.index_select(0, rows), table.seen.index_select(0, rows), *penalties
+            )
         if batch_rows is None:
             out = part
         else:
@@ -66,12 +70,13 @@ def apply_logit_processors(logits: torch.Tensor, info: SamplingBatchInfo) -> tor
 class Sampler:
     """Turns a batch of logits into next token ids (see the module docstring for the order of steps).
 
-    ``adaptive_cpu_width``: on CPU, top_p looks only as wide as it needs (``filters.py``; reads values back, which
-    is free there). Off, CPU runs the accelerator's sync-free path.
+    ``cpu_readback``: on CPU, take the paths that read values back (free there): top_p looks only as wide as it
+    needs (``filters.py``) and penalties touch only the seen tokens (``penalties.py``). Off, CPU runs the
+    accelerator's sync-free path.
     """
 
-    def __init__(self, adaptive_cpu_width: bool = True) -> None:
-        self.adaptive_cpu_width = adaptive_cpu_width
+    def __init__(self, cpu_readback: bool = True) -> None:
+        self.cpu_readback = cpu_readback
 
     def sample(
         self, logits: torch.Tensor, info: SamplingBatchInfo, default_generator: torch.Generator | None = None
@@ -81,13 +86,16 @@ class Sampler:
         Unseeded rows draw from ``default_generator`` (torch's global RNG when None): one ``torch.rand(B)`` per
         step that has any unseeded sampled row.
         """
-        if info.needs_logit_processing:
-            logits = apply_logit_processors(logits, info)
+        private = info.needs_logit_processing  # logits becomes our own float32 copy, scaled in place below
+        if private:
+            logits = apply_logit_processors(logits, info, self.cpu_readback and logits.device.type == "cpu")
         if info.all_greedy:
             return logits.argmax(dim=-1)
         greedy_ids = logits.argmax(dim=-1) if info.any_greedy else None
-        probs = torch.softmax(logits.float() / info.temperatures.unsqueeze(1), dim=-1)  # [B, V]
-        del logits  # the processed copy, if any, is not needed past this point
+        temperatures = info.temperatures.unsqueeze(1)  # [B, 1]
+        scaled = logits.div_(temperatures) if private else logits.float() / temperatures
+        probs = torch.softmax(scaled, dim=-1)  # [B, V]
+        del logits, scaled  # the processed copy, if any, is not needed past this point
         probs = filter_probs(
             probs,
             info.top_ks,
@@ -97,7 +105,7 @@ class Sampler:
             info.need_top_p,
             info.need_min_p,
             info.filter_width,
-            adaptive_width=self.adaptive_cpu_width and probs.device.type == "cpu",
+            adaptive_width=self.cpu_readback and probs.device.type == "cpu",
         )
         next_ids = draw_from_probs(probs, self.uniforms(info, default_generator, probs.device))
         if greedy_ids is not None:

@@ -11,7 +11,7 @@ import torch
 
 from sglkit.core.sampling_params import SamplingParams
 from sglkit.runtime.executor.sampling import PenaltyCounts, Sampler, SamplingBatchInfo
-from sglkit.runtime.executor.sampling.filters import draw_from_probs, filter_probs
+from sglkit.runtime.executor.sampling.filters import DRAW_BLOCK, draw_from_probs, filter_probs
 from tests.runtime.executor.host_sync import no_host_sync
 
 VOCAB = 16
@@ -102,6 +102,34 @@ def test_draw_never_returns_a_token_without_mass():
     assert draw_from_probs(probs[:1].repeat(2, 1), torch.tensor([0.29, 0.31])).tolist() == [1, 2]
 
 
+@pytest.mark.parametrize("vocab", [2 * DRAW_BLOCK + 1, 4 * DRAW_BLOCK, 1000])
+def test_the_two_level_draw_equals_one_cumsum_over_the_vocabulary(vocab):
+    """Dyadic probabilities (exact sums in any order), many tokens and whole blocks without mass, a short last
+    block: the same token as the first-above on one [N, V] cumsum, for every uniform on a grid."""
+    gen = torch.Generator().manual_seed(vocab)
+    rows = 6
+    counts = torch.randint(0, 4, (rows, vocab), generator=gen) * (
+        torch.rand(rows, vocab, generator=gen) < 0.3
+    )
+    counts[1, : 3 * DRAW_BLOCK // 2] = 0  # leading blocks without mass
+    counts[2] = 0
+    counts[2, vocab - 1] = 5  # the only mass in the short last block
+    counts[3, DRAW_BLOCK:] = 0  # trailing blocks without mass
+    counts[3, DRAW_BLOCK - 1] = 1
+    probs = counts.float() / 1024
+    grid = torch.linspace(0, 1.0 - 2.0**-24, 257)
+    for row in probs:
+        many = row.expand(len(grid), -1).contiguous()
+        cdf = many.cumsum(-1)
+        expected = torch.searchsorted(
+            cdf, (grid.unsqueeze(1) * cdf[:, -1:]).contiguous(), right=True
+        ).squeeze(1)
+        expected = torch.minimum(expected, torch.full_like(expected, int(row.nonzero().max())))
+        ids = draw_from_probs(many, grid)
+        assert torch.equal(ids, expected)
+        assert bool((row[ids] > 0).all())
+
+
 def test_the_whole_sampler_has_no_host_sync():
     """Greedy, seeded, top-k/p, min-p, bias, min_new_tokens and penalties in one batch: no read-back on the way."""
     params = [
@@ -111,7 +139,7 @@ def test_the_whole_sampler_has_no_host_sync():
         SamplingParams(temperature=0.9, min_new_tokens=4, presence_penalty=0.4),
         SamplingParams(temperature=0.0, top_k=1),
     ]
-    vocab = 64
+    vocab = 600  # over two draw blocks: the two-level draw runs too
     counts = PenaltyCounts(vocab)
     rows = [counts.acquire([1, 2, 3], [5, 5, 9]) if i in (0, 1, 3) else None for i in range(len(params))]
     info = SamplingBatchInfo.from_params(
@@ -120,8 +148,8 @@ def test_the_whole_sampler_has_no_host_sync():
     logits = torch.randn(5, vocab, generator=torch.Generator().manual_seed(0))
     with (
         no_host_sync()
-    ):  # the accelerator's path (on CPU the sampler may narrow top_p's sort by reading back)
-        ids = Sampler(adaptive_cpu_width=False).sample(logits, info, torch.Generator().manual_seed(0))
+    ):  # the accelerator's path (on CPU the sampler reads back: top_p's width, sparse penalties)
+        ids = Sampler(cpu_readback=False).sample(logits, info, torch.Generator().manual_seed(0))
         info.record_output(ids)
     assert ids.shape == (5,)
     assert int(ids[4]) == int(logits[4].argmax())

@@ -12,6 +12,8 @@ from sglkit.runtime.executor.sampling import (
     Sampler,
     SamplingBatchInfo,
     apply_logit_processors,
+    apply_penalties,
+    apply_penalties_sparse,
 )
 
 VOCAB = 40
@@ -76,3 +78,42 @@ def test_a_retracted_request_gets_its_counts_back_from_its_output_ids():
     row = counts.row_for(req)
     assert row != first
     assert counts.counts[row, 4] == 2 and counts.counts[row, 6] == 2 and int(counts.counts[row].sum()) == 4
+
+
+def test_the_sparse_cpu_path_equals_the_dense_path():
+    """``apply_penalties_sparse`` (CPU) gives exactly the dense (accelerator) values, on a subset of the table."""
+    gen = torch.Generator().manual_seed(3)
+    table = PenaltyCounts(VOCAB)
+    for i in range(6):
+        output = torch.randint(0, VOCAB, (i * 3,), generator=gen).tolist()
+        table.acquire(torch.randint(0, VOCAB, (4,), generator=gen).tolist(), output)
+    rows = torch.tensor([4, 0, 5, 2])
+    logits = torch.randn(4, VOCAB, generator=gen)
+    repetition = torch.tensor([1.3, 1.0, 0.7, 2.0])
+    frequency, presence = torch.tensor([0.5, 0.0, -0.4, 1.0]), torch.tensor([0.25, 0.0, 0.0, -1.0])
+    for rep, freq, pres in [
+        (repetition, frequency, presence),
+        (repetition, None, None),
+        (None, frequency, presence),
+    ]:
+        dense = apply_penalties(
+            logits, table.counts.index_select(0, rows), table.seen.index_select(0, rows), rep, freq, pres
+        )
+        sparse = apply_penalties_sparse(logits.clone(), table, rows, rep, freq, pres)
+        assert torch.equal(sparse, dense) and not torch.equal(sparse, logits)
+
+
+def test_seen_pairs_equal_a_nonzero_over_the_rows():
+    """The word-then-byte scan finds exactly ``seen[rows].nonzero()``, in its order, for a width not a multiple of 8
+    (the padding columns are never reported) and for rows that saw nothing."""
+    gen = torch.Generator().manual_seed(5)
+    vocab = 37
+    table = PenaltyCounts(vocab)
+    for i in range(5):
+        prompt = torch.randint(0, vocab, (i * 4,), generator=gen).tolist() + ([vocab - 1] if i == 3 else [])
+        table.acquire(prompt, torch.randint(0, vocab, (i,), generator=gen).tolist())
+    rows = torch.tensor([3, 0, 4, 1, 3])
+    batch_row, token = table.seen_pairs(rows)
+    expected_row, expected_token = table.seen.index_select(0, rows).nonzero(as_tuple=True)
+    assert torch.equal(batch_row, expected_row) and torch.equal(token, expected_token)
+    assert len(token) > 0 and int(token.max()) == vocab - 1
