@@ -12,6 +12,8 @@ runner is driven directly, as ``sglkit.bench.one_batch`` does.
    runner with its graphs dropped), eager torch_native, and eager torch_native
    without the fused Triton norm/rope/activation ops; prefill latency of ``--input-len`` tokens; batch
    ``--big-batch`` decode tok/s; HF side by side (throughput ratios).
+3. The sampler's peak memory per logit at ``--big-batch`` rows of a 128,256-token vocabulary (heaviest
+   parameters), against the budget ``memory_budget`` keeps for it (``sglkit.bench.sampler_memory``).
 All figures go to one JSON file. ``--dry-run`` does the same on CPU with the tiny shape, in seconds.
 """
 
@@ -242,6 +244,17 @@ def parse_check_args(argv: list[str] | None = None) -> argparse.Namespace:
     return cfg
 
 
+def _sampler_memory(cfg: argparse.Namespace) -> dict:
+    """The sampler's peak bytes per logit at the big batch and Llama 3's vocabulary, vs the memory budget."""
+    from sglkit.bench.sampler_memory import measure_sampler_memory
+
+    vocab = 1000 if cfg.dry_run else 128_256
+    try:
+        return measure_sampler_memory(cfg.big_batch, vocab, cfg.device)
+    except Exception as e:  # noqa: BLE001 - a finding for the report, not the end of the check
+        return {"error": traceback.format_exception_only(e)[-1]}
+
+
 def _environment(device: str) -> dict:
     import transformers
 
@@ -285,6 +298,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "error": traceback.format_exception_only(e)[-1],
                 }
             print(f"correctness {name}: {report['correctness'][name]}", flush=True)
+    report["sampler_memory"] = _sampler_memory(cfg)
+    print(f"sampler memory: {report['sampler_memory']}", flush=True)
     report["speed"] = measure_speed(cfg, statuses)
     report["elapsed_s"] = time.perf_counter() - cfg.start
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)

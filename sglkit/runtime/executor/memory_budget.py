@@ -37,7 +37,13 @@ MIB = 1 << 20
 GIB = 1 << 30
 RUNTIME_OVERHEAD_BYTES = 512 * MIB  # cuBLAS/Triton workspaces, allocator fragmentation (SGLang's constant)
 GRAPH_BYTES_PER_BS = 2 * MIB  # SGLang's per-batch-size cost of decode graphs (kernels' and cuBLAS's memory)
-SAMPLER_BYTES_PER_LOGIT = 20  # softmax fp32 + sorted probs fp32 + their int64 ids (top-p/top-k) + cdf fp32
+# The sampler's dense path beyond the float32 logits copy (budgeted under "logits"): probabilities, the sort's
+# values and int64 indices, the top-p cumsum and masks, at their peak together (22; measured on CPU by
+# ``python -m sglkit.bench.sampler_memory``), plus a CUDA segmented sort's own buffers (its int64 index input and
+# key/value double buffers: 20), plus 2 of margin. ``scripts/gpu_check.sh`` measures the real peak on a GPU.
+SAMPLER_TENSOR_BYTES_PER_LOGIT = 22
+SORT_WORKSPACE_BYTES_PER_LOGIT = 20
+SAMPLER_BYTES_PER_LOGIT = SAMPLER_TENSOR_BYTES_PER_LOGIT + SORT_WORKSPACE_BYTES_PER_LOGIT + 2
 FP32_BYTES = 4
 INT32_BYTES = 4
 TRITON_MAX_KV_SPLITS = (

@@ -97,7 +97,7 @@ def test_runtime_reserve_items_for_the_8b_shape():
     assert reserve == {
         "activations": 8192 * 65_536 * 2,  # exactly 1 GiB
         "logits": 256 * 128_256 * (2 + 4),  # bf16 LM-head output + float32 copy: 197,001,216 (0.18 GiB)
-        "sampler": 256 * 128_256 * 20,  # 656,670,720 (0.61 GiB)
+        "sampler": 256 * 128_256 * 44,  # 1,444,675,584 (1.35 GiB)
         "runtime_overhead": 512 * MIB,
         # kv_indices 256 x 8193 int32 (8,389,632) + split outputs/LSE 256 x 32 heads x 16 splits x 129 fp32
         # (67,633,152) = 76,022,784 (0.07 GiB)
@@ -105,7 +105,7 @@ def test_runtime_reserve_items_for_the_8b_shape():
         # 2 MiB per graph batch size (512 MiB) + the graph pool's activations 256 x 65536 x 2 (32 MiB)
         "cuda_graphs": 256 * 2 * MIB + 256 * 65_536 * 2,
     }
-    assert sum(reserve.values()) == 3_110_732_800  # 2966.6 MiB = 2.90 GiB
+    assert sum(reserve.values()) == 3_898_737_664  # 3718.1 MiB = 3.63 GiB
     eager = runtime_reserve(SHAPE_8B, max_bs=256, chunk_tokens=8192, context_len=CONTEXT, cuda_graphs=False)
     assert set(eager) == {"activations", "logits", "sampler", "runtime_overhead"}
 
@@ -115,7 +115,7 @@ def test_h200_default_fraction_sizes_the_pool():
     # free before load 143259 MiB; after the weights 150,217,949,184 - 16,060,522,496 = 134,157,426,688 B.
     assert result.free_after_load == 134_157_426_688
     assert result.mem_fraction_static == 0.907
-    # slack = 150,217,949,184 x 0.093 = 13,970,269,274 B (13.01 GiB): larger than the 2.90 GiB estimate
+    # slack = 150,217,949,184 x 0.093 = 13,970,269,274 B (13.01 GiB): larger than the 3.63 GiB estimate
     assert result.slack_bytes == 13_970_269_274 and not result.estimate_binds
     # pool = (134,157,426,688 - 13,970,269,274) // 131,072 = 916,955 tokens (111.93 GiB)
     assert result.num_tokens == 916_955
@@ -135,11 +135,11 @@ def test_h100_80gb_default_fraction_sizes_the_pool():
 
 def test_a_fraction_near_one_is_caught_by_the_runtime_estimate():
     result = plan(H200_MIB, max_bs=256, chunk=8192, mem_fraction_static=0.98)
-    # slack 150,217,949,184 x 0.02 = 3,004,358,983 B (2.80 GiB) < the 3,110,732,800 B estimate (2.90 GiB)
+    # slack 150,217,949,184 x 0.02 = 3,004,358,983 B (2.80 GiB) < the 3,898,737,664 B estimate (3.63 GiB)
     assert result.estimate_binds
-    assert result.reserved_bytes == 3_110_732_800
-    # pool = (134,157,426,688 - 3,110,732,800) // 131,072 = 999,806 tokens
-    assert result.num_tokens == 999_806
+    assert result.reserved_bytes == 3_898_737_664
+    # pool = (134,157,426,688 - 3,898,737,664) // 131,072 = 993,794 tokens
+    assert result.num_tokens == 993_794
 
 
 def test_24gb_gpu_fits_with_sglangs_small_gpu_settings():
