@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sglkit.layers.linear import resolve_tp
+from sglkit.layers.quantization.packed import pack_weight, packed_matmul
 from sglkit.layers.weight_loader import copy_weight, set_weight_loader
 from sglkit.parallel import tensor_model_parallel_all_gather, tensor_model_parallel_all_reduce
 
@@ -53,6 +54,15 @@ class VocabParallelEmbedding(nn.Module):
         self.num_real_rows = max(0, min(self.vocab_end, num_embeddings) - self.vocab_start)  # rest: padding
         self.weight = nn.Parameter(torch.empty(self.num_embeddings_per_partition, embedding_dim, dtype=dtype))
         set_weight_loader(self.weight, self.weight_loader)
+        self.packed_logits_weight: torch.Tensor | None = None  # oneDNN copy for the logits GEMM (CPU)
+
+    def pack_for_logits(self) -> bool:
+        """Keep a oneDNN-blocked copy of ``weight`` for the logits GEMM when this matrix is the LM head (CPU, where
+        oneDNN packs the dtype): 2x faster than ``F.linear`` on the plain matrix at 1-32 rows. The plain weight
+        stays (a tied embedding still looks rows up in it). ``pack_linear_weights`` calls it after every weight
+        change; returns whether a packed copy is held."""
+        self.packed_logits_weight = pack_weight(self.weight)
+        return self.packed_logits_weight is not None
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
         """Copy this rank's rows [vocab_start, vocab_end) of the full [V, H] checkpoint matrix; zero the padding."""
@@ -87,7 +97,7 @@ class VocabParallelEmbedding(nn.Module):
 class ParallelLMHead(VocabParallelEmbedding):
     """Output projection [padded V / tp_size, H] of a causal LM; logits come from ``vocab_parallel_logits``.
 
-    Not a ``Linear``: it is never packed for oneDNN (the logits use ``weight`` directly).
+    Not a ``Linear``: the logits use ``weight`` (or its oneDNN copy, ``pack_for_logits``) directly.
     """
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -99,9 +109,14 @@ def vocab_parallel_logits(hidden: torch.Tensor, head: VocabParallelEmbedding) ->
     """hidden: [N, H] -> logits [N, V] float32 over the whole vocabulary, on every rank.
 
     Each rank computes its shard [N, padded V / tp]; the shards are all-gathered along the vocabulary and the
-    padding columns dropped. ``head``: the LM head, or the embedding when tied.
+    padding columns dropped. ``head``: the LM head, or the embedding when tied; its oneDNN-packed copy is used
+    when it holds one (``pack_for_logits``) and ``hidden`` has the weight's dtype.
     """
-    logits = F.linear(hidden, head.weight)  # [N, padded V / tp]
+    packed = head.packed_logits_weight
+    if packed is not None and hidden.dtype == head.weight.dtype and not torch.is_grad_enabled():
+        logits = packed_matmul(hidden, packed)  # [N, padded V / tp]
+    else:
+        logits = F.linear(hidden, head.weight)  # [N, padded V / tp]
     if head.tp_size > 1:
         logits = tensor_model_parallel_all_gather(logits, dim=-1)[:, : head.num_embeddings].contiguous()
     return logits.float()

@@ -354,10 +354,15 @@ def _release_before_load_state_dict(module: Linear, state_dict: dict, prefix: st
 
 def pack_linear_weights(model: nn.Module) -> int:
     """Process every ``Linear`` of ``model`` by its linear method (call after loading or changing weights): pack
-    for oneDNN by default, re-quantize a quantized layer; returns how many hold their weight in a method's form."""
-    return sum(
+    for oneDNN by default, re-quantize a quantized layer; returns how many hold their weight in a method's form.
+    The model's ``logits_head`` (when it has one) also gets its oneDNN copy for the logits (``pack_for_logits``)."""
+    processed = sum(
         module.process_weights_after_loading() for module in model.modules() if isinstance(module, Linear)
     )
+    head = getattr(model, "logits_head", None)  # the LM head (or tied embedding): packed for the logits too
+    if getattr(model, "has_lm_head", True) and hasattr(head, "pack_for_logits"):
+        head.pack_for_logits()
+    return processed
 
 
 def quantize_linear_weights(model: nn.Module, torchao_config: str | None) -> int:

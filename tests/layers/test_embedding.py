@@ -37,3 +37,28 @@ def test_lm_head_loads_rows_and_has_no_forward():
         head(torch.tensor([0]))
     with pytest.raises(RuntimeError, match="size of tensor"):
         head.weight.weight_loader(head.weight, torch.randn(6, 4))
+
+
+def test_the_logits_use_a_packed_copy_equal_to_the_plain_matrix():
+    """CPU float32: the LM head's oneDNN copy gives F.linear's logits; the plain weight stays for lookups; a
+    weight change followed by ``pack_linear_weights`` (what every weight load does) re-packs it."""
+    from sglkit.layers.embedding import vocab_parallel_logits
+    from sglkit.layers.linear import pack_linear_weights
+
+    gen = torch.Generator().manual_seed(2)
+    head = VocabParallelEmbedding(300, 16)
+    head.weight.weight_loader(head.weight, torch.randn(300, 16, generator=gen))
+    hidden = torch.randn(5, 16, generator=gen)
+    with torch.inference_mode():
+        plain = vocab_parallel_logits(hidden, head)
+        if not head.pack_for_logits():
+            pytest.skip("oneDNN does not pack float32 weights on this machine")
+        torch.testing.assert_close(vocab_parallel_logits(hidden, head), plain, rtol=1e-5, atol=1e-5)
+        assert head.weight.shape == (300, 16)  # the plain matrix is still there for embedding lookups
+
+        class Model(torch.nn.Module):
+            logits_head = head
+
+        head.weight.data.mul_(2)
+        assert pack_linear_weights(Model()) == 0  # no Linear layers; the head is re-packed all the same
+        torch.testing.assert_close(vocab_parallel_logits(hidden, head), 2 * plain, rtol=1e-5, atol=1e-4)

@@ -27,10 +27,34 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BATCH_SIZE_HINT", "PACKABLE_DTYPES", "PackedLinearMethod"]
+__all__ = ["BATCH_SIZE_HINT", "PACKABLE_DTYPES", "PackedLinearMethod", "pack_weight", "packed_matmul"]
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 BATCH_SIZE_HINT = 1  # rows oneDNN tunes the blocked layout for (decode); see the module docstring
+
+
+def pack_weight(weight: torch.Tensor, batch_size_hint: int | None = BATCH_SIZE_HINT) -> torch.Tensor | None:
+    """weight: [out, in] -> its oneDNN-blocked copy (checked by one GEMM), or None where oneDNN cannot pack it
+    here (not CPU, a dtype it does not pack on this CPU, no mkldnn)."""
+    if (
+        weight.device.type != "cpu"
+        or weight.dtype not in PACKABLE_DTYPES
+        or not torch.backends.mkldnn.is_available()
+    ):
+        return None
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch_size_hint)
+        probe = torch.zeros(1, weight.shape[1], dtype=weight.dtype)
+        torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
+    except (RuntimeError, AttributeError) as e:
+        logger.debug(f"oneDNN weight packing unavailable ({e}); using F.linear.")
+        return None
+    return packed
+
+
+def packed_matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x: [..., in] -> [..., out] through a weight from ``pack_weight`` (x in the weight's dtype, no autograd)."""
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
 
 
 class PackedLinearMethod(LinearMethod):
@@ -45,29 +69,14 @@ class PackedLinearMethod(LinearMethod):
 
     def create(self, layer: Linear) -> bool:
         """Pack ``layer.weight`` and check one GEMM runs; False (plain weight) when oneDNN cannot here."""
-        weight = layer.weight
-        if (
-            weight.device.type != "cpu"
-            or weight.dtype not in PACKABLE_DTYPES
-            or not torch.backends.mkldnn.is_available()
-        ):
-            return False
-        try:
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), self.batch_size_hint)
-            probe = torch.zeros(1, layer.in_features, dtype=weight.dtype)
-            torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
-        except (RuntimeError, AttributeError) as e:
-            logger.debug(f"oneDNN weight packing unavailable ({e}); using F.linear.")
-            return False
-        self.packed = packed
-        return True
+        self.packed = pack_weight(layer.weight, self.batch_size_hint)
+        return self.packed is not None
 
     def matmul(self, layer: Linear, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x: [..., in] -> [..., out] through the blocked weight (autograd or another dtype: unpacked F.linear)."""
         if x.dtype != layer.weight.dtype or (x.requires_grad and torch.is_grad_enabled()):
             return F.linear(x, self.unpack(layer), bias)
-        bias = None if bias is None else bias.detach()
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, bias, "none", [], "")
+        return packed_matmul(x, self.packed, None if bias is None else bias.detach())
 
     def unpack(self, layer: Linear) -> torch.Tensor:
         """The blocked weight back to a plain [out, in] tensor (exact)."""
