@@ -356,10 +356,8 @@ def pack_linear_weights(model: nn.Module) -> int:
     """Process every ``Linear`` of ``model`` by its linear method (call after loading or changing weights): pack
     for oneDNN by default, re-quantize a quantized layer; returns how many hold their weight in a method's form.
     The model's ``logits_head`` (when it has one) also gets its oneDNN copy for the logits (``pack_for_logits``)."""
-    processed = sum(
-        module.process_weights_after_loading() for module in model.modules() if isinstance(module, Linear)
-    )
-    head = getattr(model, "logits_head", None)  # the LM head (or tied embedding): packed for the logits too
+    processed = sum(m.process_weights_after_loading() for m in model.modules() if isinstance(m, Linear))
+    head = getattr(model, "logits_head", None)
     if getattr(model, "has_lm_head", True) and hasattr(head, "pack_for_logits"):
         head.pack_for_logits()
     return processed

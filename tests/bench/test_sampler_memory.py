@@ -31,7 +31,8 @@ def test_live_tensor_bytes_counts_storages_once_until_their_last_view_dies():
 def test_the_dense_sampler_fits_the_measured_share_of_the_budget(capsys):
     result = measure_sampler_memory(8, 3000, "cpu")
     own = result["peak_per_logit"] - FP32_BYTES  # the float32 logits copy is budgeted under "logits"
-    assert FP32_BYTES < result["peak_per_logit"] and own <= SAMPLER_TENSOR_BYTES_PER_LOGIT
+    per_row_vectors = 0.05  # [B]-sized tensors (ids, thresholds), a few bytes per row over 3000 logits
+    assert FP32_BYTES < result["peak_per_logit"] and own <= SAMPLER_TENSOR_BYTES_PER_LOGIT + per_row_vectors
     assert result["within_budget"] and result["budget_per_logit"] == SAMPLER_BYTES_PER_LOGIT + FP32_BYTES
     main(["--batch-size", "2", "--vocab-size", "600", "--device", "cpu"])
     assert "B/logit for 2 x 600" in capsys.readouterr().out
