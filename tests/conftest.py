@@ -71,6 +71,7 @@ INTEGRATION_PATHS = (
     "launch/",  # process trees, parent death, session watchdog, log relay: real child processes
     "test_utils.py",  # launch_server_cmd / wait_for_server / terminate_process against stand-in servers
     "bench/test_serving_bench.py",  # bench_serving against a real server
+    "bench/test_startup.py",  # python -m sglkit.bench.startup launches real servers
     "bench/test_soak.py::test_soak_cli_short_run_is_clean",  # python -m sglkit.bench.soak: its own server
     "bench/test_one_batch.py::test_cli_prints_sglang_lines_per_batch_size",  # python -m sglkit.bench_one_batch
     "bench/test_peers_workers.py",  # peer workers as subprocesses (sglkit, HF; llama.cpp / vLLM venvs)
