@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 __all__ = ["MILESTONES", "main", "measure_once"]
 
@@ -28,18 +27,12 @@ MILESTONES = (
 )
 
 
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 def measure_once(model_path: str | None = None, timeout: float = 120.0) -> dict:
-    """One launch: ``ready_s`` (launch to ``/health`` 200; None on timeout) and ``timeline`` [(seconds, line)]."""
+    """One launch: ``ready_s`` (launch to ``/health`` 200, polled by ``sglkit.utils.wait_for_server`` every
+    50 ms; None with ``error`` when it timed out or the server exited) and ``timeline`` [(seconds, line)]."""
     from sglkit.launch.ports import pick_free_port, unclaim_port
     from sglkit.launch.process import terminate_process
+    from sglkit.utils import wait_for_server
 
     port = pick_free_port()
     cmd = [sys.executable, "-m", "sglkit.launch_server", "--port", str(port)]
@@ -63,18 +56,17 @@ def measure_once(model_path: str | None = None, timeout: float = 120.0) -> dict:
 
     reader = threading.Thread(target=read_log, daemon=True)
     reader.start()
-    ready = None
+    ready, error = None, None
     try:
-        while time.perf_counter() - start < timeout and process.poll() is None:
-            if _healthy(port):
-                ready = time.perf_counter() - start
-                break
-            time.sleep(0.05)
+        wait_for_server(f"http://127.0.0.1:{port}", timeout, process, poll_interval=0.05, print_note=False)
+        ready = time.perf_counter() - start
+    except (TimeoutError, RuntimeError) as e:  # not ready in time, or the server exited: the round's finding
+        error = str(e).splitlines()[0]
     finally:
         terminate_process(process)
         reader.join(timeout=5)
         unclaim_port(port)
-    return {"ready_s": ready, "timeline": timeline, "returncode": process.returncode}
+    return {"ready_s": ready, "error": error, "timeline": timeline, "returncode": process.returncode}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -88,7 +80,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for round_index in range(args.rounds):
         result = measure_once(args.model_path, args.timeout)
         results.append(result)
-        print(f"round {round_index + 1}: ready in {result['ready_s']} s", flush=True)
+        print(f"round {round_index + 1}: ready in {result['ready_s']} s {result['error'] or ''}", flush=True)
         for seconds, line in result["timeline"]:
             print(f"  {seconds:6.2f} s  {line[:140]}")
     ready = [r["ready_s"] for r in results if r["ready_s"] is not None]
