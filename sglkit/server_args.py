@@ -171,6 +171,17 @@ class ServerArgs:
         "SGLang: 8 under 20 GB, 48 under 35 GB, 32 under 60 GB, 256 under 160 GB (H100, H200), else 512; capped "
         "by --max-running-requests.",
     )
+    enable_torch_compile: bool = _arg(
+        False,
+        "CPU: compile the model's decode forward with torch.compile (inductor) at start-up (about a minute on "
+        "a cold cache, less once inductor's disk cache holds it); packed linears and attention stay eager, the "
+        "norms, rotary, activations and residual adds between them are fused. Decode batches of up to "
+        "--torch-compile-max-bs requests use it; prefill runs eagerly. Not supported on CUDA yet (decode uses "
+        "CUDA graphs there).",
+    )
+    torch_compile_max_bs: int = _arg(
+        32, "Largest decode batch that runs the --enable-torch-compile forward (bigger ones run eagerly)."
+    )
     grammar_backend: str = _arg(
         "xgrammar",
         "Constrained decoding (json_schema, regex, ebnf, structural_tag, response_format, tool_choice "

@@ -34,6 +34,7 @@ def validate_server_args(args: ServerArgs) -> None:
         "max_queued_requests": args.max_queued_requests,
         "max_inputs_per_request": args.max_inputs_per_request,
         "cuda_graph_max_bs": args.cuda_graph_max_bs,
+        "torch_compile_max_bs": args.torch_compile_max_bs,
     }
     for name, value in positive.items():
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):

@@ -195,6 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunked-prefill-size", type=int, default=None)
     parser.add_argument("--disable-radix-cache", action="store_true")
     parser.add_argument(
+        "--enable-torch-compile", action="store_true", help="sglkit's decode through torch.compile (CPU)."
+    )
+    parser.add_argument(
         "--model-impl",
         default="auto",
         choices=MODEL_IMPLS,
@@ -278,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         "chunked_prefill_size": args.chunked_prefill_size,
         "disable_radix_cache": args.disable_radix_cache,
         "model_impl": args.model_impl,
+        "enable_torch_compile": args.enable_torch_compile,
     }
     engine_kwargs = {k: v for k, v in engine_kwargs.items() if v not in (None, False)}
     if args.json_schema:

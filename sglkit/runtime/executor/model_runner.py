@@ -109,6 +109,9 @@ class ModelRunner:
         self.cuda_graph_runner = None  # decode graphs (cuda_graph_runner.py), when cuda_graphs_wanted()
         if self.cuda_graphs_wanted():
             self.init_cuda_graphs()
+        self.compiled_decode = None  # --enable-torch-compile (compiled_decode.py)
+        if server_args.enable_torch_compile:
+            self.init_torch_compile()
 
     # ----- sizing (hooks the embedding runner overrides) -----
     def _after_load(self) -> None:
@@ -256,15 +259,32 @@ class ModelRunner:
         max_bs = max_bs or self.resolve_cuda_graph_max_bs()
         self.cuda_graph_runner = CudaGraphRunner(self, max_bs, graph_factory, show_progress)
 
+    def init_torch_compile(self) -> None:
+        """Compile the decode forward (--enable-torch-compile): CPU generation models with a KV cache only."""
+        if self.device.startswith("cuda"):
+            raise ValueError(
+                "--enable-torch-compile is implemented for CPU decode only; on CUDA, decode runs as CUDA graphs."
+            )
+        if not self.uses_kv_cache or self.server_args.is_embedding:
+            logger.info("--enable-torch-compile: nothing to compile for a model without decode steps.")
+            return
+        from sglkit.runtime.executor.compiled_decode import CompiledDecodeRunner
+
+        max_bs = max(1, min(self.server_args.torch_compile_max_bs, self.max_running_requests))
+        self.compiled_decode = CompiledDecodeRunner(self, max_bs)
+
     # ----- compute -----
     @torch.inference_mode()
     def forward(self, forward_batch: ForwardBatch) -> torch.Tensor:
         """Run the model on one batch; returns float32 logits [num_logit_rows, vocab]. A decode batch a captured
-        graph covers replays it (padded; logits of the real rows)."""
+        graph covers replays it (padded; logits of the real rows); one the compiled forward covers runs it."""
         graphs = self.cuda_graph_runner
         if graphs is not None and graphs.can_run(forward_batch):
             return graphs.replay(forward_batch)
         self.attn_backend.init_forward_metadata(forward_batch)
+        compiled = self.compiled_decode
+        if compiled is not None and compiled.can_run(forward_batch):
+            return compiled.forward(forward_batch)
         hidden = self.model(forward_batch.input_ids, forward_batch.positions, forward_batch)  # [T, H]
         if forward_batch.logits_indices.numel() == 0:
             return torch.empty((0, self.vocab_size), dtype=torch.float32, device=hidden.device)
