@@ -270,21 +270,9 @@ def test_model_runner_graph_decode_matches_eager_with_standin(standin, llama_pat
     from sglkit.layers.attention.flashinfer_backend import FlashInferAttnBackend
     from sglkit.runtime.executor.cuda_graph_runner import EagerReplayGraph
     from sglkit.runtime.executor.model_runner import ModelRunner
-    from sglkit.server_args import ServerArgs
-    from tests.runtime.executor.graph_cases import greedy
+    from tests.runtime.executor.graph_cases import greedy, tiny_server_args
 
-    args = ServerArgs(
-        model_path=llama_path,
-        device="cpu",
-        dtype="float16",
-        attention_backend="torch_native",
-        random_seed=0,
-        context_length=64,
-        max_total_tokens=1024,
-        max_running_requests=16,
-        disable_radix_cache=True,
-    )
-    runner = ModelRunner(args)
+    runner = ModelRunner(tiny_server_args(llama_path, "torch_native", dtype="float16"))
     native_logits, native_tokens, _, _ = greedy(runner, 3, use_graph=False)
     runner.attn_backend = FlashInferAttnBackend(
         "cpu", workspace_bytes=SMALL_WORKSPACE

@@ -18,11 +18,10 @@ INPUT_LEN, OUTPUT_LEN = 11, 5
 MAX_BS = 8  # captured sizes 1, 2, 4, 8
 
 
-def make_runner(
-    model_path: str, backend: str, max_bs: int = MAX_BS, graph_factory=EagerReplayGraph
-) -> ModelRunner:
-    """A CPU ModelRunner over the tiny model with decode graphs captured by a CPU stand-in."""
-    args = ServerArgs(
+def tiny_server_args(model_path: str, backend: str, **overrides) -> ServerArgs:
+    """ServerArgs of these tests' tiny-model runners: CPU, 64-token context, 1024-token pool, 16 requests, no
+    radix cache; ``overrides`` replace or add fields."""
+    fields = dict(
         model_path=model_path,
         device="cpu",
         attention_backend=backend,
@@ -32,7 +31,14 @@ def make_runner(
         max_running_requests=16,
         disable_radix_cache=True,
     )
-    runner = ModelRunner(args)
+    return ServerArgs(**{**fields, **overrides})
+
+
+def make_runner(
+    model_path: str, backend: str, max_bs: int = MAX_BS, graph_factory=EagerReplayGraph
+) -> ModelRunner:
+    """A CPU ModelRunner over the tiny model with decode graphs captured by a CPU stand-in."""
+    runner = ModelRunner(tiny_server_args(model_path, backend))
     assert runner.cuda_graph_runner is None  # never on CPU by itself
     runner.init_cuda_graphs(graph_factory=graph_factory, max_bs=max_bs, show_progress=False)
     return runner

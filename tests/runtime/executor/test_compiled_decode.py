@@ -16,6 +16,7 @@ import torch
 from sglkit.bench.one_batch import StaticBatch
 from sglkit.runtime.executor.model_runner import ModelRunner
 from sglkit.server_args import ServerArgs
+from tests.runtime.executor.graph_cases import tiny_server_args
 
 pytestmark = pytest.mark.slow
 
@@ -24,17 +25,8 @@ MAX_BS = 4
 
 
 def _runner(model_path: str, compile_: bool) -> ModelRunner:
-    args = ServerArgs(
-        model_path=model_path,
-        device="cpu",
-        attention_backend="torch_native",
-        random_seed=0,
-        context_length=64,
-        max_total_tokens=1024,
-        max_running_requests=16,
-        disable_radix_cache=True,
-        enable_torch_compile=compile_,
-        torch_compile_max_bs=MAX_BS,
+    args = tiny_server_args(
+        model_path, "torch_native", enable_torch_compile=compile_, torch_compile_max_bs=MAX_BS
     )
     return ModelRunner(args)
 
