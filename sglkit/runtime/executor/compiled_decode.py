@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from sglkit.core.forward_batch import ForwardBatch, ForwardMode
+from sglkit.core.forward_batch import ForwardBatch
 from sglkit.layers.compiled_ops import current_forward_batch, register_compiled_modules
+from sglkit.runtime.executor.cuda_graph_runner import padding_decode_batch
 
 if TYPE_CHECKING:
     from sglkit.runtime.executor.model_runner import ModelRunner
@@ -53,45 +54,18 @@ class CompiledDecodeRunner:
         self.compiled = torch.compile(self.model.forward, dynamic=None, fullgraph=False)
         self.warm_up()
 
-    def _dummy_batch(self, bs: int) -> ForwardBatch:
-        """A DECODE batch of ``bs`` padding rows: token 0, position 0, KV slot 0, request row 0, length 1."""
-
-        def zeros() -> torch.Tensor:
-            return torch.zeros(bs, dtype=torch.int64, device=self.device)
-
-        return ForwardBatch(
-            forward_mode=ForwardMode.DECODE,
-            batch_size=bs,
-            input_ids=zeros(),
-            positions=zeros(),
-            out_cache_loc=zeros(),
-            req_pool_indices=zeros(),
-            seq_lens=torch.ones(bs, dtype=torch.int64, device=self.device),
-            seq_lens_cpu=[1] * bs,
-            extend_prefix_lens_cpu=[0] * bs,
-            extend_seq_lens_cpu=[1] * bs,
-            extend_start_loc_cpu=list(range(bs)),
-            logits_indices=torch.arange(bs, dtype=torch.int64, device=self.device),
-            req_to_token_pool=self.req_to_token_pool,
-            token_to_kv_pool=self.token_to_kv_pool,
-            attn_backend=self.attn_backend,
-        )
-
     @torch.inference_mode()
     def warm_up(self) -> None:
-        """Compile both graphs now (minutes on a cold cache), with SGLang-style log lines."""
+        """Compile both graphs now (minutes on a cold cache), with SGLang-style log lines. Backends need no reset
+        after the dummy batches: the first real pass is an extend, which starts every backend's decode afresh."""
         logger.info("Compile the decode step with torch.compile begin. This can take up to several minutes.")
         start = time.perf_counter()
         for bs in WARMUP_BATCH_SIZES:
             if bs > self.max_bs:
                 break
-            forward_batch = self._dummy_batch(bs)
+            forward_batch = padding_decode_batch(self, bs)
             self.attn_backend.init_forward_metadata(forward_batch)
             self._hidden(forward_batch)
-        if hasattr(
-            self.attn_backend, "workspace"
-        ):  # torch_native keeps decode K/V per batch: not the dummy's
-            self.attn_backend.workspace = None
         logger.info(
             f"Compile the decode step with torch.compile end. Time elapsed: {time.perf_counter() - start:.2f} s"
         )

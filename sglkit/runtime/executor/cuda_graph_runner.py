@@ -35,11 +35,53 @@ from sglkit.runtime.executor.cuda_graph_buckets import capture_batch_sizes, padd
 if TYPE_CHECKING:
     from sglkit.runtime.executor.model_runner import ModelRunner
 
-__all__ = ["CudaGraphRunner", "EagerReplayGraph", "GraphLike", "TorchCudaGraph"]
+__all__ = ["CudaGraphRunner", "EagerReplayGraph", "GraphLike", "TorchCudaGraph", "padding_decode_batch"]
 
 logger = logging.getLogger(__name__)
 
 NUM_WARMUP_RUNS = 2  # eager runs of each size before its capture: compile kernels, settle lazy state
+
+
+def padding_decode_batch(runner, bs: int, buffers: ForwardBatch | None = None) -> ForwardBatch:
+    """A DECODE batch of ``bs`` padding rows: token 0 at position 0 writing the reserved KV slot 0, reading a
+    length-1 sequence of request row 0. ``runner`` gives the pools, backend and device (``req_to_token_pool``,
+    ``token_to_kv_pool``, ``attn_backend``, ``device``); the tensors are rows [:bs] of ``buffers``' (views of a
+    bigger padding batch) or fresh ones."""
+    if buffers is None:
+        ints = dict(dtype=torch.int64, device=runner.device)
+        zeros = [torch.zeros(bs, **ints) for _ in range(4)]
+        tensors = (*zeros, torch.ones(bs, **ints), torch.arange(bs, **ints))
+    else:
+        b = buffers
+        tensors = tuple(
+            t[:bs]
+            for t in (
+                b.input_ids,
+                b.positions,
+                b.out_cache_loc,
+                b.req_pool_indices,
+                b.seq_lens,
+                b.logits_indices,
+            )
+        )
+    input_ids, positions, out_cache_loc, req_pool_indices, seq_lens, logits_indices = tensors
+    return ForwardBatch(
+        forward_mode=ForwardMode.DECODE,
+        batch_size=bs,
+        input_ids=input_ids,
+        positions=positions,
+        out_cache_loc=out_cache_loc,
+        req_pool_indices=req_pool_indices,
+        seq_lens=seq_lens,
+        seq_lens_cpu=[1] * bs,
+        extend_prefix_lens_cpu=[0] * bs,
+        extend_seq_lens_cpu=[1] * bs,
+        extend_start_loc_cpu=list(range(bs)),
+        logits_indices=logits_indices,
+        req_to_token_pool=runner.req_to_token_pool,
+        token_to_kv_pool=runner.token_to_kv_pool,
+        attn_backend=runner.attn_backend,
+    )
 
 
 class GraphLike(Protocol):
@@ -114,18 +156,16 @@ class CudaGraphRunner:
         self.graph_factory = graph_factory or TorchCudaGraph
         self.num_replays = 0
 
-        def zeros() -> torch.Tensor:
-            return torch.zeros(self.max_bs, dtype=torch.int64, device=self.device)
-
-        # Static inputs; padding rows keep these values: token 0, position 0, KV slot 0, request row 0, length 1.
-        self.input_ids, self.positions, self.out_cache_loc, self.req_pool_indices = (
-            zeros(),
-            zeros(),
-            zeros(),
-            zeros(),
+        # Static inputs; padding rows keep their values (see padding_decode_batch).
+        self.full_batch = padding_decode_batch(self, self.max_bs)
+        batch = self.full_batch
+        self.input_ids, self.positions, self.out_cache_loc = (
+            batch.input_ids,
+            batch.positions,
+            batch.out_cache_loc,
         )
-        self.seq_lens = torch.ones(self.max_bs, dtype=torch.int64, device=self.device)
-        self.logits_indices = torch.arange(self.max_bs, dtype=torch.int64, device=self.device)
+        self.req_pool_indices, self.seq_lens = batch.req_pool_indices, batch.seq_lens
+        self.logits_indices = batch.logits_indices
         self.batches: dict[int, ForwardBatch] = {}
         self.graphs: dict[int, GraphLike] = {}
         self.outputs: dict[int, torch.Tensor] = {}
@@ -134,23 +174,7 @@ class CudaGraphRunner:
     # ----- capture -----
     def _static_batch(self, bs: int) -> ForwardBatch:
         """The padded DECODE batch of ``bs`` rows over views of the static buffers."""
-        return ForwardBatch(
-            forward_mode=ForwardMode.DECODE,
-            batch_size=bs,
-            input_ids=self.input_ids[:bs],
-            positions=self.positions[:bs],
-            out_cache_loc=self.out_cache_loc[:bs],
-            req_pool_indices=self.req_pool_indices[:bs],
-            seq_lens=self.seq_lens[:bs],
-            seq_lens_cpu=[1] * bs,
-            extend_prefix_lens_cpu=[0] * bs,
-            extend_seq_lens_cpu=[1] * bs,
-            extend_start_loc_cpu=list(range(bs)),
-            logits_indices=self.logits_indices[:bs],
-            req_to_token_pool=self.req_to_token_pool,
-            token_to_kv_pool=self.token_to_kv_pool,
-            attn_backend=self.attn_backend,
-        )
+        return padding_decode_batch(self, bs, self.full_batch)
 
     def _forward(self, forward_batch: ForwardBatch) -> torch.Tensor:
         """The captured work: the model over the padded batch, logits of every row [bs, V] float32."""

@@ -270,7 +270,7 @@ class ModelRunner:
             return
         from sglkit.runtime.executor.compiled_decode import CompiledDecodeRunner
 
-        max_bs = max(1, min(self.server_args.torch_compile_max_bs, self.max_running_requests))
+        max_bs = min(self.server_args.torch_compile_max_bs, self.max_running_requests)
         self.compiled_decode = CompiledDecodeRunner(self, max_bs)
 
     # ----- compute -----
