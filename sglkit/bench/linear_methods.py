@@ -2,7 +2,8 @@
 
 ``python -m sglkit.bench.linear_methods --config small --dtype float32 --methods packed int8wo int4wo-64
 --batch-size 1`` builds one ``ModelRunner`` per method on the same dummy weights (``bench_one_batch``'s presets),
-gives the linears that method (``dense``: ``F.linear``; ``packed``: the default oneDNN packing; a
+gives the linears that method (``dense``: ``F.linear``; ``packed``: the default oneDNN packing, ``packed-1`` /
+``packed-any``: oneDNN's layout for one row / for any batch, ``blocked``: sglkit's bf16 kernel; a
 ``--torchao-config`` value: the "proj" linears quantized), then times prefill and decode steps alternating
 between the runners, so every method sees the same machine load. It prints each method's median step time and
 the median of its per-step speed ratios against the first method: steadier than separate runs on a shared
@@ -18,7 +19,16 @@ import time
 
 import torch
 
-__all__ = ["main", "parse_args", "run", "use_method"]
+__all__ = ["PACKING_HINTS", "main", "parse_args", "run", "use_method"]
+
+# method name -> PackedLinearMethod's (batch_size_hint, kernel): the default; oneDNN's one-row and general
+# layouts; sglkit's own bf16 kernel (sglkit.layers.cpu_gemm). The logits head follows the kernel.
+PACKING_HINTS: dict[str, tuple] = {
+    "packed": (1, "auto"),
+    "packed-1": (1, "onednn"),
+    "packed-any": (None, "onednn"),
+    "blocked": (1, "blocked"),
+}
 
 
 def use_method(model: torch.nn.Module, method: str) -> None:
@@ -28,10 +38,16 @@ def use_method(model: torch.nn.Module, method: str) -> None:
 
     for module in model.modules():
         if isinstance(module, Linear):
-            module.set_linear_method(DenseLinearMethod() if method == "dense" else PackedLinearMethod())
-    if method not in ("dense", "packed"):
+            if method == "dense":
+                module.set_linear_method(DenseLinearMethod())
+            else:
+                module.set_linear_method(PackedLinearMethod(*PACKING_HINTS.get(method, (1, "auto"))))
+    if method not in ("dense", *PACKING_HINTS):
         quantize_linear_weights(model, method)
     pack_linear_weights(model)
+    head = getattr(model, "logits_head", None)
+    if hasattr(head, "pack_for_logits"):
+        head.pack_for_logits(PACKING_HINTS.get(method, (1, "auto"))[1])
 
 
 def run(args: argparse.Namespace, log=print) -> dict[str, dict[str, float]]:

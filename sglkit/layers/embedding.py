@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sglkit.layers.linear import resolve_tp
-from sglkit.layers.quantization.packed import pack_weight, packed_matmul
+from sglkit.layers.quantization.packed import PackedWeight, pack_weight, packed_matmul
 from sglkit.layers.weight_loader import copy_weight, set_weight_loader
 from sglkit.parallel import tensor_model_parallel_all_gather, tensor_model_parallel_all_reduce
 
@@ -54,14 +54,14 @@ class VocabParallelEmbedding(nn.Module):
         self.num_real_rows = max(0, min(self.vocab_end, num_embeddings) - self.vocab_start)  # rest: padding
         self.weight = nn.Parameter(torch.empty(self.num_embeddings_per_partition, embedding_dim, dtype=dtype))
         set_weight_loader(self.weight, self.weight_loader)
-        self.packed_logits_weight: torch.Tensor | None = None  # oneDNN copy for the logits GEMM (CPU)
+        self.packed_logits_weight: PackedWeight | None = None  # blocked copy for the logits GEMM (CPU)
 
-    def pack_for_logits(self) -> bool:
-        """Keep a oneDNN-blocked copy of ``weight`` for the logits GEMM when this matrix is the LM head (CPU, where
-        oneDNN packs the dtype): 2x faster than ``F.linear`` on the plain matrix at 1-32 rows. The plain weight
-        stays (a tied embedding still looks rows up in it). ``pack_linear_weights`` calls it after every weight
-        change; returns whether a packed copy is held."""
-        self.packed_logits_weight = pack_weight(self.weight)
+    def pack_for_logits(self, kernel: str = "auto") -> bool:
+        """Keep a blocked copy of ``weight`` for the logits GEMM when this matrix is the LM head (CPU, where a kernel
+        takes the dtype: ``pack_weight``, sglkit's bf16 kernel or oneDNN): 2x faster than ``F.linear`` on the
+        plain matrix at 1-32 rows. The plain weight stays (a tied embedding still looks rows up in it).
+        ``pack_linear_weights`` calls it after every weight change; returns whether a packed copy is held."""
+        self.packed_logits_weight = pack_weight(self.weight, kernel=kernel)
         return self.packed_logits_weight is not None
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
@@ -109,7 +109,7 @@ def vocab_parallel_logits(hidden: torch.Tensor, head: VocabParallelEmbedding) ->
     """hidden: [N, H] -> logits [N, V] float32 over the whole vocabulary, on every rank.
 
     Each rank computes its shard [N, padded V / tp]; the shards are all-gathered along the vocabulary and the
-    padding columns dropped. ``head``: the LM head, or the embedding when tied; its oneDNN-packed copy is used
+    padding columns dropped. ``head``: the LM head, or the embedding when tied; its blocked copy is used
     when it holds one (``pack_for_logits``) and ``hidden`` has the weight's dtype.
     """
     packed = head.packed_logits_weight

@@ -134,9 +134,9 @@ class Linear(nn.Module):
 
     @property
     def packed_weight(self) -> torch.Tensor | None:
-        """The oneDNN-blocked weight while the packed method holds one, else None (fused-op callers check this)."""
-        method = self.linear_method
-        return method.packed if isinstance(method, PackedLinearMethod) and method.processed else None
+        """The oneDNN-blocked (MKLDNN) weight while the packed method holds one, else None (fused oneDNN ops)."""
+        held = self.linear_method.packed if isinstance(self.linear_method, PackedLinearMethod) else None
+        return held if isinstance(held, torch.Tensor) and self.linear_method.processed else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., in] -> [..., out]."""

@@ -3,6 +3,8 @@ the quantized methods holding fewer linear bytes."""
 
 from __future__ import annotations
 
+import torch
+
 from sglkit.bench import linear_methods
 
 
@@ -20,3 +22,13 @@ def test_methods_side_by_side():
         > rows["int4wo-32"]["linear_weight_mib"]
     )
     assert lines[2].startswith("float32 bs=2") and "int8wo" in lines[2]
+
+
+def test_packing_kernels_side_by_side():
+    """oneDNN's two layouts and sglkit's kernel as methods (the kernel's own tests: tests/layers/cpu_gemm)."""
+    from sglkit.layers.cpu_gemm import blocked_gemm_available
+
+    methods = ["packed-1", "packed-any"] + (["blocked"] if blocked_gemm_available(torch.float32) else [])
+    argv = ["--config", "tiny", "--methods", *methods, "--batch-size", "2", "--input-len", "8"]
+    rows = linear_methods.run(linear_methods.parse_args([*argv, "--steps", "2", "--rounds", "1"]), log=print)
+    assert list(rows) == methods and all(r["decode_s"] > 0 for r in rows.values())

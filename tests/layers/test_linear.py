@@ -157,7 +157,7 @@ def test_every_class_packs_and_matches_f_linear(dtype):
         expected = {name: torch.nn.functional.linear(x, m.weight, m.bias) for name, m in model.items()}
         packed = pack_linear_weights(model)
         if dtype == torch.float32 and torch.backends.mkldnn.is_available():  # bf16 packing needs AVX-512 BF16
-            assert packed == len(model) and all(m.packed_weight is not None for m in model.values())
+            assert packed == len(model) and all(m.linear_method.processed for m in model.values())
         for name, layer in model.items():
             torch.testing.assert_close(
                 layer(x), expected[name], atol=1e-2 if dtype == torch.bfloat16 else 1e-5, rtol=1e-2

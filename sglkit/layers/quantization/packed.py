@@ -10,6 +10,10 @@ reorder raises and the layer keeps its plain weight (``F.linear``).
 The hint matters: with None (any batch) the blocked weight made one-token decode GEMMs 1.3-1.6x slower than
 ``F.linear`` on an AVX2 EPYC (whole model: 0.7-0.8x decode tok/s at batch 1); with hint 1 they match or beat
 ``F.linear`` at 1 row and keep the blocked format's 1.2-1.4x gain at 32-256 rows (docs/quantization.md).
+
+On an AVX-512 CPU (AVX512-BF16 for bfloat16) the weight takes sglkit's own kernel instead
+(``sglkit.layers.cpu_gemm``: a ``BlockedWeight``): 1.2-1.9x oneDNN's speed at 1-8 rows, level with it at 512
+(whole model: 1.3-1.5x decode tok/s at batch 1; docs/cpu.md). ``kernel="onednn"`` keeps oneDNN there.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from sglkit.layers.compiled_ops import compiled_linear
+from sglkit.layers.cpu_gemm import BlockedWeight, block_weight, blocked_linear
 from sglkit.layers.quantization.base import LinearMethod
 
 if TYPE_CHECKING:
@@ -28,15 +33,39 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BATCH_SIZE_HINT", "PACKABLE_DTYPES", "PackedLinearMethod", "pack_weight", "packed_matmul"]
+__all__ = [
+    "BATCH_SIZE_HINT",
+    "KERNELS",
+    "PACKABLE_DTYPES",
+    "PackedLinearMethod",
+    "PackedWeight",
+    "pack_weight",
+    "packed_matmul",
+    "packed_nbytes",
+]
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 BATCH_SIZE_HINT = 1  # rows oneDNN tunes the blocked layout for (decode); see the module docstring
+KERNELS = (
+    "auto",
+    "onednn",
+    "blocked",
+)  # auto: sglkit's kernel where it runs (bf16, AVX512-BF16), else oneDNN
+
+PackedWeight = torch.Tensor | BlockedWeight  # an opaque MKLDNN tensor, or sglkit's blocked layout
 
 
-def pack_weight(weight: torch.Tensor, batch_size_hint: int | None = BATCH_SIZE_HINT) -> torch.Tensor | None:
-    """weight: [out, in] -> its oneDNN-blocked copy (checked by one GEMM), or None where oneDNN cannot pack it
-    here (not CPU, a dtype it does not pack on this CPU, no mkldnn)."""
+def pack_weight(
+    weight: torch.Tensor, batch_size_hint: int | None = BATCH_SIZE_HINT, kernel: str = "auto"
+) -> PackedWeight | None:
+    """weight: [out, in] -> its blocked copy for ``kernel`` (see KERNELS; a oneDNN copy is checked by one GEMM),
+    or None where it cannot be blocked here (not CPU, a dtype that kernel does not take on this CPU, no mkldnn)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}.")
+    if kernel != "onednn":
+        blocked = block_weight(weight)
+        if blocked is not None or kernel == "blocked":
+            return blocked
     if (
         weight.device.type != "cpu"
         or weight.dtype not in PACKABLE_DTYPES
@@ -53,24 +82,34 @@ def pack_weight(weight: torch.Tensor, batch_size_hint: int | None = BATCH_SIZE_H
     return packed
 
 
-def packed_matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def packed_matmul(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x: [..., in] -> [..., out] through a weight from ``pack_weight`` (x in the weight's dtype, no autograd)."""
+    if isinstance(packed, BlockedWeight):
+        return blocked_linear(x, packed, bias)
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
 
 
+def packed_nbytes(packed: PackedWeight) -> int:
+    """Bytes a weight from ``pack_weight`` holds."""
+    if isinstance(packed, BlockedWeight):
+        return packed.nbytes()
+    return int(torch.ops.mkldnn._nbytes(packed))
+
+
 class PackedLinearMethod(LinearMethod):
-    """The weight as one oneDNN-blocked tensor (CPU, float32 / bfloat16 where oneDNN packs); else the plain one."""
+    """The weight as one blocked tensor (CPU: sglkit's bf16 kernel or oneDNN, ``pack_weight``); else the plain one."""
 
     name = "packed"
 
-    def __init__(self, batch_size_hint: int | None = BATCH_SIZE_HINT) -> None:
+    def __init__(self, batch_size_hint: int | None = BATCH_SIZE_HINT, kernel: str = "auto") -> None:
         super().__init__()
         self.batch_size_hint = batch_size_hint
-        self.packed: torch.Tensor | None = None  # opaque MKLDNN tensor, [out, in] logically
+        self.kernel = kernel
+        self.packed: PackedWeight | None = None  # [out, in] logically
 
     def create(self, layer: Linear) -> bool:
-        """Pack ``layer.weight`` and check one GEMM runs; False (plain weight) when oneDNN cannot here."""
-        self.packed = pack_weight(layer.weight, self.batch_size_hint)
+        """Block ``layer.weight`` (``pack_weight``); False (plain weight) when no kernel takes it here."""
+        self.packed = pack_weight(layer.weight, self.batch_size_hint, self.kernel)
         return self.packed is not None
 
     def matmul(self, layer: Linear, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -91,4 +130,4 @@ class PackedLinearMethod(LinearMethod):
 
     def held_bytes(self) -> int:
         """Bytes of the blocked weight."""
-        return int(torch.ops.mkldnn._nbytes(self.packed))
+        return packed_nbytes(self.packed)

@@ -1,0 +1,204 @@
+// Model layers, CPU: y = x W^T (+ b) for bfloat16 / float32 weights held in a blocked layout (AVX-512).
+//
+// Layout (built in Python, sglkit/layers/cpu_gemm/__init__.py): W [N, K] -> [ceil(N/16), K/G, 16, G], G = 2 for
+// bfloat16 and 1 for float32: per block of 16 output rows, for each group of G input columns, the 16 rows' G
+// values side by side. One 64-byte load is then 16 outputs x G inputs: for bfloat16 the operand of one
+// `vdpbf16ps` (AVX512-BF16) against a broadcast pair of x, for float32 of one FMA against a broadcast x. A block
+// is one contiguous stream: the kernel reads every weight byte once, in order, whatever M is.
+//
+// Tiles: MB rows of x (1..12) x NB blocks of 16 outputs (1..2), MB*NB fp32 accumulators in registers. Threads
+// (ATen's intra-op pool) split the output blocks into contiguous ranges; each thread, per pair of blocks, runs
+// every row tile, so the weights stream from memory once and x is re-read from cache.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define SGLKIT_BLOCKED_GEMM 1
+#include <immintrin.h>
+#if defined(__AVX512BF16__)
+#define SGLKIT_BLOCKED_GEMM_BF16 1
+#endif
+#endif
+
+namespace {
+
+constexpr int64_t kBlock = 16;   // output rows per block (one zmm of fp32 accumulators)
+constexpr int kMaxRows = 12;     // rows of x per tile
+constexpr int kMaxBlocks = 2;    // blocks per tile
+
+#ifdef SGLKIT_BLOCKED_GEMM
+
+// 16 bf16 (masked) -> 16 fp32
+static inline __m512 load_bf16_as_fp32(const uint16_t* p, __mmask16 mask) {
+  __m256i raw = _mm256_maskz_loadu_epi16(mask, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// One element type's loads, multiply-accumulate and stores. `Lane`: the x value broadcast per step (a bf16 pair
+// as uint32, or one float); `Elem`: the weight / output element (uint16 bf16 bits, or float); `Vec`: 16 outputs x G inputs of weights.
+#ifdef SGLKIT_BLOCKED_GEMM_BF16
+struct BF16 {
+  using Lane = uint32_t;
+  using Elem = uint16_t;
+  static constexpr int64_t kGroup = 2;
+  using Vec = __m512bh;
+  static inline Vec load(const Elem* w) { return (__m512bh)_mm512_loadu_si512(w); }
+  static inline __m512 fma(__m512 acc, Vec w, Lane x) {
+    return _mm512_dpbf16_ps(acc, w, (__m512bh)_mm512_set1_epi32(static_cast<int>(x)));
+  }
+  static inline __m512 load_bias(const Elem* b, __mmask16 mask) { return load_bf16_as_fp32(b, mask); }
+  static inline void store(Elem* out, __m512 y, __mmask16 mask) {
+    _mm256_mask_storeu_epi16(out, mask, (__m256i)_mm512_cvtneps_pbh(y));
+  }
+};
+#endif
+
+struct F32 {
+  using Lane = float;
+  using Elem = float;
+  static constexpr int64_t kGroup = 1;
+  using Vec = __m512;
+  static inline Vec load(const Elem* w) { return _mm512_loadu_ps(w); }
+  static inline __m512 fma(__m512 acc, Vec w, Lane x) { return _mm512_fmadd_ps(w, _mm512_set1_ps(x), acc); }
+  static inline __m512 load_bias(const Elem* b, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, b); }
+  static inline void store(Elem* out, __m512 y, __mmask16 mask) { _mm512_mask_storeu_ps(out, mask, y); }
+};
+
+// x: MB rows (row stride ldx lanes), w: NB consecutive blocks of `steps` x 16 x G elements,
+// out: MB rows (stride ldo) x valid columns starting at column 0 of the first block.
+template <typename T, int MB, int NB>
+static inline void tile(const typename T::Lane* __restrict x, int64_t ldx, const typename T::Elem* __restrict w,
+                        int64_t steps, const typename T::Elem* __restrict bias, typename T::Elem* __restrict out,
+                        int64_t ldo, int64_t valid) {
+  constexpr int64_t kStep = kBlock * T::kGroup;  // weight elements per step and block (one 64-byte vector)
+  __m512 acc[MB][NB];
+#pragma GCC unroll 12
+  for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 2
+    for (int j = 0; j < NB; ++j) acc[m][j] = _mm512_setzero_ps();
+  const int64_t block_elems = steps * kStep;
+  for (int64_t p = 0; p < steps; ++p) {
+    typename T::Vec wv[NB];
+#pragma GCC unroll 2
+    for (int j = 0; j < NB; ++j) wv[j] = T::load(w + j * block_elems + p * kStep);
+#pragma GCC unroll 12
+    for (int m = 0; m < MB; ++m) {
+      const typename T::Lane xv = x[m * ldx + p];
+#pragma GCC unroll 2
+      for (int j = 0; j < NB; ++j) acc[m][j] = T::fma(acc[m][j], wv[j], xv);
+    }
+  }
+#pragma GCC unroll 2
+  for (int j = 0; j < NB; ++j) {
+    const int64_t cols = valid - j * kBlock;
+    if (cols <= 0) break;
+    const __mmask16 mask = cols >= kBlock ? (__mmask16)0xFFFF : (__mmask16)((1u << cols) - 1);
+    const __m512 b = bias ? T::load_bias(bias + j * kBlock, mask) : _mm512_setzero_ps();
+#pragma GCC unroll 12
+    for (int m = 0; m < MB; ++m) T::store(out + m * ldo + j * kBlock, _mm512_add_ps(acc[m][j], b), mask);
+  }
+}
+
+template <typename T, int NB>
+static void row_tiles(const typename T::Lane* x, int64_t M, int64_t ldx, const typename T::Elem* w, int64_t steps,
+                      const typename T::Elem* bias, typename T::Elem* out, int64_t ldo, int64_t valid) {
+  int64_t m = 0;
+  for (; m + kMaxRows <= M; m += kMaxRows)
+    tile<T, kMaxRows, NB>(x + m * ldx, ldx, w, steps, bias, out + m * ldo, ldo, valid);
+  const typename T::Lane* xr = x + m * ldx;
+  typename T::Elem* o = out + m * ldo;
+  switch (M - m) {
+#define SGLKIT_TAIL(R) \
+  case R:              \
+    tile<T, R, NB>(xr, ldx, w, steps, bias, o, ldo, valid); \
+    break;
+    SGLKIT_TAIL(1) SGLKIT_TAIL(2) SGLKIT_TAIL(3) SGLKIT_TAIL(4) SGLKIT_TAIL(5) SGLKIT_TAIL(6)
+    SGLKIT_TAIL(7) SGLKIT_TAIL(8) SGLKIT_TAIL(9) SGLKIT_TAIL(10) SGLKIT_TAIL(11)
+#undef SGLKIT_TAIL
+    default:
+      break;
+  }
+}
+
+// All output blocks of one call, split over ATen's threads. x: [M, K] as lanes, w: [blocks, K/G, 16, G].
+template <typename T>
+static void run(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias, torch::Tensor& out,
+                int64_t n) {
+  const int64_t M = x.size(0), blocks = w.size(0), steps = w.size(1);
+  const auto* xp = reinterpret_cast<const typename T::Lane*>(x.data_ptr());
+  const auto* wp = reinterpret_cast<const typename T::Elem*>(w.data_ptr());
+  const auto* bp = bias.defined() ? reinterpret_cast<const typename T::Elem*>(bias.data_ptr()) : nullptr;
+  auto* op = reinterpret_cast<typename T::Elem*>(out.data_ptr());
+  const int64_t block_elems = steps * kBlock * T::kGroup;
+  const int64_t groups = (blocks + kMaxBlocks - 1) / kMaxBlocks;
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t b0 = g * kMaxBlocks;
+      const int64_t col = b0 * kBlock;
+      const int64_t valid = std::min<int64_t>(n - col, kMaxBlocks * kBlock);
+      const auto* wg = wp + b0 * block_elems;
+      const auto* bg = bp ? bp + col : nullptr;
+      if (b0 + kMaxBlocks <= blocks)
+        row_tiles<T, kMaxBlocks>(xp, M, steps, wg, steps, bg, op + col, n, valid);
+      else
+        row_tiles<T, 1>(xp, M, steps, wg, steps, bg, op + col, n, valid);
+    }
+  });
+}
+
+#endif  // SGLKIT_BLOCKED_GEMM
+
+// Which weight dtypes this build (this CPU) runs: "bfloat16" needs AVX512-BF16, "float32" AVX-512F/BW/VL.
+bool supported(const std::string& dtype) {
+#ifdef SGLKIT_BLOCKED_GEMM
+  if (dtype == "float32") return true;
+#endif
+#ifdef SGLKIT_BLOCKED_GEMM_BF16
+  if (dtype == "bfloat16") return true;
+#endif
+  return false;
+}
+
+// x: [M, K] (K = steps * G), w: [ceil(N/16), K/G, 16, G] of x's dtype, bias: [N] or None -> [M, N]
+torch::Tensor blocked_linear(const torch::Tensor& x, const torch::Tensor& w, int64_t n,
+                             const c10::optional<torch::Tensor>& bias) {
+  const bool bf16 = w.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(bf16 || w.scalar_type() == at::kFloat, "blocked_linear: bfloat16 or float32 weights");
+  TORCH_CHECK(supported(bf16 ? "bfloat16" : "float32"), "blocked_linear: no kernel for ", w.scalar_type(),
+              " in this CPU's build");
+  const int64_t group = bf16 ? 2 : 1;
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == w.scalar_type() && x.device().is_cpu(),
+              "x: [M, K] on CPU, of the weight's dtype");
+  TORCH_CHECK(w.dim() == 4 && w.size(2) == kBlock && w.size(3) == group, "w: [N/16, K/", group, ", 16, ", group, "]");
+  const int64_t M = x.size(0), K = x.size(1), blocks = w.size(0);
+  TORCH_CHECK(K == group * w.size(1), "x has ", K, " columns, the weight ", group * w.size(1));
+  TORCH_CHECK(n > (blocks - 1) * kBlock && n <= blocks * kBlock, "n=", n, " does not match ", blocks, " blocks");
+  const torch::Tensor xc = x.contiguous();
+  const torch::Tensor wc = w.contiguous();
+  torch::Tensor bc;
+  if (bias.has_value() && bias->defined()) {
+    bc = bias->contiguous();
+    TORCH_CHECK(bc.numel() == n && bc.scalar_type() == w.scalar_type(), "bias: [N] of the weight's dtype");
+  }
+  torch::Tensor out = torch::empty({M, n}, x.options());
+  if (M == 0) return out;
+#ifdef SGLKIT_BLOCKED_GEMM
+  if (!bf16) run<F32>(xc, wc, bc, out, n);
+#endif
+#ifdef SGLKIT_BLOCKED_GEMM_BF16
+  if (bf16) run<BF16>(xc, wc, bc, out, n);
+#endif
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("supported", &supported, "Whether this build runs weights of this dtype (\"bfloat16\" / \"float32\").");
+  m.def("blocked_linear", &blocked_linear, "x [M, K] @ blocked W^T (+ bias) -> [M, N], x's dtype",
+        pybind11::arg("x"), pybind11::arg("w"), pybind11::arg("n"), pybind11::arg("bias") = pybind11::none());
+}
