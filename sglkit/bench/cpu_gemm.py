@@ -2,7 +2,7 @@
 
 For each linear shape of a ``bench_one_batch`` preset (q/k/v, gate/up, down, the logits head) it makes
 ``--copies`` random weights (more than the last-level cache holds, so every call streams its weight from memory,
-as in a model), blocks them for sglkit's kernel (``sglkit.layers.cpu_gemm``) and packs them for oneDNN (batch
+as in a model), blocks them for sglkit's kernel (``sglkit.layers.cpu_kernels``) and packs them for oneDNN (batch
 hint 1, sglkit's oneDNN default, or ``--onednn-hint any``), then times both over the same inputs, alternating
 rounds. Prints milliseconds per GEMM, the weight bandwidth or GFLOP/s, and oneDNN / sglkit (above 1: sglkit's
 kernel is faster). Whole-model figures: ``python -m sglkit.bench.linear_methods --methods packed-1 blocked``.
@@ -39,13 +39,13 @@ def _round(calls: list[Callable[[], object]]) -> float:
 
 def run(args: argparse.Namespace, log=print) -> list[dict]:
     """Time every (shape, rows) pair; one dict per pair."""
-    from sglkit.layers.cpu_gemm import block_weight, blocked_gemm_available
+    from sglkit.layers.cpu_kernels.blocked_gemm import block_weight, blocked_gemm_available
     from sglkit.layers.quantization.packed import pack_weight, packed_matmul
 
     dtype = getattr(torch, args.dtype)
     if not blocked_gemm_available(dtype):
         raise SystemExit(
-            f"sglkit's CPU GEMM does not run {args.dtype} on this CPU (see sglkit.layers.cpu_gemm)."
+            f"sglkit's CPU GEMM does not run {args.dtype} on this CPU (see sglkit.layers.cpu_kernels)."
         )
     if args.threads:
         torch.set_num_threads(args.threads)

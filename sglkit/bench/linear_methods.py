@@ -22,7 +22,7 @@ import torch
 __all__ = ["PACKING_HINTS", "main", "parse_args", "run", "use_method"]
 
 # method name -> PackedLinearMethod's (batch_size_hint, kernel): the default; oneDNN's one-row and general
-# layouts; sglkit's own bf16 kernel (sglkit.layers.cpu_gemm). The logits head follows the kernel.
+# layouts; sglkit's own bf16 kernel (sglkit.layers.cpu_kernels). The logits head follows the kernel.
 PACKING_HINTS: dict[str, tuple] = {
     "packed": (1, "auto"),
     "packed-1": (1, "onednn"),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sglkit.bench import cpu_gemm
-from sglkit.layers.cpu_gemm import blocked_gemm_available
+from sglkit.layers.cpu_kernels.blocked_gemm import blocked_gemm_available
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

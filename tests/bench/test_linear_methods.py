@@ -25,8 +25,8 @@ def test_methods_side_by_side():
 
 
 def test_packing_kernels_side_by_side():
-    """oneDNN's two layouts and sglkit's kernel as methods (the kernel's own tests: tests/layers/cpu_gemm)."""
-    from sglkit.layers.cpu_gemm import blocked_gemm_available
+    """oneDNN's two layouts and sglkit's kernel as methods (the kernel's own tests: tests/layers/cpu_kernels)."""
+    from sglkit.layers.cpu_kernels.blocked_gemm import blocked_gemm_available
 
     methods = ["packed-1", "packed-any"] + (["blocked"] if blocked_gemm_available(torch.float32) else [])
     argv = ["--config", "tiny", "--methods", *methods, "--batch-size", "2", "--input-len", "8"]

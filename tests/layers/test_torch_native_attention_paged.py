@@ -5,6 +5,8 @@ random too. The reference gathers one request's K/V in token order and runs plai
 ``scaled_dot_product_attention`` with an explicit causal-with-prefix mask (query at position p sees keys 0..p).
 Covers the default paths (no sliding window / logit cap): extend with and without cached prefixes, the plain
 padded decode gather, the shared-prefix decode path and the decode workspace (reuse and every rebuild cause).
+Every backend here is built with ``use_cpu_kernel=False`` (the SDPA paths); sglkit's CPU decode kernel has its
+own tests (tests/layers/cpu_kernels/test_decode_attention.py).
 """
 
 from __future__ import annotations
@@ -164,7 +166,7 @@ def check_decode(paged, backend, fb, reqs, num_heads, num_kv_heads) -> None:
 def test_extend_matches_reference(num_heads, num_kv_heads, prefix_lens, ext_lens):
     paged = make_paged(num_kv_heads, seed=len(ext_lens) * 10 + num_heads)
     reqs = [paged.add_request(p + e) for p, e in zip(prefix_lens, ext_lens)]
-    backend = TorchNativeAttnBackend()
+    backend = TorchNativeAttnBackend(use_cpu_kernel=False)
     fb = forward_batch(paged, backend, ForwardMode.EXTEND, reqs, prefix_lens, ext_lens)
     backend.init_forward_metadata(fb)
     assert [m is None for m in fb.attn_metadata.masks] == [p == 0 for p in prefix_lens]
@@ -183,7 +185,7 @@ def test_extend_through_radix_attention_writes_kv_then_attends(num_heads, num_kv
     paged = make_paged(num_kv_heads, seed=3)
     prefix_lens, ext_lens = [12, 0], [6, 9]
     reqs = [paged.add_request(p + e) for p, e in zip(prefix_lens, ext_lens)]
-    backend = TorchNativeAttnBackend()
+    backend = TorchNativeAttnBackend(use_cpu_kernel=False)
     fb = forward_batch(paged, backend, ForwardMode.EXTEND, reqs, prefix_lens, ext_lens)
     backend.init_forward_metadata(fb)
     n = sum(ext_lens)
@@ -212,7 +214,7 @@ def test_decode_plain_padded_path(monkeypatch, num_heads, num_kv_heads, lens):
     monkeypatch.setattr(torch_native, "WORKSPACE_MAX_BYTES", 0)  # no workspace: gather every step
     paged = make_paged(num_kv_heads, seed=sum(lens))
     reqs = [paged.add_request(n) for n in lens]
-    backend = TorchNativeAttnBackend()
+    backend = TorchNativeAttnBackend(use_cpu_kernel=False)
     fb = decode_batch(paged, backend, reqs)
     backend.init_forward_metadata(fb)
     meta = fb.attn_metadata
@@ -234,7 +236,7 @@ def test_decode_shared_prefix_path(num_heads, num_kv_heads, common, suffixes):
     paged = make_paged(num_kv_heads, seed=common)
     shared = paged.take(common)
     reqs = [paged.add_request(common + s, shared=shared) for s in suffixes]
-    backend = TorchNativeAttnBackend()
+    backend = TorchNativeAttnBackend(use_cpu_kernel=False)
     fb = decode_batch(paged, backend, reqs)
     backend.init_forward_metadata(fb)
     meta = fb.attn_metadata
@@ -249,7 +251,7 @@ def test_decode_shared_run_below_threshold_uses_plain_path():
     paged = make_paged(2, seed=5)
     shared = paged.take(SHARED_PREFIX_MIN_TOKENS - 1)
     reqs = [paged.add_request(len(shared) + s, shared=shared) for s in (10, 20)]
-    backend = TorchNativeAttnBackend()
+    backend = TorchNativeAttnBackend(use_cpu_kernel=False)
     fb = decode_batch(paged, backend, reqs)
     backend.init_forward_metadata(fb)
     assert fb.attn_metadata.common_indices is None
@@ -307,7 +309,7 @@ def decode_step(paged, backend, reqs, num_heads, num_kv_heads, grow: bool = True
 def test_workspace_reused_over_consecutive_decode_steps(num_heads, num_kv_heads):
     paged = make_paged(num_kv_heads, seed=11)
     reqs = [paged.add_request(n) for n in (3, 20, 11)]
-    backend = TorchNativeAttnBackend()
+    backend = TorchNativeAttnBackend(use_cpu_kernel=False)
     meta = decode_step(paged, backend, reqs, num_heads, num_kv_heads)
     ws = meta.workspace
     assert ws is not None and ws is backend.workspace and ws.rebuilt
@@ -324,7 +326,7 @@ def test_workspace_rebuilt_when_the_batch_changes():
     num_heads, num_kv_heads = 4, 2
     paged = make_paged(num_kv_heads, seed=12)
     reqs = [paged.add_request(n) for n in (5, 8, 13)]
-    backend = TorchNativeAttnBackend()
+    backend = TorchNativeAttnBackend(use_cpu_kernel=False)
     decode_step(paged, backend, reqs, num_heads, num_kv_heads)
     first = decode_step(paged, backend, reqs, num_heads, num_kv_heads).workspace
     assert not first.rebuilt
@@ -346,7 +348,7 @@ def test_workspace_rebuilt_when_lengths_do_not_grow_by_one():
     num_heads, num_kv_heads = 4, 4
     paged = make_paged(num_kv_heads, seed=13)
     reqs = [paged.add_request(n) for n in (6, 9)]
-    backend = TorchNativeAttnBackend()
+    backend = TorchNativeAttnBackend(use_cpu_kernel=False)
     first = decode_step(paged, backend, reqs, num_heads, num_kv_heads).workspace
     # Same slots and lengths (the step is repeated): not a continuation.
     meta = decode_step(paged, backend, reqs, num_heads, num_kv_heads, grow=False)
@@ -361,7 +363,7 @@ def test_workspace_dropped_by_an_extend_pass():
     num_heads, num_kv_heads = 4, 2
     paged = make_paged(num_kv_heads, seed=14)
     reqs = [paged.add_request(n) for n in (4, 10)]
-    backend = TorchNativeAttnBackend()
+    backend = TorchNativeAttnBackend(use_cpu_kernel=False)
     decode_step(paged, backend, reqs, num_heads, num_kv_heads)
     assert backend.workspace is not None
     new = paged.add_request(5)
@@ -378,7 +380,7 @@ def test_workspace_rebuilt_when_capacity_is_exceeded(monkeypatch):
     num_heads, num_kv_heads = 4, 2
     paged = make_paged(num_kv_heads, seed=15)
     reqs = [paged.add_request(n) for n in (3, 7)]
-    backend = TorchNativeAttnBackend()
+    backend = TorchNativeAttnBackend(use_cpu_kernel=False)
     rebuilt = [decode_step(paged, backend, reqs, num_heads, num_kv_heads).workspace.rebuilt for _ in range(7)]
     # Capacity = max_len + 2 at each rebuild: two appends fit, the third rebuilds.
     assert rebuilt == [True, False, False, True, False, False, True]
@@ -391,7 +393,7 @@ def test_workspace_and_shared_prefix_alternate():
     shared = paged.take(SHARED_PREFIX_MIN_TOKENS + 4)
     sharing = [paged.add_request(len(shared) + s, shared=shared) for s in (2, 6)]
     loner = paged.add_request(50)
-    backend = TorchNativeAttnBackend()
+    backend = TorchNativeAttnBackend(use_cpu_kernel=False)
     meta = decode_step(paged, backend, [sharing[0], loner], num_heads, num_kv_heads)
     assert meta.workspace is not None and meta.common_indices is None
     meta = decode_step(paged, backend, sharing, num_heads, num_kv_heads)

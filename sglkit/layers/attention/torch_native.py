@@ -12,6 +12,11 @@ and to earlier new tokens.
 A layer's ``sliding_window`` narrows these masks to keys at positions > p - window (SDPA still); a ``logit_cap``
 computes the scores explicitly (``capped_attention``: cap * tanh(s / cap), float32 softmax, as HF Gemma 2).
 Layers without options run exactly the default SDPA paths above.
+
+On a CPU where sglkit's kernels run (``sglkit.layers.cpu_kernels.decode_attention``: AVX-512, float32 / bfloat16
+KV), decode layers without options skip all of that: the kernel reads each request's KV straight from the pool
+through the request-to-token table, so no indices, masks or workspace are built (the SDPA metadata is built
+lazily, for the first layer with options, if any).
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ import torch.nn.functional as F
 
 from sglkit.core.forward_batch import ForwardBatch
 from sglkit.layers.attention.base import AttentionBackend, RadixAttention
+from sglkit.layers.cpu_kernels.decode_attention import (
+    decode_attention,
+    decode_attention_available,
+    decode_attention_takes,
+)
 
 SHARED_PREFIX_MIN_TOKENS = 32  # use the shared-prefix decode path from this many common KV slots
 
@@ -103,6 +113,15 @@ class DecodeWorkspace:
 
 
 @dataclass
+class _KernelDecodeMetadata:
+    """A decode pass for sglkit's CPU kernel: it reads the table itself; ``sdpa`` is built on demand (for a layer
+    with options) from the lengths copied here at init, so no forward reads the batch's host lists."""
+
+    seq_lens_cpu: list[int]
+    sdpa: _DecodeMetadata | None = None
+
+
+@dataclass
 class _ExtendMetadata:
     kv_indices: list[torch.Tensor]  # per request [seq_len]
     masks: list[torch.Tensor | None]  # per request [ext, seq_len] bool or None (plain causal)
@@ -111,13 +130,15 @@ class _ExtendMetadata:
 class TorchNativeAttnBackend(AttentionBackend):
     """Reference backend built on ``torch.nn.functional.scaled_dot_product_attention``."""
 
-    def __init__(self) -> None:
+    def __init__(self, use_cpu_kernel: bool = True) -> None:
+        self.use_cpu_kernel = use_cpu_kernel  # False: always the SDPA decode path (tests of its metadata)
         self.workspace: DecodeWorkspace | None = None
 
-    def _next_workspace(self, forward_batch: ForwardBatch, max_len: int) -> DecodeWorkspace | None:
+    def _next_workspace(
+        self, forward_batch: ForwardBatch, max_len: int, seq_lens: list[int]
+    ) -> DecodeWorkspace | None:
         """Reuse the workspace if the batch is the previous step's, one token longer; else start a new one."""
         slots = tuple(forward_batch.req_pool_indices.tolist())
-        seq_lens = forward_batch.seq_lens_cpu
         pool = forward_batch.token_to_kv_pool
         ws = self.workspace
         if (
@@ -147,23 +168,13 @@ class TorchNativeAttnBackend(AttentionBackend):
         if not forward_batch.forward_mode.is_decode():
             self.workspace = None  # an extend pass may reuse request slots: start afresh next decode
         if forward_batch.forward_mode.is_decode():
-            max_len = max(forward_batch.seq_lens_cpu)
-            rows = req_to_token[forward_batch.req_pool_indices, :max_len]  # [B, L_max]
-            positions = torch.arange(max_len, device=rows.device)
-            valid = positions[None, :] < forward_batch.seq_lens[:, None]
-            common = shared_prefix_len(rows, forward_batch.seq_lens_cpu)
-            common_indices = rows[0, :common] if common else None
-            rows, valid = rows[:, common:], valid[:, common:]
-            forward_batch.attn_metadata = _DecodeMetadata(
-                kv_indices=torch.where(valid, rows, torch.zeros_like(rows)),
-                attn_mask=valid[:, None, None, :],
-                common_indices=common_indices,
-                workspace=None if common else self._next_workspace(forward_batch, max_len),
-                max_len=max_len,
-                seq_lens=forward_batch.seq_lens,
-            )
-            if common:
-                self.workspace = None
+            pool = forward_batch.token_to_kv_pool
+            cpu = self.use_cpu_kernel and torch.device(pool.device).type == "cpu"
+            if cpu and decode_attention_available(pool.dtype, pool.dtype, pool.head_dim, 1):
+                self.workspace = None  # rebuilt by _decode_metadata if a layer needs SDPA
+                forward_batch.attn_metadata = _KernelDecodeMetadata(list(forward_batch.seq_lens_cpu))
+            else:
+                forward_batch.attn_metadata = self._decode_metadata(forward_batch, forward_batch.seq_lens_cpu)
             return
         kv_indices, masks = [], []
         pool_indices = forward_batch.req_pool_indices.tolist()
@@ -179,6 +190,28 @@ class TorchNativeAttnBackend(AttentionBackend):
                 k_pos = torch.arange(seq_len, device=req_to_token.device)[None, :]
                 masks.append(k_pos <= q_pos)
         forward_batch.attn_metadata = _ExtendMetadata(kv_indices=kv_indices, masks=masks)
+
+    def _decode_metadata(self, forward_batch: ForwardBatch, seq_lens_cpu: list[int]) -> _DecodeMetadata:
+        """The SDPA decode path's gather indices, masks, shared prefix and workspace."""
+        req_to_token = forward_batch.req_to_token_pool.req_to_token
+        max_len = max(seq_lens_cpu)
+        rows = req_to_token[forward_batch.req_pool_indices, :max_len]  # [B, L_max]
+        positions = torch.arange(max_len, device=rows.device)
+        valid = positions[None, :] < forward_batch.seq_lens[:, None]
+        common = shared_prefix_len(rows, seq_lens_cpu)
+        common_indices = rows[0, :common] if common else None
+        rows, valid = rows[:, common:], valid[:, common:]
+        meta = _DecodeMetadata(
+            kv_indices=torch.where(valid, rows, torch.zeros_like(rows)),
+            attn_mask=valid[:, None, None, :],
+            common_indices=common_indices,
+            workspace=None if common else self._next_workspace(forward_batch, max_len, seq_lens_cpu),
+            max_len=max_len,
+            seq_lens=forward_batch.seq_lens,
+        )
+        if common:
+            self.workspace = None
+        return meta
 
     def forward_extend(
         self, q: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch
@@ -215,8 +248,25 @@ class TorchNativeAttnBackend(AttentionBackend):
         self, q: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch
     ) -> torch.Tensor:
         """q: [B, Hq, D] -> [B, Hq, D]."""
-        meta: _DecodeMetadata = forward_batch.attn_metadata
+        meta = forward_batch.attn_metadata
         k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        if isinstance(meta, _KernelDecodeMetadata):
+            if not layer.has_options and decode_attention_takes(
+                q, k_buf, v_buf, layer.num_heads, layer.num_kv_heads
+            ):
+                table = forward_batch.req_to_token_pool.req_to_token
+                return decode_attention(
+                    q,
+                    k_buf,
+                    v_buf,
+                    table,
+                    forward_batch.req_pool_indices,
+                    forward_batch.seq_lens,
+                    layer.scaling,
+                )
+            if meta.sdpa is None:
+                meta.sdpa = self._decode_metadata(forward_batch, meta.seq_lens_cpu)
+            meta = meta.sdpa
         if meta.common_indices is not None:
             return _decode_with_shared_prefix(q, k_buf, v_buf, meta, layer)
         batch, num_heads, head_dim = q.shape

@@ -12,7 +12,7 @@ The hint matters: with None (any batch) the blocked weight made one-token decode
 ``F.linear`` at 1 row and keep the blocked format's 1.2-1.4x gain at 32-256 rows (docs/quantization.md).
 
 On an AVX-512 CPU (AVX512-BF16 for bfloat16) the weight takes sglkit's own kernel instead
-(``sglkit.layers.cpu_gemm``: a ``BlockedWeight``): 1.2-1.9x oneDNN's speed at 1-8 rows, level with it at 512
+(``sglkit.layers.cpu_kernels``: a ``BlockedWeight``): 1.2-1.9x oneDNN's speed at 1-8 rows, level with it at 512
 (whole model: 1.3-1.5x decode tok/s at batch 1; docs/cpu.md). ``kernel="onednn"`` keeps oneDNN there.
 """
 
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from sglkit.layers.compiled_ops import compiled_linear
-from sglkit.layers.cpu_gemm import BlockedWeight, block_weight, blocked_linear
+from sglkit.layers.cpu_kernels.blocked_gemm import BlockedWeight, block_weight, blocked_linear
 from sglkit.layers.quantization.base import LinearMethod
 
 if TYPE_CHECKING:

@@ -31,7 +31,7 @@ def test_float32_weight_is_packed_once_and_unpacks_exactly():
     assert isinstance(layer.linear_method, PackedLinearMethod)  # the default method
     layer.set_linear_method(
         PackedLinearMethod(kernel="onednn")
-    )  # not sglkit's kernel (tests/layers/cpu_gemm)
+    )  # not sglkit's kernel (tests/layers/cpu_kernels)
     assert layer.process_weights_after_loading() and layer.packed_weight is not None
     assert layer.packed_weight.is_mkldnn and layer.packed_weight.shape == (64, 96)
     assert layer.weight.shape == (64, 96) and layer.weight.stride() == (0, 0)  # the placeholder

@@ -1,4 +1,4 @@
-"""sglkit's CPU GEMM (sglkit/layers/cpu_gemm): the blocked layout round-trips exactly, the kernel equals a float32
+"""sglkit's CPU GEMM (sglkit/layers/cpu_kernels): the blocked layout round-trips exactly, the kernel equals a float32
 reference (rounded to bfloat16 for bfloat16) over row / block tails, biases, thread counts and leading dims, and
 the packed linear method uses it where the CPU runs it (oneDNN where told or elsewhere)."""
 
@@ -8,8 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sglkit.layers import cpu_gemm
-from sglkit.layers.cpu_gemm import BlockedWeight, block_weight, blocked_gemm_available, blocked_linear
+from sglkit.layers import cpu_kernels
+from sglkit.layers.cpu_kernels.blocked_gemm import (
+    BlockedWeight,
+    block_weight,
+    blocked_gemm_available,
+    blocked_linear,
+)
 from sglkit.layers.linear import Linear
 from sglkit.layers.quantization.packed import PackedLinearMethod, pack_weight, packed_nbytes
 
@@ -133,9 +138,9 @@ def test_unknown_kernel_is_refused():
 
 
 def test_disabled_by_environment(monkeypatch):
-    monkeypatch.setattr(cpu_gemm, "_tried", False)
-    monkeypatch.setattr(cpu_gemm, "_kernel", None)
-    monkeypatch.setenv(cpu_gemm.DISABLE_ENV, "onednn")
+    monkeypatch.setattr(cpu_kernels, "_tried", False)
+    monkeypatch.setattr(cpu_kernels, "_kernels", None)
+    monkeypatch.setenv("SGLKIT_CPU_GEMM", "onednn")  # or SGLKIT_CPU_KERNELS=0
     assert not blocked_gemm_available() and block_weight(rand(16, 32, dtype=torch.float32)) is None
     with pytest.raises(RuntimeError, match="not available"):
         blocked_linear(rand(1, 32), BlockedWeight(torch.zeros(1, 16, 16, 2, dtype=torch.bfloat16), 16, 32))

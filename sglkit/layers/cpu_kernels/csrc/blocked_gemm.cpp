@@ -1,6 +1,7 @@
 // Model layers, CPU: y = x W^T (+ b) for bfloat16 / float32 weights held in a blocked layout (AVX-512).
+// Bound to Python in module.cpp; the layout is built in sglkit/layers/cpu_kernels/blocked_gemm.py.
 //
-// Layout (built in Python, sglkit/layers/cpu_gemm/__init__.py): W [N, K] -> [ceil(N/16), K/G, 16, G], G = 2 for
+// Layout: W [N, K] -> [ceil(N/16), K/G, 16, G], G = 2 for
 // bfloat16 and 1 for float32: per block of 16 output rows, for each group of G input columns, the 16 rows' G
 // values side by side. One 64-byte load is then 16 outputs x G inputs: for bfloat16 the operand of one
 // `vdpbf16ps` (AVX512-BF16) against a broadcast pair of x, for float32 of one FMA against a broadcast x. A block
@@ -152,8 +153,12 @@ static void run(const torch::Tensor& x, const torch::Tensor& w, const torch::Ten
 
 #endif  // SGLKIT_BLOCKED_GEMM
 
+}  // namespace
+
+namespace sglkit {
+
 // Which weight dtypes this build (this CPU) runs: "bfloat16" needs AVX512-BF16, "float32" AVX-512F/BW/VL.
-bool supported(const std::string& dtype) {
+bool gemm_supported(const std::string& dtype) {
 #ifdef SGLKIT_BLOCKED_GEMM
   if (dtype == "float32") return true;
 #endif
@@ -168,7 +173,7 @@ torch::Tensor blocked_linear(const torch::Tensor& x, const torch::Tensor& w, int
                              const c10::optional<torch::Tensor>& bias) {
   const bool bf16 = w.scalar_type() == at::kBFloat16;
   TORCH_CHECK(bf16 || w.scalar_type() == at::kFloat, "blocked_linear: bfloat16 or float32 weights");
-  TORCH_CHECK(supported(bf16 ? "bfloat16" : "float32"), "blocked_linear: no kernel for ", w.scalar_type(),
+  TORCH_CHECK(gemm_supported(bf16 ? "bfloat16" : "float32"), "blocked_linear: no kernel for ", w.scalar_type(),
               " in this CPU's build");
   const int64_t group = bf16 ? 2 : 1;
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == w.scalar_type() && x.device().is_cpu(),
@@ -195,10 +200,4 @@ torch::Tensor blocked_linear(const torch::Tensor& x, const torch::Tensor& w, int
   return out;
 }
 
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("supported", &supported, "Whether this build runs weights of this dtype (\"bfloat16\" / \"float32\").");
-  m.def("blocked_linear", &blocked_linear, "x [M, K] @ blocked W^T (+ bias) -> [M, N], x's dtype",
-        pybind11::arg("x"), pybind11::arg("w"), pybind11::arg("n"), pybind11::arg("bias") = pybind11::none());
-}
+}  // namespace sglkit

@@ -1,0 +1,65 @@
+"""Model layers, CPU: decode attention from the paged KV pool (torch_native ``forward_decode`` -> here -> C++).
+
+``csrc/decode_attention.cpp``: per (request, KV head) one thread reads the request's slots from its row of the
+request-to-token table, dots each K row of the pool with that KV head's query heads, takes a softmax and sums the
+V rows. The K/V are read once, in place: no gathered, padded or workspace copy and no per-step index tensors,
+which the SDPA path needs (``sglkit.layers.attention.torch_native``). Plain causal decode only (no logit cap,
+no sliding window); float32 or bfloat16 with q, K and V of one dtype; head dims that are multiples of 16 up to
+128, and 256.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+
+from sglkit.layers.cpu_kernels import load_kernels
+
+__all__ = ["decode_attention", "decode_attention_available", "decode_attention_takes"]
+
+DTYPES = (torch.float32, torch.bfloat16)
+
+
+def decode_attention_available(dtype: torch.dtype, kv_dtype: torch.dtype, head_dim: int, group: int) -> bool:
+    """Whether ``decode_attention`` takes q of ``dtype``, a KV pool of ``kv_dtype``, ``head_dim`` and ``group``
+    query heads per KV head on this machine."""
+    if dtype not in DTYPES or kv_dtype != dtype:
+        return False
+    kernels = load_kernels()
+    return kernels is not None and kernels.decode_attention_supported(head_dim, group)
+
+
+@cache
+def _takes(
+    dtype: torch.dtype, kv_dtype: torch.dtype, head_dim: int, heads: int, num_heads: int, kv_heads: int
+) -> bool:
+    whole = num_heads % kv_heads == 0 and heads == num_heads
+    return whole and decode_attention_available(dtype, kv_dtype, head_dim, num_heads // kv_heads)
+
+
+def decode_attention_takes(
+    q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, num_heads: int, num_kv_heads: int
+) -> bool:
+    """Whether ``decode_attention`` takes this layer's q [B, Hq, D] and pool K/V [S, Hkv, D] (CPU tensors, one
+    dtype, matching shapes, a supported head dim and group)."""
+    if k_buf.device.type != "cpu" or k_buf.shape != v_buf.shape or k_buf.shape[1] != num_kv_heads:
+        return False
+    return _takes(q.dtype, k_buf.dtype, q.shape[-1], q.shape[1], num_heads, num_kv_heads)
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_buf: torch.Tensor,
+    v_buf: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """q: [B, Hq, D]; k_buf, v_buf: [S, Hkv, D]; req_to_token: [R, C]; req_pool_indices, seq_lens: [B]
+    -> [B, Hq, D]: each request's query attends to KV slots req_to_token[row, :seq_len]."""
+    kernels = load_kernels()
+    if kernels is None:
+        raise RuntimeError("decode_attention: sglkit's CPU kernels are not available on this machine.")
+    return kernels.decode_attention(q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, scale)
