@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-frontend.txt
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps -r requirements-frontend.txt
-	$(PY) -m sglkit.layers.cpu_kernels  # compiles the bf16 CPU GEMM for this CPU (where it has AVX512-BF16), once
+	$(PY) -m sglkit.layers.cpu_kernels  # compiles sglkit's CPU kernels (GEMM, decode attention) for an AVX-512 CPU, once
 	touch $(STAMP)
 
 install: $(STAMP)

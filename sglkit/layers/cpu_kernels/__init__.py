@@ -4,8 +4,10 @@
 ``decode_attention.cpp`` (decode attention straight from the paged KV pool, ``decode_attention.py``);
 ``module.cpp`` binds them into one Python extension. It is compiled with ``-march=native`` by
 ``torch.utils.cpp_extension`` on first use (about a minute, once per machine and torch install:
-``python -m sglkit.layers.cpu_kernels`` does it ahead, as ``make install`` does) and cached under a name that
-hashes the sources, the flags, the CPU's feature flags and torch's version and location.
+``python -m sglkit.layers.cpu_kernels`` does it ahead, as ``make install`` does) into
+``~/.cache/torch_extensions/sglkit/<name>`` (or under ``$TORCH_EXTENSIONS_DIR``), ``<name>`` hashing the sources,
+the flags, the CPU's feature flags and torch's version and location; a process that finds it there imports it
+directly (no ninja, no child process).
 
 The kernels need AVX-512 (F/BW/VL); the bfloat16 GEMM also AVX512-BF16. Elsewhere, with
 ``SGLKIT_CPU_KERNELS=0`` (or the older ``SGLKIT_CPU_GEMM=onednn``), or where the build fails (no compiler, no
@@ -15,6 +17,7 @@ ninja; one log line), ``load_kernels`` returns None and the layers keep oneDNN a
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import platform
@@ -73,17 +76,47 @@ def _extension_name(flags: frozenset[str]) -> str:
     return f"sglkit_cpu_kernels_{digest.hexdigest()[:12]}"
 
 
+def _build_directory(name: str) -> Path:
+    """Where the extension is built: $TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions, then sglkit/<name>."""
+    base = os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "torch_extensions")
+    directory = Path(base) / "sglkit" / name
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _import_built(name: str, directory: Path) -> ModuleType | None:
+    """The already-built extension, imported directly (its name hashes everything it was built from), so a
+    process that finds it spawns no ninja; None when it is not there (or does not import)."""
+    library = directory / f"{name}.so"
+    if not library.is_file():
+        return None
+    try:
+        spec = importlib.util.spec_from_file_location(name, library)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except (ImportError, OSError) as e:
+        logger.debug(f"{library} did not import ({e}); rebuilding.")
+        return None
+    return module
+
+
 def _build(flags: frozenset[str]) -> ModuleType:
     from torch.utils import cpp_extension
 
     name = _extension_name(flags)
+    directory = _build_directory(name)
+    built = _import_built(name, directory)
+    if built is not None:
+        return built
     bin_dir = str(Path(sys.executable).parent)  # the venv's ninja, where PATH lacks it
     path = os.environ.get("PATH", "")
     if bin_dir not in path.split(os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + path if path else bin_dir
-    logger.info(f"Loading sglkit's CPU kernels {name} (compiled once per machine, about a minute)...")
+    logger.info(f"Compiling sglkit's CPU kernels {name} (once per machine, about a minute)...")
     sources = [str(s) for s in _sources()]
-    return cpp_extension.load(name, sources, extra_cflags=CFLAGS, verbose=False)
+    return cpp_extension.load(
+        name, sources, extra_cflags=CFLAGS, build_directory=str(directory), verbose=False
+    )
 
 
 def load_kernels() -> ModuleType | None:
