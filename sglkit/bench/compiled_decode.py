@@ -16,7 +16,8 @@ import time
 
 import torch
 
-from sglkit.bench.one_batch import PRESETS, StaticBatch, build_runner, write_preset
+from sglkit.bench.decode_sides import add_shape_args, alternate_sides
+from sglkit.bench.one_batch import build_runner, write_preset
 from sglkit.bench.one_batch import parse_args as one_batch_args
 
 __all__ = ["main", "parse_args", "run"]
@@ -27,12 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m sglkit.bench.compiled_decode", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--config", default="small", choices=sorted(PRESETS))
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--input-len", type=int, default=128)
+    add_shape_args(p, batch_size=1, input_len=128)
     p.add_argument("--steps", type=int, default=40, help="Decode steps per side (they alternate in pairs).")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
     return p.parse_args(argv)
 
 
@@ -51,17 +48,12 @@ def run(args: argparse.Namespace, model_dir: str, log=print) -> dict:
     runner = build_runner(runner_args, str(write_preset(args.config, model_dir)))
     load_and_compile_s = time.perf_counter() - start
     compiled = runner.compiled_decode
-    batch = StaticBatch(runner, args.batch_size, args.input_len, total - args.input_len)
-    ids = runner.forward(batch.prefill()).argmax(-1)
-    times: dict[str, list[float]] = {"eager": [], "compiled": []}
-    for step in range(2 * args.steps):
-        side = "compiled" if (step // 2) % 2 else "eager"
+
+    def switch(side: str) -> None:
         runner.compiled_decode = compiled if side == "compiled" else None
-        forward_batch = batch.decode(step, ids)
-        tic = time.perf_counter()
-        ids = runner.forward(forward_batch).argmax(-1)
-        times[side].append(time.perf_counter() - tic)
-    runner.compiled_decode = compiled
+
+    times = alternate_sides(runner, args, ("eager", "compiled"), switch, blocks=args.steps, block=2)
+    switch("compiled")
     eager_ms, compiled_ms = (statistics.median(times[s]) * 1e3 for s in ("eager", "compiled"))
     result = {
         "config": args.config,

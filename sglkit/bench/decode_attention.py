@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 
 import torch
 
-from sglkit.bench.one_batch import PRESETS, StaticBatch, build_runner, write_preset
+from sglkit.bench.decode_sides import add_shape_args, alternate_sides
+from sglkit.bench.one_batch import build_runner, write_preset
 from sglkit.bench.one_batch import parse_args as one_batch_args
 
 __all__ = ["main", "parse_args", "run"]
@@ -27,13 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m sglkit.bench.decode_attention", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--config", default="small", choices=sorted(PRESETS))
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--input-len", type=int, default=512)
+    add_shape_args(p, batch_size=32, input_len=512)
     p.add_argument("--steps", type=int, default=12, help="Timed decode steps per side.")
-    p.add_argument("--block", type=int, default=4, help="Steps per block (the first is not timed).")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
+    p.add_argument("--block", type=int, default=4, help="Steps per block (3+: the first is not timed).")
     return p.parse_args(argv)
 
 
@@ -44,7 +40,7 @@ def run(args: argparse.Namespace, model_dir: str, log=print) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    timed_per_block = args.block - 1
+    timed_per_block = args.block - 1 if args.block > 2 else args.block  # as alternate_sides times them
     blocks = 2 * -(-args.steps // timed_per_block)
     total = args.input_len + blocks * args.block + 1
     runner_args = one_batch_args(
@@ -59,21 +55,12 @@ def run(args: argparse.Namespace, model_dir: str, log=print) -> dict:
         raise SystemExit(
             f"sglkit's CPU decode attention does not run {args.dtype} / this shape on this machine."
         )
-    batch = StaticBatch(runner, args.batch_size, args.input_len, total - args.input_len)
-    ids = runner.forward(batch.prefill()).argmax(-1)
-    times: dict[str, list[float]] = {"kernel": [], "sdpa": []}
-    step = 0
-    for block in range(blocks):
-        side = "kernel" if block % 2 == 0 else "sdpa"
+
+    def switch(side: str) -> None:
         backend.use_cpu_kernel = side == "kernel"
-        for i in range(args.block):
-            forward_batch = batch.decode(step, ids)
-            tic = time.perf_counter()
-            ids = runner.forward(forward_batch).argmax(-1)
-            if i:
-                times[side].append(time.perf_counter() - tic)
-            step += 1
-    backend.use_cpu_kernel = True
+
+    times = alternate_sides(runner, args, ("kernel", "sdpa"), switch, blocks=blocks, block=args.block)
+    switch("kernel")
     kernel_ms, sdpa_ms = (statistics.median(times[s]) * 1e3 for s in ("kernel", "sdpa"))
     result = {
         "config": args.config,
