@@ -16,9 +16,7 @@ import time
 
 import torch
 
-from sglkit.bench.decode_sides import add_shape_args, alternate_sides
-from sglkit.bench.one_batch import build_runner, write_preset
-from sglkit.bench.one_batch import parse_args as one_batch_args
+from sglkit.bench.decode_sides import add_shape_args, alternate_sides, shape_runner
 
 __all__ = ["main", "parse_args", "run"]
 
@@ -36,16 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @torch.inference_mode()
 def run(args: argparse.Namespace, model_dir: str, log=print) -> dict:
     """Build the runner, alternate the sides; returns the medians (ms) and eager / compiled."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    total = args.input_len + 2 * args.steps + 1
-    runner_args = one_batch_args(
-        ["--config", args.config, "--dtype", args.dtype, "--batch-size", str(args.batch_size)]
-        + ["--input-len", str(args.input_len), "--output-len", str(total - args.input_len)]
-        + ["--enable-torch-compile"]
-    )
     start = time.perf_counter()
-    runner = build_runner(runner_args, str(write_preset(args.config, model_dir)))
+    runner = shape_runner(args, model_dir, 2 * args.steps, ["--enable-torch-compile"])
     load_and_compile_s = time.perf_counter() - start
     compiled = runner.compiled_decode
 

@@ -15,9 +15,7 @@ import tempfile
 
 import torch
 
-from sglkit.bench.decode_sides import add_shape_args, alternate_sides
-from sglkit.bench.one_batch import build_runner, write_preset
-from sglkit.bench.one_batch import parse_args as one_batch_args
+from sglkit.bench.decode_sides import add_shape_args, alternate_sides, shape_runner
 
 __all__ = ["main", "parse_args", "run"]
 
@@ -38,17 +36,10 @@ def run(args: argparse.Namespace, model_dir: str, log=print) -> dict:
     """Build the runner, alternate the two paths in blocks; returns the medians (ms) and SDPA / kernel."""
     from sglkit.layers.cpu_kernels.decode_attention import decode_attention_available
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     timed_per_block = args.block - 1 if args.block > 2 else args.block  # as alternate_sides times them
     blocks = 2 * -(-args.steps // timed_per_block)
-    total = args.input_len + blocks * args.block + 1
-    runner_args = one_batch_args(
-        ["--config", args.config, "--dtype", args.dtype, "--batch-size", str(args.batch_size)]
-        + ["--input-len", str(args.input_len), "--output-len", str(total - args.input_len)]
-        + ["--device", "cpu", "--attention-backend", "torch_native"]
-    )
-    runner = build_runner(runner_args, str(write_preset(args.config, model_dir)))
+    cpu_native = ["--device", "cpu", "--attention-backend", "torch_native"]
+    runner = shape_runner(args, model_dir, blocks * args.block, cpu_native)
     backend = runner.attn_backend
     pool = runner.token_to_kv_pool
     if not decode_attention_available(pool.dtype, pool.dtype, pool.head_dim, 1):

@@ -14,9 +14,10 @@ from collections.abc import Callable
 
 import torch
 
-from sglkit.bench.one_batch import PRESETS, StaticBatch
+from sglkit.bench.one_batch import PRESETS, StaticBatch, build_runner, write_preset
+from sglkit.bench.one_batch import parse_args as one_batch_args
 
-__all__ = ["add_shape_args", "alternate_sides"]
+__all__ = ["add_shape_args", "alternate_sides", "shape_runner"]
 
 
 def add_shape_args(p: argparse.ArgumentParser, batch_size: int, input_len: int) -> None:
@@ -26,6 +27,18 @@ def add_shape_args(p: argparse.ArgumentParser, batch_size: int, input_len: int) 
     p.add_argument("--batch-size", type=int, default=batch_size)
     p.add_argument("--input-len", type=int, default=input_len)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
+
+
+def shape_runner(args: argparse.Namespace, model_dir: str, decode_steps: int, extra: list[str]):
+    """A ModelRunner on ``args``' preset (dummy weights written to ``model_dir``), with room for
+    ``decode_steps`` decode steps, and ``extra`` bench_one_batch flags; sets the threads first."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runner_args = one_batch_args(
+        ["--config", args.config, "--dtype", args.dtype, "--batch-size", str(args.batch_size)]
+        + ["--input-len", str(args.input_len), "--output-len", str(decode_steps + 1), *extra]
+    )
+    return build_runner(runner_args, str(write_preset(args.config, model_dir)))
 
 
 @torch.inference_mode()
