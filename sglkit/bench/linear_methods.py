@@ -22,7 +22,7 @@ import torch
 __all__ = ["PACKING_HINTS", "main", "parse_args", "run", "use_method"]
 
 # method name -> PackedLinearMethod's (batch_size_hint, kernel): the default; oneDNN's one-row and general
-# layouts; sglkit's own bf16 kernel (sglkit.layers.cpu_kernels). The logits head follows the kernel.
+# layouts; sglkit's own kernel (sglkit.layers.cpu_kernels). The logits head follows the kernel.
 PACKING_HINTS: dict[str, tuple] = {
     "packed": (1, "auto"),
     "packed-1": (1, "onednn"),
@@ -36,18 +36,18 @@ def use_method(model: torch.nn.Module, method: str) -> None:
     from sglkit.layers.linear import Linear, pack_linear_weights, quantize_linear_weights
     from sglkit.layers.quantization import DenseLinearMethod, PackedLinearMethod
 
+    hint, kernel = PACKING_HINTS.get(method, (1, "auto"))
     for module in model.modules():
         if isinstance(module, Linear):
-            if method == "dense":
-                module.set_linear_method(DenseLinearMethod())
-            else:
-                module.set_linear_method(PackedLinearMethod(*PACKING_HINTS.get(method, (1, "auto"))))
+            module.set_linear_method(
+                DenseLinearMethod() if method == "dense" else PackedLinearMethod(hint, kernel)
+            )
     if method not in ("dense", *PACKING_HINTS):
         quantize_linear_weights(model, method)
-    pack_linear_weights(model)
+    pack_linear_weights(model)  # the logits head with the default kernel
     head = getattr(model, "logits_head", None)
-    if hasattr(head, "pack_for_logits"):
-        head.pack_for_logits(PACKING_HINTS.get(method, (1, "auto"))[1])
+    if kernel != "auto" and hasattr(head, "pack_for_logits"):
+        head.pack_for_logits(kernel)
 
 
 def run(args: argparse.Namespace, log=print) -> dict[str, dict[str, float]]:

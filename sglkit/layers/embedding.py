@@ -58,7 +58,7 @@ class VocabParallelEmbedding(nn.Module):
 
     def pack_for_logits(self, kernel: str = "auto") -> bool:
         """Keep a blocked copy of ``weight`` for the logits GEMM when this matrix is the LM head (CPU, where a kernel
-        takes the dtype: ``pack_weight``, sglkit's bf16 kernel or oneDNN): 2x faster than ``F.linear`` on the
+        takes the dtype: ``pack_weight``, sglkit's kernel or oneDNN): 2x faster than ``F.linear`` on the
         plain matrix at 1-32 rows. The plain weight stays (a tied embedding still looks rows up in it).
         ``pack_linear_weights`` calls it after every weight change; returns whether a packed copy is held."""
         self.packed_logits_weight = pack_weight(self.weight, kernel=kernel)

@@ -30,16 +30,13 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["REQUIRED_FLAGS", "cpu_flags", "kernels_disabled", "load_kernels"]
+__all__ = ["REQUIRED_FLAGS", "cpu_flags", "kernels_disabled", "load_kernels", "require_kernels"]
 
 CSRC = Path(__file__).with_name("csrc")
 REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl")  # everything; the bf16 GEMM also needs avx512_bf16
 DISABLE_ENVS = {"SGLKIT_CPU_KERNELS": ("0", "off", "false"), "SGLKIT_CPU_GEMM": ("onednn", "0", "off")}
-CFLAGS = [
-    "-O3",
-    "-march=native",
-    "-fopenmp",
-]  # -fopenmp: ATen's parallel_for is inline OpenMP (torch's libgomp)
+# -fopenmp: ATen's parallel_for is inline OpenMP (it runs on torch's libgomp); without it, one thread
+CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 
 _lock = threading.Lock()
 _kernels: ModuleType | None = None
@@ -138,3 +135,11 @@ def load_kernels() -> ModuleType | None:
                 f"sglkit's CPU kernels could not be built ({e}); oneDNN and SDPA are used instead."
             )
         return _kernels
+
+
+def require_kernels(caller: str) -> ModuleType:
+    """The compiled extension for ``caller``; RuntimeError where it does not run on this machine."""
+    kernels = load_kernels()
+    if kernels is None:
+        raise RuntimeError(f"{caller}: sglkit's CPU kernels are not available on this machine.")
+    return kernels

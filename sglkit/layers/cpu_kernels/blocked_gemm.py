@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sglkit.layers.cpu_kernels import load_kernels
+from sglkit.layers.cpu_kernels import load_kernels, require_kernels
 
 __all__ = ["BLOCK", "BlockedWeight", "block_weight", "blocked_gemm_available", "blocked_linear"]
 
@@ -70,9 +70,8 @@ def block_weight(weight: torch.Tensor) -> BlockedWeight | None:
 
 def blocked_linear(x: torch.Tensor, weight: BlockedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x: [..., K] -> x W^T (+ bias): [..., N], in the weight's dtype, through the compiled kernel."""
-    kernel = load_kernels()
-    if kernel is None:
-        raise RuntimeError("blocked_linear: sglkit's CPU GEMM kernel is not available on this machine.")
     lead = x.shape[:-1]
-    out = kernel.blocked_linear(x.reshape(-1, x.shape[-1]), weight.data, weight.out_features, bias)
+    out = require_kernels("blocked_linear").blocked_linear(
+        x.reshape(-1, x.shape[-1]), weight.data, weight.out_features, bias
+    )
     return out.view(*lead, weight.out_features)

@@ -14,7 +14,7 @@ from functools import cache
 
 import torch
 
-from sglkit.layers.cpu_kernels import load_kernels
+from sglkit.layers.cpu_kernels import load_kernels, require_kernels
 
 __all__ = ["decode_attention", "decode_attention_available", "decode_attention_takes"]
 
@@ -59,7 +59,5 @@ def decode_attention(
 ) -> torch.Tensor:
     """q: [B, Hq, D]; k_buf, v_buf: [S, Hkv, D]; req_to_token: [R, C]; req_pool_indices, seq_lens: [B]
     -> [B, Hq, D]: each request's query attends to KV slots req_to_token[row, :seq_len]."""
-    kernels = load_kernels()
-    if kernels is None:
-        raise RuntimeError("decode_attention: sglkit's CPU kernels are not available on this machine.")
+    kernels = require_kernels("decode_attention")
     return kernels.decode_attention(q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, scale)

@@ -46,11 +46,8 @@ __all__ = [
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 BATCH_SIZE_HINT = 1  # rows oneDNN tunes the blocked layout for (decode); see the module docstring
-KERNELS = (
-    "auto",
-    "onednn",
-    "blocked",
-)  # auto: sglkit's kernel where it runs (bf16, AVX512-BF16), else oneDNN
+# auto: sglkit's kernel where it runs (AVX-512: float32; bfloat16 with AVX512-BF16), else oneDNN
+KERNELS = ("auto", "onednn", "blocked")
 
 PackedWeight = torch.Tensor | BlockedWeight  # an opaque MKLDNN tensor, or sglkit's blocked layout
 
@@ -97,7 +94,7 @@ def packed_nbytes(packed: PackedWeight) -> int:
 
 
 class PackedLinearMethod(LinearMethod):
-    """The weight as one blocked tensor (CPU: sglkit's bf16 kernel or oneDNN, ``pack_weight``); else the plain one."""
+    """The weight as one blocked tensor (CPU: sglkit's kernel or oneDNN, ``pack_weight``); else the plain one."""
 
     name = "packed"
 

@@ -22,7 +22,6 @@
 namespace {
 
 constexpr int64_t kLanes = 16;
-constexpr int64_t kMaxHeadDim = 256;
 constexpr int64_t kMaxGroup = 16;
 
 #ifdef SGLKIT_DECODE_ATTENTION
@@ -168,7 +167,7 @@ namespace sglkit {
 bool decode_attention_supported(int64_t head_dim, int64_t group) {
 #ifdef SGLKIT_DECODE_ATTENTION
   const bool dim_ok = (head_dim % kLanes == 0 && head_dim <= 128) || head_dim == 256;
-  return dim_ok && group >= 1 && group <= kMaxGroup && head_dim <= kMaxHeadDim;
+  return dim_ok && group >= 1 && group <= kMaxGroup;
 #else
   (void)head_dim;
   (void)group;
