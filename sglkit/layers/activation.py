@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglkit.layers.cpu_kernels.fused_ops import cpu_fused_ops_enabled
 from sglkit.layers.triton_fused import fused_ops_enabled
 
 __all__ = ["GeluAndMul", "SiluAndMul", "SUPPORTED_GATED_ACTIVATIONS", "get_act_and_mul"]
@@ -19,7 +20,8 @@ __all__ = ["GeluAndMul", "SiluAndMul", "SUPPORTED_GATED_ACTIVATIONS", "get_act_a
 class SiluAndMul(nn.Module):
     """SwiGLU: the first half of the last dim is the gate (SiLU), the second half the value.
 
-    On CUDA one fused Triton kernel (``sglkit.layers.triton_fused``), same numerics as the torch code."""
+    On CUDA one fused Triton kernel (``sglkit.layers.triton_fused``), on an AVX-512 CPU one C++ pass
+    (``sglkit.layers.cpu_kernels.fused_ops``); same numerics as the torch code."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [T, 2I] -> [T, I] = silu(x[:, :I]) * x[:, I:]."""
@@ -27,6 +29,10 @@ class SiluAndMul(nn.Module):
             from sglkit.layers.triton_fused.activation import silu_and_mul
 
             return silu_and_mul(x)
+        if cpu_fused_ops_enabled(x):
+            from sglkit.layers.cpu_kernels import fused_ops
+
+            return fused_ops.silu_and_mul(x)
         gate, up = x.chunk(2, dim=-1)
         return F.silu(gate) * up
 

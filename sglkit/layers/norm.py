@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sglkit.layers.cpu_kernels.fused_ops import cpu_fused_ops_enabled
 from sglkit.layers.triton_fused import fused_ops_enabled
 from sglkit.layers.weight_loader import copy_weight, default_weight_loader, set_weight_loader, shard_tensor
 from sglkit.parallel import tensor_model_parallel_all_reduce
@@ -20,10 +21,17 @@ from sglkit.parallel import tensor_model_parallel_all_reduce
 __all__ = ["Float32WeightRMSNorm", "GemmaRMSNorm", "RMSNorm", "ShardedRMSNorm"]
 
 
+def _cpu_fused_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the fused C++ norm runs: bfloat16 x and weight. In float32 the torch code stays, bit-equal to HF's
+    (the fused pass sums the squares in another order, which moves float32 results by an ulp)."""
+    return x.dtype == torch.bfloat16 and weight.dtype == x.dtype and cpu_fused_ops_enabled(x)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm over the last dimension, with a learned per-channel weight.
 
-    On CUDA ``forward`` runs one fused Triton kernel (``sglkit.layers.triton_fused``) with the same numerics;
+    On CUDA ``forward`` runs one fused Triton kernel (``sglkit.layers.triton_fused``) with the same numerics, on
+    an AVX-512 CPU one C++ pass for bfloat16 (``sglkit.layers.cpu_kernels.fused_ops``);
     ``fused_weight_mode`` says which ("cast": cast then multiply by the weight; "float32": multiply by
     ``weight_offset + weight`` in float32; None: a subclass with other math, always the torch code).
     """
@@ -53,6 +61,13 @@ class RMSNorm(nn.Module):
 
             weight_in_float32 = self.fused_weight_mode == "float32"
             return rms_norm(x, self.weight, self.eps, residual, weight_in_float32, self.weight_offset)
+        if self.fused_weight_mode is not None and _cpu_fused_takes(x, self.weight):
+            from sglkit.layers.cpu_kernels import fused_ops
+
+            weight_in_float32 = self.fused_weight_mode == "float32"
+            return fused_ops.rms_norm(
+                x, self.weight, self.eps, residual, weight_in_float32, self.weight_offset
+            )
         if residual is None:
             return self._norm(x)
         x = x + residual

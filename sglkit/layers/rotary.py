@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sglkit.layers.cpu_kernels.fused_ops import cpu_fused_ops_enabled
 from sglkit.layers.triton_fused import fused_ops_enabled
 
 __all__ = [
@@ -106,7 +107,8 @@ class RotaryEmbedding(nn.Module):
     """Applies RoPE to packed q/k using a [num_rows, R] cos|sin cache (float32, not saved in checkpoints).
 
     Row p holds position p (``cache_rows`` is the identity here). With R < head_dim only the first R dims of
-    each head rotate. On CUDA ``forward`` is one fused Triton kernel for q and k (``sglkit.layers.triton_fused``).
+    each head rotate. On CUDA ``forward`` is one fused Triton kernel for q and k (``sglkit.layers.triton_fused``),
+    on an AVX-512 CPU one C++ pass (``sglkit.layers.cpu_kernels.fused_ops``).
     """
 
     def __init__(
@@ -156,6 +158,10 @@ class RotaryEmbedding(nn.Module):
             from sglkit.layers.triton_fused.rope import apply_rope
 
             return apply_rope(positions, q, k, self.cos_sin_cache, self.rotary_dim)
+        if cpu_fused_ops_enabled(q) and k.dtype == q.dtype and self.cos_sin_cache.dtype == torch.float32:
+            from sglkit.layers.cpu_kernels import fused_ops
+
+            return fused_ops.apply_rope(positions, q, k, self.cos_sin_cache, self.rotary_dim)
         cos, sin = self.cos_sin_cache[positions].to(q.dtype).unsqueeze(1).chunk(2, dim=-1)
         if self.rotary_dim == self.head_dim:
             return self._rotate(q, cos, sin), self._rotate(k, cos, sin)

@@ -57,7 +57,8 @@ def test_cpu_default_never_imports_triton():
 
 @pytest.fixture
 def torch_code(monkeypatch):
-    """A context in which the layers run their torch code (the reference), whatever SGLKIT_TRITON_FUSED says."""
+    """A context in which the layers run their torch code (the reference), whatever SGLKIT_TRITON_FUSED says
+    (and not sglkit's fused CPU ops either)."""
     import contextlib
 
     import sglkit.layers.activation
@@ -69,6 +70,7 @@ def torch_code(monkeypatch):
         with monkeypatch.context() as m:
             for mod in (sglkit.layers.norm, sglkit.layers.rotary, sglkit.layers.activation):
                 m.setattr(mod, "fused_ops_enabled", lambda x: False)
+                m.setattr(mod, "cpu_fused_ops_enabled", lambda x: False)  # nor sglkit's C++ ops
             yield
 
     return ctx

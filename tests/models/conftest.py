@@ -150,8 +150,14 @@ def hf_model():
     return get
 
 
-def assert_bfloat16_close_to_hf(path, atol: float = 3e-2) -> None:
-    """Our bfloat16 logits of a 30-token prompt through the paged pool vs HF's bfloat16 forward of ``path``."""
+def assert_bfloat16_close_to_hf(path, atol: float = 1e-1) -> None:
+    """Our bfloat16 logits of a 30-token prompt through the paged pool vs HF's bfloat16 forward of ``path``: close at
+    bfloat16's resolution, no further from HF's float32 logits than HF's own bfloat16 run, same direction.
+
+    On an AVX-512 CPU sglkit's own bfloat16 kernels (attention, fused norm) sum in another order than torch's, so a
+    hidden value can land one bfloat16 ulp from HF's and move a logit by a few hundredths; with torch's kernels the
+    two runs are bit-equal.
+    """
     from transformers import AutoModelForCausalLM
 
     from sglkit.models import load_model
@@ -159,10 +165,18 @@ def assert_bfloat16_close_to_hf(path, atol: float = 3e-2) -> None:
     model, config = load_model(path, dtype="bfloat16")
     prompt = list(range(10, 40))
     (logits,) = PagedRunner(model, config, dtype=torch.bfloat16).forward([("a", prompt)])
+    assert logits.dtype == torch.float32
     with torch.no_grad():
-        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
-        ref = hf(torch.tensor([prompt])).logits[0]
-    torch.testing.assert_close(logits, ref.float(), atol=atol, rtol=1e-2)
+        ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)(torch.tensor([prompt])).logits[
+            0
+        ]
+        ref_fp32 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)(
+            torch.tensor([prompt])
+        ).logits[0]
+    torch.testing.assert_close(logits, ref.float(), atol=atol, rtol=2e-2)
+    ours_error, hf_error = ((x - ref_fp32).abs().mean() for x in (logits, ref.float()))
+    assert ours_error <= 1.1 * hf_error
+    assert torch.nn.functional.cosine_similarity(logits, ref_fp32, dim=-1).min() > 0.99
 
 
 @pytest.fixture

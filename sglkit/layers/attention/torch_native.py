@@ -13,10 +13,10 @@ A layer's ``sliding_window`` narrows these masks to keys at positions > p - wind
 computes the scores explicitly (``capped_attention``: cap * tanh(s / cap), float32 softmax, as HF Gemma 2).
 Layers without options run exactly the default SDPA paths above.
 
-On a CPU where sglkit's kernels run (``sglkit.layers.cpu_kernels.decode_attention``: AVX-512, float32 / bfloat16
-KV), decode layers without options skip all of that: the kernel reads each request's KV straight from the pool
-through the request-to-token table, so no indices, masks or workspace are built (the SDPA metadata is built
-lazily, for the first layer with options, if any).
+On a CPU where sglkit's kernels run (``sglkit.layers.attention.cpu_kernel_paths``: AVX-512, float32 / bfloat16
+KV), layers without options skip all of that: decode reads each request's KV straight from the pool through the
+request-to-token table, extend runs a flash-style causal kernel over it, and no indices, masks or workspace are
+built (the SDPA metadata is built lazily, for the first layer with options, if any).
 """
 
 from __future__ import annotations
@@ -26,13 +26,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+import sglkit.layers.attention.cpu_kernel_paths as cpu_kernel_paths
 from sglkit.core.forward_batch import ForwardBatch
 from sglkit.layers.attention.base import AttentionBackend, RadixAttention
-from sglkit.layers.cpu_kernels.decode_attention import (
-    decode_attention,
-    decode_attention_available,
-    decode_attention_takes,
-)
+from sglkit.layers.attention.cpu_kernel_paths import KernelDecodeMetadata as _KernelDecodeMetadata
+from sglkit.layers.attention.cpu_kernel_paths import KernelExtendMetadata
 
 SHARED_PREFIX_MIN_TOKENS = 32  # use the shared-prefix decode path from this many common KV slots
 
@@ -113,25 +111,17 @@ class DecodeWorkspace:
 
 
 @dataclass
-class _KernelDecodeMetadata:
-    """A decode pass for sglkit's CPU kernel: it reads the table itself; ``sdpa`` is built on demand (for a layer
-    with options) from the lengths copied here at init, so no forward reads the batch's host lists."""
-
-    seq_lens_cpu: list[int]
-    sdpa: _DecodeMetadata | None = None
-
-
-@dataclass
 class _ExtendMetadata:
     kv_indices: list[torch.Tensor]  # per request [seq_len]
     masks: list[torch.Tensor | None]  # per request [ext, seq_len] bool or None (plain causal)
 
 
 class TorchNativeAttnBackend(AttentionBackend):
-    """Reference backend built on ``torch.nn.functional.scaled_dot_product_attention``."""
+    """Reference backend built on ``torch.nn.functional.scaled_dot_product_attention`` (and, on AVX-512 CPUs,
+    sglkit's own decode / extend kernels)."""
 
     def __init__(self, use_cpu_kernel: bool = True) -> None:
-        self.use_cpu_kernel = use_cpu_kernel  # False: always the SDPA decode path (tests of its metadata)
+        self.use_cpu_kernel = use_cpu_kernel  # False: always the SDPA paths (tests of their metadata)
         self.workspace: DecodeWorkspace | None = None
 
     def _next_workspace(
@@ -162,25 +152,36 @@ class TorchNativeAttnBackend(AttentionBackend):
         self.workspace = DecodeWorkspace(slots, list(seq_lens), capacity, forward_batch.seq_lens - 1)
         return self.workspace
 
+    def set_kv_buffer(
+        self, layer: RadixAttention, forward_batch: ForwardBatch, k: torch.Tensor, v: torch.Tensor
+    ) -> None:
+        """k, v: [T, Hkv, D] -> the pool at ``out_cache_loc`` (on an AVX-512 CPU one C++ pass for K and V)."""
+        if not (self.use_cpu_kernel and cpu_kernel_paths.store(layer, forward_batch, k, v)):
+            super().set_kv_buffer(layer, forward_batch, k, v)
+
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
-        """Build gather indices (and masks) from req_to_token once per pass."""
-        req_to_token = forward_batch.req_to_token_pool.req_to_token
+        """Build gather indices (and masks) from req_to_token once per pass (nothing for sglkit's CPU kernels)."""
         if not forward_batch.forward_mode.is_decode():
             self.workspace = None  # an extend pass may reuse request slots: start afresh next decode
-        if forward_batch.forward_mode.is_decode():
-            pool = forward_batch.token_to_kv_pool
-            cpu = self.use_cpu_kernel and torch.device(pool.device).type == "cpu"
-            if cpu and decode_attention_available(pool.dtype, pool.dtype, pool.head_dim, 1):
-                self.workspace = None  # rebuilt by _decode_metadata if a layer needs SDPA
-                forward_batch.attn_metadata = _KernelDecodeMetadata(list(forward_batch.seq_lens_cpu))
-            else:
-                forward_batch.attn_metadata = self._decode_metadata(forward_batch, forward_batch.seq_lens_cpu)
-            return
+        kernel_meta = cpu_kernel_paths.kernel_metadata(forward_batch) if self.use_cpu_kernel else None
+        if kernel_meta is not None:
+            self.workspace = None  # rebuilt by _decode_metadata if a decode layer needs SDPA
+            forward_batch.attn_metadata = kernel_meta
+        elif forward_batch.forward_mode.is_decode():
+            forward_batch.attn_metadata = self._decode_metadata(forward_batch, forward_batch.seq_lens_cpu)
+        else:
+            forward_batch.attn_metadata = self._extend_metadata(
+                forward_batch, forward_batch.extend_prefix_lens_cpu, forward_batch.extend_seq_lens_cpu
+            )
+
+    def _extend_metadata(
+        self, forward_batch: ForwardBatch, prefix_lens: list[int], extend_lens: list[int]
+    ) -> _ExtendMetadata:
+        """The SDPA extend path's per-request gather indices and (bottom-right causal) masks."""
+        req_to_token = forward_batch.req_to_token_pool.req_to_token
         kv_indices, masks = [], []
         pool_indices = forward_batch.req_pool_indices.tolist()
-        for slot, prefix_len, ext_len in zip(
-            pool_indices, forward_batch.extend_prefix_lens_cpu, forward_batch.extend_seq_lens_cpu, strict=True
-        ):
+        for slot, prefix_len, ext_len in zip(pool_indices, prefix_lens, extend_lens, strict=True):
             seq_len = prefix_len + ext_len
             kv_indices.append(req_to_token[slot, :seq_len])
             if prefix_len == 0:
@@ -189,7 +190,7 @@ class TorchNativeAttnBackend(AttentionBackend):
                 q_pos = torch.arange(prefix_len, seq_len, device=req_to_token.device)[:, None]
                 k_pos = torch.arange(seq_len, device=req_to_token.device)[None, :]
                 masks.append(k_pos <= q_pos)
-        forward_batch.attn_metadata = _ExtendMetadata(kv_indices=kv_indices, masks=masks)
+        return _ExtendMetadata(kv_indices=kv_indices, masks=masks)
 
     def _decode_metadata(self, forward_batch: ForwardBatch, seq_lens_cpu: list[int]) -> _DecodeMetadata:
         """The SDPA decode path's gather indices, masks, shared prefix and workspace."""
@@ -217,7 +218,14 @@ class TorchNativeAttnBackend(AttentionBackend):
         self, q: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch
     ) -> torch.Tensor:
         """q: [T, Hq, D] -> [T, Hq, D]."""
-        meta: _ExtendMetadata = forward_batch.attn_metadata
+        meta = forward_batch.attn_metadata
+        if isinstance(meta, KernelExtendMetadata):
+            out = cpu_kernel_paths.extend(q, layer, forward_batch, meta)
+            if out is not None:
+                return out
+            if meta.sdpa is None:
+                meta.sdpa = self._extend_metadata(forward_batch, meta.prefix_lens_cpu, meta.extend_lens_cpu)
+            meta = meta.sdpa
         k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
         out = torch.empty_like(q)
         start = 0
@@ -251,19 +259,9 @@ class TorchNativeAttnBackend(AttentionBackend):
         meta = forward_batch.attn_metadata
         k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
         if isinstance(meta, _KernelDecodeMetadata):
-            if not layer.has_options and decode_attention_takes(
-                q, k_buf, v_buf, layer.num_heads, layer.num_kv_heads
-            ):
-                table = forward_batch.req_to_token_pool.req_to_token
-                return decode_attention(
-                    q,
-                    k_buf,
-                    v_buf,
-                    table,
-                    forward_batch.req_pool_indices,
-                    forward_batch.seq_lens,
-                    layer.scaling,
-                )
+            out = cpu_kernel_paths.decode(q, layer, forward_batch)
+            if out is not None:
+                return out
             if meta.sdpa is None:
                 meta.sdpa = self._decode_metadata(forward_batch, meta.seq_lens_cpu)
             meta = meta.sdpa

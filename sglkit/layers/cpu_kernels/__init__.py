@@ -1,7 +1,9 @@
 """Model layers, CPU: sglkit's own C++ kernels (linears / attention -> here -> one extension built for this CPU).
 
-``csrc/`` holds the kernels: ``blocked_gemm.cpp`` (the linears' and logits head's GEMM, ``blocked_gemm.py``) and
-``decode_attention.cpp`` (decode attention straight from the paged KV pool, ``decode_attention.py``);
+``csrc/`` holds the kernels: ``blocked_gemm.cpp`` (the linears' and logits head's GEMM, ``blocked_gemm.py``),
+``decode_attention.cpp`` / ``extend_attention.cpp`` (decode and causal prefill attention straight from the paged
+KV pool, ``decode_attention.py`` / ``extend_attention.py``), ``fused_ops.cpp`` (RMSNorm + residual, RoPE,
+SiLU-and-mul and the KV write in one pass each, ``fused_ops.py``), ``vec16.h`` (their shared AVX-512 helpers);
 ``module.cpp`` binds them into one Python extension. It is compiled with ``-march=native`` by
 ``torch.utils.cpp_extension`` on first use (about a minute, once per machine and torch install:
 ``python -m sglkit.layers.cpu_kernels`` does it ahead, as ``make install`` does) into
@@ -35,8 +37,9 @@ __all__ = ["REQUIRED_FLAGS", "cpu_flags", "kernels_disabled", "load_kernels", "r
 CSRC = Path(__file__).with_name("csrc")
 REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl")  # everything; the bf16 GEMM also needs avx512_bf16
 DISABLE_ENVS = {"SGLKIT_CPU_KERNELS": ("0", "off", "false"), "SGLKIT_CPU_GEMM": ("onednn", "0", "off")}
-# -fopenmp: ATen's parallel_for is inline OpenMP (it runs on torch's libgomp); without it, one thread
-CFLAGS = ["-O3", "-march=native", "-fopenmp"]
+# -fopenmp: ATen's parallel_for is inline OpenMP (it runs on torch's libgomp); without it, one thread.
+# -ffp-contract=off: a * b - c * d stays two roundings, as in torch (FMAs are written out where wanted)
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"]
 
 _lock = threading.Lock()
 _kernels: ModuleType | None = None
@@ -64,9 +67,14 @@ def _sources() -> list[Path]:
     return sorted(CSRC.glob("*.cpp"))
 
 
+def _hashed_files() -> list[Path]:
+    """The sources and the headers they include: a change to any of them builds a new extension."""
+    return sorted([*CSRC.glob("*.cpp"), *CSRC.glob("*.h")])
+
+
 def _extension_name(flags: frozenset[str]) -> str:
     digest = hashlib.sha1()
-    for source in _sources():
+    for source in _hashed_files():
         digest.update(source.read_bytes())
     digest.update(" ".join(sorted(flags)).encode())
     digest.update(" ".join([*CFLAGS, torch.__version__, str(Path(torch.__file__).parent)]).encode())

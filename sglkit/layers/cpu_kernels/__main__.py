@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import time
 
-import torch
-
 from sglkit.layers.cpu_kernels import REQUIRED_FLAGS, cpu_flags, load_kernels
 
 
@@ -17,10 +15,13 @@ def main() -> None:
     kernels = load_kernels()
     missing = [f for f in REQUIRED_FLAGS if f not in cpu_flags()]
     if kernels is not None:
-        dtypes = [d for d in (torch.float32, torch.bfloat16) if kernels.gemm_supported(str(d)[6:])]
-        names = ", ".join(str(d)[6:] for d in dtypes)
+        names = ("float32", "bfloat16")
+        gemm = ", ".join(n for n in names if kernels.gemm_supported(n))
+        extend = ", ".join(n for n in names if kernels.extend_attention_supported(n, 64, 1))
+        fused = "; fused norm / RoPE / SiLU / KV write" if kernels.fused_ops_supported() else ""
         print(
-            f"sglkit CPU kernels ready ({time.perf_counter() - start:.1f} s): GEMM for {names}; decode attention."
+            f"sglkit CPU kernels ready ({time.perf_counter() - start:.1f} s): GEMM for {gemm}; decode attention; "
+            f"prefill attention for {extend}{fused}."
         )
     elif missing:
         print(

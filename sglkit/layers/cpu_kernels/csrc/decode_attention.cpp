@@ -16,46 +16,15 @@
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define SGLKIT_DECODE_ATTENTION 1
-#include <immintrin.h>
+#include "vec16.h"
 #endif
 
 namespace {
 
-constexpr int64_t kLanes = 16;
 constexpr int64_t kMaxGroup = 16;
 
 #ifdef SGLKIT_DECODE_ATTENTION
-
-static inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-static inline __m512 load16(const c10::BFloat16* p) {
-  __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
-static inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
-static inline void store16(c10::BFloat16* p, __m512 v) {  // round to nearest even, as torch does
-  __m512i u = _mm512_castps_si512(v);
-  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  u = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
-}
-
-// e^x for x <= 0 (scores minus their max): 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], degree-6 Taylor
-// polynomial (relative error ~1e-7); below -87 the result is 0.
-static inline __m512 exp_nonpositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723212e-6f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
+using namespace sglkit::vec;
 
 // In place: scores[0:len] -> exp(scores - max); returns their sum.
 static float softmax_numerators(float* scores, int64_t len) {
@@ -67,13 +36,13 @@ static float softmax_numerators(float* scores, int64_t len) {
   const __m512 vmx = _mm512_set1_ps(mx);
   __m512 vsum = _mm512_setzero_ps();
   for (t = 0; t + kLanes <= len; t += kLanes) {
-    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(scores + t), vmx));
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(scores + t), vmx));
     _mm512_storeu_ps(scores + t, e);
     vsum = _mm512_add_ps(vsum, e);
   }
   if (t < len) {
     const __mmask16 mask = (__mmask16)((1u << (len - t)) - 1);
-    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, scores + t), vmx));
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, scores + t), vmx));
     _mm512_mask_storeu_ps(scores + t, mask, e);
     vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(mask, e));
   }
@@ -166,7 +135,7 @@ namespace sglkit {
 // Whether decode_attention takes this head dim and group size (query heads per KV head) in this build.
 bool decode_attention_supported(int64_t head_dim, int64_t group) {
 #ifdef SGLKIT_DECODE_ATTENTION
-  const bool dim_ok = (head_dim % kLanes == 0 && head_dim <= 128) || head_dim == 256;
+  const bool dim_ok = (head_dim % 16 == 0 && head_dim <= 128) || head_dim == 256;
   return dim_ok && group >= 1 && group <= kMaxGroup;
 #else
   (void)head_dim;
