@@ -29,7 +29,8 @@
 
 namespace {
 
-constexpr int64_t kKeys = 32;          // keys per block: two vectors of scores per row
+constexpr int64_t kKeys = 32;                 // keys per block (64 measured no faster)
+constexpr int64_t kKeyVecs = kKeys / 16;  // vectors of scores per row and block
 constexpr int64_t kQueryTokens = 32;   // new tokens per task
 constexpr int64_t kRowTile = 4;        // query rows per score tile
 constexpr int64_t kMaxGroup = 16;
@@ -120,22 +121,21 @@ void stage_v(const T* v_buf, int64_t kv_stride, const I* slots, int64_t k0, int6
 // scores[m, 0:kKeys] = scale * q[m] . k[key] for rows [m0, m0 + kRowTile).
 template <typename T>
 void score_tile(const Scratch& s, int64_t m0, int64_t units, float scale, float* out) {
-  __m512 acc[kRowTile][2];
-  for (int64_t r = 0; r < kRowTile; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  __m512 acc[kRowTile][kKeyVecs];
+  for (int64_t r = 0; r < kRowTile; ++r)
+    for (int64_t j = 0; j < kKeyVecs; ++j) acc[r][j] = _mm512_setzero_ps();
   const uint32_t* q = s.q.data() + m0 * units;
   for (int64_t u = 0; u < units; ++u) {
-    const __m512i k0 = _mm512_loadu_si512(s.k.data() + u * kKeys), k1 = _mm512_loadu_si512(s.k.data() + u * kKeys + 16);
+    __m512i kv[kKeyVecs];
+    for (int64_t j = 0; j < kKeyVecs; ++j) kv[j] = _mm512_loadu_si512(s.k.data() + u * kKeys + 16 * j);
     for (int64_t r = 0; r < kRowTile; ++r) {
       const __m512i qb = _mm512_set1_epi32(static_cast<int>(q[r * units + u]));
-      acc[r][0] = Units<T>::dot(acc[r][0], qb, k0);
-      acc[r][1] = Units<T>::dot(acc[r][1], qb, k1);
+      for (int64_t j = 0; j < kKeyVecs; ++j) acc[r][j] = Units<T>::dot(acc[r][j], qb, kv[j]);
     }
   }
   const __m512 sc = _mm512_set1_ps(scale);
-  for (int64_t r = 0; r < kRowTile; ++r) {
-    _mm512_storeu_ps(out + r * kKeys, _mm512_mul_ps(acc[r][0], sc));
-    _mm512_storeu_ps(out + r * kKeys + 16, _mm512_mul_ps(acc[r][1], sc));
-  }
+  for (int64_t r = 0; r < kRowTile; ++r)
+    for (int64_t j = 0; j < kKeyVecs; ++j) _mm512_storeu_ps(out + r * kKeys + 16 * j, _mm512_mul_ps(acc[r][j], sc));
 }
 
 // o[m, :] += p[m, :] . v for one row; D = C * 16.
@@ -178,16 +178,24 @@ void attend_block(const T* q, int64_t q_stride, const T* k_buf, const T* v_buf, 
       const int64_t visible = std::min<int64_t>(prefix + j0 + m / group + 1 - k0, n);  // causal: keys < visible
       if (visible <= 0) continue;  // a row whose keys all lie ahead of it: nothing to add
       float* sr = s.s.data() + m * kKeys;
-      const __mmask16 m_lo = first_lanes(visible), m_hi = first_lanes(std::max<int64_t>(visible - 16, 0));
-      const __m512 s0 = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), m_lo, _mm512_loadu_ps(sr));
-      const __m512 s1 = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), m_hi, _mm512_loadu_ps(sr + 16));
-      const float block_max = _mm512_reduce_max_ps(_mm512_max_ps(s0, s1));
+      __mmask16 lanes[kKeyVecs];
+      __m512 sv[kKeyVecs], e[kKeyVecs];
+      __m512 vmax_block = _mm512_set1_ps(-INFINITY);
+      for (int64_t j = 0; j < kKeyVecs; ++j) {
+        lanes[j] = first_lanes(std::max<int64_t>(visible - 16 * j, 0));
+        sv[j] = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), lanes[j], _mm512_loadu_ps(sr + 16 * j));
+        vmax_block = _mm512_max_ps(vmax_block, sv[j]);
+      }
+      const float block_max = _mm512_reduce_max_ps(vmax_block);
       const float new_max = std::max(s.row_max[m], block_max);
       const float correction = std::exp(s.row_max[m] - new_max);  // 0 on the first block (-inf)
       const __m512 vmax = _mm512_set1_ps(new_max);
-      const __m512 e0 = _mm512_maskz_mov_ps(m_lo, exp16(_mm512_sub_ps(s0, vmax)));
-      const __m512 e1 = _mm512_maskz_mov_ps(m_hi, exp16(_mm512_sub_ps(s1, vmax)));
-      s.row_sum[m] = s.row_sum[m] * correction + _mm512_reduce_add_ps(_mm512_add_ps(e0, e1));
+      __m512 esum = _mm512_setzero_ps();
+      for (int64_t j = 0; j < kKeyVecs; ++j) {
+        e[j] = _mm512_maskz_mov_ps(lanes[j], exp16(_mm512_sub_ps(sv[j], vmax)));
+        esum = _mm512_add_ps(esum, e[j]);
+      }
+      s.row_sum[m] = s.row_sum[m] * correction + _mm512_reduce_add_ps(esum);
       s.row_max[m] = new_max;
       float* orow = s.o.data() + m * d;
       if (correction != 1.0f)
@@ -195,10 +203,10 @@ void attend_block(const T* q, int64_t q_stride, const T* k_buf, const T* v_buf, 
           _mm512_storeu_ps(orow + c * kLanes, _mm512_mul_ps(_mm512_loadu_ps(orow + c * kLanes), _mm512_set1_ps(correction)));
       uint32_t* pr = s.p.data() + m * (kKeys / Units<T>::kPer);
       if constexpr (Units<T>::kPer == 1) {
-        _mm512_storeu_ps(reinterpret_cast<float*>(pr), e0);
-        _mm512_storeu_ps(reinterpret_cast<float*>(pr) + 16, e1);
+        for (int64_t j = 0; j < kKeyVecs; ++j) _mm512_storeu_ps(reinterpret_cast<float*>(pr) + 16 * j, e[j]);
       } else {
-        _mm512_storeu_si512(pr, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(e1, e0)));  // keys 0..31 in order
+        for (int64_t j = 0; j < kKeyVecs; j += 2)  // keys 32 j' .. 32 j' + 31 in order, as 16 pairs
+          _mm512_storeu_si512(pr + 8 * j, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(e[j + 1], e[j])));
       }
       accumulate_row<T, C>(s, m, orow);
     }
