@@ -12,6 +12,7 @@ method                      held after ``process_weights_after_loading``        
 ``Int4WeightOnlyMethod``    int4 group-wise (tinygemm CPU layout) + scales/zeros  ``aten._weight_int4pack_mm_for_cpu``
 ==========================  ====================================================  ===================================
 
+(On AVX-512 CPUs packed and int8 weights go to sglkit's blocked GEMM instead: ``sglkit.layers.cpu_kernels``.)
 A method that replaces the weight frees the plain copy: ``weight`` stays a Parameter of the same shape and
 dtype (so ``named_parameters``, loaders and shape checks keep working) whose data is one zero broadcast over
 that shape, and every weight is held once. Reading the weight back goes through ``dense_weight`` (exact for

@@ -10,6 +10,12 @@ copied to an aligned buffer (``kernel_input``). The kernel is a GEMV-style loop 
 ``DEQUANT_MIN_ROWS`` rows up (prefill) dequantizing the layer into a transient float32 weight and calling
 ``F.linear`` is faster (measured on AVX2: about 2x at 512 rows); the transient copy is one layer's, freed after
 the call. Weight bytes held: N * K + 2 N (a quarter of float32's).
+
+On a CPU with AVX512-BF16, where sglkit's kernels are built (``sglkit.layers.cpu_kernels.blocked_gemm``), the
+int8 values are held in that kernel's blocked layout instead (rows padded to 16) and every call, decode or
+prefill, goes through it: each step widens 32 int8 weights to bfloat16 for one ``vdpbf16ps`` against the
+bfloat16 activations, and the per-row scale multiplies the sum (same quantization, same math, one byte per
+weight streamed).
 """
 
 from __future__ import annotations
@@ -19,6 +25,12 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from sglkit.layers.cpu_kernels.blocked_gemm import (
+    BlockedWeight,
+    block_weight,
+    blocked_gemm_available,
+    blocked_linear,
+)
 from sglkit.layers.quantization.base import LinearMethod, kernel_input, pad_to
 
 if TYPE_CHECKING:
@@ -48,9 +60,12 @@ class Int8WeightOnlyMethod(LinearMethod):
 
     def __init__(self) -> None:
         super().__init__()
-        self.qweight: torch.Tensor | None = None  # [N, K padded] int8
+        self.qweight: torch.Tensor | None = None  # [N, K padded] int8 (torch's kernel)
         self.scales: torch.Tensor | None = None  # [N] bf16
         self.pad = 0  # zero columns appended to K
+        self.blocked: BlockedWeight | None = (
+            None  # the int8 values in sglkit's blocked layout, instead of qweight
+        )
 
     def create(self, layer: Linear) -> bool:
         """Quantize ``layer.weight`` (CPU only: ValueError elsewhere)."""
@@ -58,6 +73,11 @@ class Int8WeightOnlyMethod(LinearMethod):
         if weight.device.type != "cpu":
             raise ValueError(f"int8wo is implemented for CPU weights only; this one is on {weight.device}.")
         k = weight.shape[1]
+        if k % 2 == 0 and blocked_gemm_available(torch.int8):
+            self.pad = 0
+            q, self.scales = quantize_int8(weight, k)
+            self.blocked = block_weight(q, self.scales)
+            return True
         self.pad = pad_to(k, K_MULTIPLE) - k
         self.qweight, self.scales = quantize_int8(weight, k + self.pad)
         return True
@@ -65,7 +85,9 @@ class Int8WeightOnlyMethod(LinearMethod):
     def matmul(self, layer: Linear, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x: [..., K] -> [..., N] in x's dtype (+ bias): the int8 kernel in bfloat16, or float32 for many rows."""
         rows = x.numel() // x.shape[-1]
-        if rows >= DEQUANT_MIN_ROWS:
+        if self.blocked is not None:
+            out = blocked_linear(x.reshape(rows, x.shape[-1]).to(COMPUTE_DTYPE), self.blocked).to(x.dtype)
+        elif rows >= DEQUANT_MIN_ROWS:
             k = self.qweight.shape[1] - self.pad
             weight = self.qweight[:, :k].float() * self.scales.float()[:, None]  # [N, K] transient
             out = F.linear(x.reshape(rows, k).float(), weight).to(x.dtype)
@@ -78,13 +100,19 @@ class Int8WeightOnlyMethod(LinearMethod):
 
     def unpack(self, layer: Linear) -> torch.Tensor:
         """q * scale: the dequantized [N, K] weight in the layer's dtype."""
-        k = self.qweight.shape[1] - self.pad
-        return (self.qweight[:, :k].float() * self.scales.float()[:, None]).to(layer.weight.dtype)
+        q = (
+            self.blocked.to_dense()
+            if self.blocked is not None
+            else self.qweight[:, : self.qweight.shape[1] - self.pad]
+        )
+        return (q.float() * self.scales.float()[:, None]).to(layer.weight.dtype)
 
     def clear(self) -> None:
         """Drop the int8 weight and its scales."""
-        self.qweight = self.scales = None
+        self.qweight = self.scales = self.blocked = None
 
     def held_bytes(self) -> int:
         """Bytes of the int8 weight and its scales."""
+        if self.blocked is not None:
+            return self.blocked.nbytes()  # the int8 blocks and their scales
         return self.qweight.numel() + self.scales.numel() * self.scales.element_size()

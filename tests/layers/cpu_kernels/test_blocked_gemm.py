@@ -144,3 +144,40 @@ def test_disabled_by_environment(monkeypatch):
     assert not blocked_gemm_available() and block_weight(rand(16, 32, dtype=torch.float32)) is None
     with pytest.raises(RuntimeError, match="not available"):
         blocked_linear(rand(1, 32), BlockedWeight(torch.zeros(1, 16, 16, 2, dtype=torch.bfloat16), 16, 32))
+
+
+@needs_kernel
+@pytest.mark.parametrize("n", [16, 50, 5120])
+@pytest.mark.parametrize("rows", [1, 3, 12, 13, 40])
+def test_int8_weights_equal_the_dequantized_gemm(n, rows):
+    """int8 blocks widened to bfloat16 for vdpbf16ps, the row scale after the sum, bias added: the float32 GEMM of
+    bfloat16 x with q * scale, one bfloat16 rounding apart."""
+    from sglkit.layers.quantization.int8 import quantize_int8
+
+    q, scales = quantize_int8(rand(n, 96, dtype=torch.float32), 96)
+    blocked = block_weight(q, scales)
+    assert blocked is not None and blocked.data.dtype == torch.int8 and torch.equal(blocked.to_dense(), q)
+    assert blocked.nbytes() == -(-n // 16) * 16 * 96 + 2 * n
+    x, bias = rand(rows, 96), rand(n)
+    got = blocked_linear(x, blocked, bias)
+    dequantized = q.float() * scales.float()[:, None]
+    assert_close(got, reference(x, dequantized, bias).to(torch.bfloat16))
+    with pytest.raises(ValueError, match="needs scales"):
+        block_weight(q)
+
+
+@needs_kernel
+def test_int8wo_method_holds_the_blocked_layout():
+    from sglkit.layers.quantization import Int8WeightOnlyMethod
+
+    layer = Linear(64, 48, bias=False, dtype=torch.bfloat16)
+    layer.weight.data.copy_(rand(48, 64))
+    layer.set_linear_method(Int8WeightOnlyMethod())
+    assert layer.process_weights_after_loading()
+    method = layer.linear_method
+    assert method.blocked is not None and method.qweight is None  # held once, in the kernel's layout
+    assert method.held_bytes() == 48 * 64 + 2 * 48
+    x = rand(5, 64)
+    dequantized = method.blocked.to_dense().float() * method.scales.float()[:, None]  # float32: not rounded
+    assert_close(layer(x), reference(x, dequantized).to(torch.bfloat16))
+    torch.testing.assert_close(method.unpack(layer), dequantized.to(torch.bfloat16))

@@ -45,15 +45,28 @@ static inline __m512 load_bf16_as_fp32(const uint16_t* p, __mmask16 mask) {
 struct BF16 {
   using Lane = uint32_t;
   using Elem = uint16_t;
+  using Out = uint16_t;
   static constexpr int64_t kGroup = 2;
   using Vec = __m512bh;
   static inline Vec load(const Elem* w) { return (__m512bh)_mm512_loadu_si512(w); }
   static inline __m512 fma(__m512 acc, Vec w, Lane x) {
     return _mm512_dpbf16_ps(acc, w, (__m512bh)_mm512_set1_epi32(static_cast<int>(x)));
   }
-  static inline __m512 load_bias(const Elem* b, __mmask16 mask) { return load_bf16_as_fp32(b, mask); }
-  static inline void store(Elem* out, __m512 y, __mmask16 mask) {
+  static inline __m512 load_bias(const Out* b, __mmask16 mask) { return load_bf16_as_fp32(b, mask); }
+  static inline void store(Out* out, __m512 y, __mmask16 mask) {
     _mm256_mask_storeu_epi16(out, mask, (__m256i)_mm512_cvtneps_pbh(y));
+  }
+};
+
+// int8 weights (one scale per output row, applied after the sum) against bfloat16 x: each 32-byte step of a
+// block (16 rows x 2 columns) is widened to 32 bfloat16 (exact: |q| <= 127) for one vdpbf16ps; bfloat16 out.
+struct I8 : BF16 {
+  using Elem = int8_t;
+  static inline Vec load(const Elem* w) {
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(raw)));
+    const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(raw, 1)));
+    return _mm512_cvtne2ps_pbh(hi, lo);
   }
 };
 #endif
@@ -61,20 +74,21 @@ struct BF16 {
 struct F32 {
   using Lane = float;
   using Elem = float;
+  using Out = float;
   static constexpr int64_t kGroup = 1;
   using Vec = __m512;
   static inline Vec load(const Elem* w) { return _mm512_loadu_ps(w); }
   static inline __m512 fma(__m512 acc, Vec w, Lane x) { return _mm512_fmadd_ps(w, _mm512_set1_ps(x), acc); }
-  static inline __m512 load_bias(const Elem* b, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, b); }
-  static inline void store(Elem* out, __m512 y, __mmask16 mask) { _mm512_mask_storeu_ps(out, mask, y); }
+  static inline __m512 load_bias(const Out* b, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, b); }
+  static inline void store(Out* out, __m512 y, __mmask16 mask) { _mm512_mask_storeu_ps(out, mask, y); }
 };
 
 // x: MB rows (row stride ldx lanes), w: NB consecutive blocks of `steps` x 16 x G elements,
 // out: MB rows (stride ldo) x valid columns starting at column 0 of the first block.
 template <typename T, int MB, int NB>
 static inline void tile(const typename T::Lane* __restrict x, int64_t ldx, const typename T::Elem* __restrict w,
-                        int64_t steps, const typename T::Elem* __restrict bias, typename T::Elem* __restrict out,
-                        int64_t ldo, int64_t valid) {
+                        int64_t steps, const uint16_t* __restrict scale, const typename T::Out* __restrict bias,
+                        typename T::Out* __restrict out, int64_t ldo, int64_t valid) {
   constexpr int64_t kStep = kBlock * T::kGroup;  // weight elements per step and block (one 64-byte vector)
   __m512 acc[MB][NB];
 #pragma GCC unroll 12
@@ -99,6 +113,11 @@ static inline void tile(const typename T::Lane* __restrict x, int64_t ldx, const
     if (cols <= 0) break;
     const __mmask16 mask = cols >= kBlock ? (__mmask16)0xFFFF : (__mmask16)((1u << cols) - 1);
     const __m512 b = bias ? T::load_bias(bias + j * kBlock, mask) : _mm512_setzero_ps();
+    if (scale != nullptr) {  // int8: sum(x q) * scale[n] (+ bias)
+      const __m512 sc = load_bf16_as_fp32(scale + j * kBlock, mask);
+#pragma GCC unroll 12
+      for (int m = 0; m < MB; ++m) acc[m][j] = _mm512_mul_ps(acc[m][j], sc);
+    }
 #pragma GCC unroll 12
     for (int m = 0; m < MB; ++m) T::store(out + m * ldo + j * kBlock, _mm512_add_ps(acc[m][j], b), mask);
   }
@@ -106,16 +125,17 @@ static inline void tile(const typename T::Lane* __restrict x, int64_t ldx, const
 
 template <typename T, int NB>
 static void row_tiles(const typename T::Lane* x, int64_t M, int64_t ldx, const typename T::Elem* w, int64_t steps,
-                      const typename T::Elem* bias, typename T::Elem* out, int64_t ldo, int64_t valid) {
+                      const uint16_t* scale, const typename T::Out* bias, typename T::Out* out, int64_t ldo,
+                      int64_t valid) {
   int64_t m = 0;
   for (; m + kMaxRows <= M; m += kMaxRows)
-    tile<T, kMaxRows, NB>(x + m * ldx, ldx, w, steps, bias, out + m * ldo, ldo, valid);
+    tile<T, kMaxRows, NB>(x + m * ldx, ldx, w, steps, scale, bias, out + m * ldo, ldo, valid);
   const typename T::Lane* xr = x + m * ldx;
-  typename T::Elem* o = out + m * ldo;
+  typename T::Out* o = out + m * ldo;
   switch (M - m) {
 #define SGLKIT_TAIL(R) \
   case R:              \
-    tile<T, R, NB>(xr, ldx, w, steps, bias, o, ldo, valid); \
+    tile<T, R, NB>(xr, ldx, w, steps, scale, bias, o, ldo, valid); \
     break;
     SGLKIT_TAIL(1) SGLKIT_TAIL(2) SGLKIT_TAIL(3) SGLKIT_TAIL(4) SGLKIT_TAIL(5) SGLKIT_TAIL(6)
     SGLKIT_TAIL(7) SGLKIT_TAIL(8) SGLKIT_TAIL(9) SGLKIT_TAIL(10) SGLKIT_TAIL(11)
@@ -127,13 +147,14 @@ static void row_tiles(const typename T::Lane* x, int64_t M, int64_t ldx, const t
 
 // All output blocks of one call, split over ATen's threads. x: [M, K] as lanes, w: [blocks, K/G, 16, G].
 template <typename T>
-static void run(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias, torch::Tensor& out,
-                int64_t n) {
+static void run(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& scales, const torch::Tensor& bias,
+                torch::Tensor& out, int64_t n) {
   const int64_t M = x.size(0), blocks = w.size(0), steps = w.size(1);
   const auto* xp = reinterpret_cast<const typename T::Lane*>(x.data_ptr());
   const auto* wp = reinterpret_cast<const typename T::Elem*>(w.data_ptr());
-  const auto* bp = bias.defined() ? reinterpret_cast<const typename T::Elem*>(bias.data_ptr()) : nullptr;
-  auto* op = reinterpret_cast<typename T::Elem*>(out.data_ptr());
+  const auto* bp = bias.defined() ? reinterpret_cast<const typename T::Out*>(bias.data_ptr()) : nullptr;
+  const auto* sp = scales.defined() ? reinterpret_cast<const uint16_t*>(scales.data_ptr()) : nullptr;
+  auto* op = reinterpret_cast<typename T::Out*>(out.data_ptr());
   const int64_t block_elems = steps * kBlock * T::kGroup;
   const int64_t groups = (blocks + kMaxBlocks - 1) / kMaxBlocks;
   at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
@@ -143,10 +164,11 @@ static void run(const torch::Tensor& x, const torch::Tensor& w, const torch::Ten
       const int64_t valid = std::min<int64_t>(n - col, kMaxBlocks * kBlock);
       const auto* wg = wp + b0 * block_elems;
       const auto* bg = bp ? bp + col : nullptr;
+      const uint16_t* sg = sp ? sp + col : nullptr;
       if (b0 + kMaxBlocks <= blocks)
-        row_tiles<T, kMaxBlocks>(xp, M, steps, wg, steps, bg, op + col, n, valid);
+        row_tiles<T, kMaxBlocks>(xp, M, steps, wg, steps, sg, bg, op + col, n, valid);
       else
-        row_tiles<T, 1>(xp, M, steps, wg, steps, bg, op + col, n, valid);
+        row_tiles<T, 1>(xp, M, steps, wg, steps, sg, bg, op + col, n, valid);
     }
   });
 }
@@ -157,45 +179,56 @@ static void run(const torch::Tensor& x, const torch::Tensor& w, const torch::Ten
 
 namespace sglkit {
 
-// Which weight dtypes this build (this CPU) runs: "bfloat16" needs AVX512-BF16, "float32" AVX-512F/BW/VL.
+// Which weight dtypes this build (this CPU) runs: "bfloat16" and "int8" (bfloat16 x) need AVX512-BF16,
+// "float32" AVX-512F/BW/VL.
 bool gemm_supported(const std::string& dtype) {
 #ifdef SGLKIT_BLOCKED_GEMM
   if (dtype == "float32") return true;
 #endif
 #ifdef SGLKIT_BLOCKED_GEMM_BF16
-  if (dtype == "bfloat16") return true;
+  if (dtype == "bfloat16" || dtype == "int8") return true;
 #endif
   return false;
 }
 
-// x: [M, K] (K = steps * G), w: [ceil(N/16), K/G, 16, G] of x's dtype, bias: [N] or None -> [M, N]
+// x: [M, K] (K = steps * G), w: [ceil(N/16), K/G, 16, G], bias: [N] or None -> [M, N]. w of x's dtype, or int8
+// (G = 2) with scales [N] bfloat16 and x / bias / out bfloat16: out = (x q^T) * scales + bias.
 torch::Tensor blocked_linear(const torch::Tensor& x, const torch::Tensor& w, int64_t n,
-                             const c10::optional<torch::Tensor>& bias) {
+                             const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& scales) {
+  const bool int8 = w.scalar_type() == at::kChar;
   const bool bf16 = w.scalar_type() == at::kBFloat16;
-  TORCH_CHECK(bf16 || w.scalar_type() == at::kFloat, "blocked_linear: bfloat16 or float32 weights");
-  TORCH_CHECK(gemm_supported(bf16 ? "bfloat16" : "float32"), "blocked_linear: no kernel for ", w.scalar_type(),
-              " in this CPU's build");
-  const int64_t group = bf16 ? 2 : 1;
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == w.scalar_type() && x.device().is_cpu(),
-              "x: [M, K] on CPU, of the weight's dtype");
+  TORCH_CHECK(bf16 || int8 || w.scalar_type() == at::kFloat, "blocked_linear: bfloat16, int8 or float32 weights");
+  const char* name = int8 ? "int8" : bf16 ? "bfloat16" : "float32";
+  TORCH_CHECK(gemm_supported(name), "blocked_linear: no kernel for ", name, " weights in this CPU's build");
+  const int64_t group = bf16 || int8 ? 2 : 1;
+  const auto x_dtype = int8 ? at::kBFloat16 : w.scalar_type();
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == x_dtype && x.device().is_cpu(),
+              "x: [M, K] on CPU, ", int8 ? "bfloat16 for int8 weights" : "of the weight's dtype");
   TORCH_CHECK(w.dim() == 4 && w.size(2) == kBlock && w.size(3) == group, "w: [N/16, K/", group, ", 16, ", group, "]");
   const int64_t M = x.size(0), K = x.size(1), blocks = w.size(0);
   TORCH_CHECK(K == group * w.size(1), "x has ", K, " columns, the weight ", group * w.size(1));
   TORCH_CHECK(n > (blocks - 1) * kBlock && n <= blocks * kBlock, "n=", n, " does not match ", blocks, " blocks");
+  torch::Tensor sc;
+  if (int8) {
+    TORCH_CHECK(scales.has_value() && scales->scalar_type() == at::kBFloat16 && scales->numel() == n,
+                "int8 weights need scales: [N] bfloat16");
+    sc = scales->contiguous();
+  }
   const torch::Tensor xc = x.contiguous();
   const torch::Tensor wc = w.contiguous();
   torch::Tensor bc;
   if (bias.has_value() && bias->defined()) {
     bc = bias->contiguous();
-    TORCH_CHECK(bc.numel() == n && bc.scalar_type() == w.scalar_type(), "bias: [N] of the weight's dtype");
+    TORCH_CHECK(bc.numel() == n && bc.scalar_type() == x_dtype, "bias: [N] of x's dtype");
   }
   torch::Tensor out = torch::empty({M, n}, x.options());
   if (M == 0) return out;
 #ifdef SGLKIT_BLOCKED_GEMM
-  if (!bf16) run<F32>(xc, wc, bc, out, n);
+  if (!bf16 && !int8) run<F32>(xc, wc, sc, bc, out, n);
 #endif
 #ifdef SGLKIT_BLOCKED_GEMM_BF16
-  if (bf16) run<BF16>(xc, wc, bc, out, n);
+  if (bf16) run<BF16>(xc, wc, sc, bc, out, n);
+  if (int8) run<I8>(xc, wc, sc, bc, out, n);
 #endif
   return out;
 }
