@@ -10,12 +10,18 @@ workspace is rebuilt there). Prints both medians and SDPA / kernel. Same runner,
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
 
 import torch
 
-from sglkit.bench.decode_sides import add_shape_args, alternate_sides, shape_runner
+from sglkit.bench.decode_sides import (
+    add_block_args,
+    add_shape_args,
+    alternate_sides,
+    block_count,
+    main_in_temp_folder,
+    shape_runner,
+    side_by_side,
+)
 
 __all__ = ["main", "parse_args", "run"]
 
@@ -26,8 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m sglkit.bench.decode_attention", description=__doc__.split("\n")[0]
     )
     add_shape_args(p, batch_size=32, input_len=512)
-    p.add_argument("--steps", type=int, default=12, help="Timed decode steps per side.")
-    p.add_argument("--block", type=int, default=4, help="Steps per block (3+: the first is not timed).")
+    add_block_args(p, steps=12)
     return p.parse_args(argv)
 
 
@@ -36,8 +41,7 @@ def run(args: argparse.Namespace, model_dir: str, log=print) -> dict:
     """Build the runner, alternate the two paths in blocks; returns the medians (ms) and SDPA / kernel."""
     from sglkit.layers.cpu_kernels.decode_attention import decode_attention_available
 
-    timed_per_block = args.block - 1 if args.block > 2 else args.block  # as alternate_sides times them
-    blocks = 2 * -(-args.steps // timed_per_block)
+    blocks = block_count(args.steps, args.block)
     cpu_native = ["--device", "cpu", "--attention-backend", "torch_native"]
     runner = shape_runner(args, model_dir, blocks * args.block, cpu_native)
     backend = runner.attn_backend
@@ -52,29 +56,14 @@ def run(args: argparse.Namespace, model_dir: str, log=print) -> dict:
 
     times = alternate_sides(runner, args, ("kernel", "sdpa"), switch, blocks=blocks, block=args.block)
     switch("kernel")
-    kernel_ms, sdpa_ms = (statistics.median(times[s]) * 1e3 for s in ("kernel", "sdpa"))
-    result = {
-        "config": args.config,
-        "dtype": args.dtype,
-        "batch_size": args.batch_size,
-        "input_len": args.input_len,
-        "kernel_ms": kernel_ms,
-        "sdpa_ms": sdpa_ms,
-        "sdpa_over_kernel": sdpa_ms / kernel_ms,
-    }
-    log(
-        f"decode step, {args.config} {args.dtype}, batch {args.batch_size}, ~{args.input_len} tokens of KV each, "
-        f"{len(times['kernel'])} steps a side: kernel {kernel_ms:.2f} ms, SDPA {sdpa_ms:.2f} ms, "
-        f"SDPA / kernel {result['sdpa_over_kernel']:.3f}"
-    )
+    result, line = side_by_side(args, times, "kernel", "sdpa", {"kernel": "kernel", "sdpa": "SDPA"})
+    log(line)
     return result
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Parse, run in a temporary model folder, return the result."""
-    args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="sglkit-decode-attention-") as model_dir:
-        return run(args, model_dir)
+    return main_in_temp_folder(parse_args, run, "decode-attention", argv)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,18 @@ KV pool, weights and threads; prints both medians and torch / fused.
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
 
 import torch
 
-from sglkit.bench.decode_sides import add_shape_args, alternate_sides, shape_runner
+from sglkit.bench.decode_sides import (
+    add_block_args,
+    add_shape_args,
+    alternate_sides,
+    block_count,
+    main_in_temp_folder,
+    shape_runner,
+    side_by_side,
+)
 
 __all__ = ["main", "parse_args", "run"]
 
@@ -23,8 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """--config, --dtype, --batch-size, --input-len, --steps (timed per side), --block, --threads."""
     p = argparse.ArgumentParser(prog="python -m sglkit.bench.fused_ops", description=__doc__.split("\n")[0])
     add_shape_args(p, batch_size=1, input_len=128)
-    p.add_argument("--steps", type=int, default=20, help="Timed decode steps per side.")
-    p.add_argument("--block", type=int, default=4, help="Steps per block (3+: the first is not timed).")
+    add_block_args(p, steps=20)
     return p.parse_args(argv)
 
 
@@ -33,8 +38,7 @@ def run(args: argparse.Namespace, model_dir: str, log=print) -> dict:
     """Build the runner, alternate fused and torch ops in blocks; returns the medians (ms) and torch / fused."""
     from sglkit.layers.cpu_kernels.fused_ops import cpu_fused_ops_enabled, set_cpu_fused_ops
 
-    timed_per_block = args.block - 1 if args.block > 2 else args.block  # as alternate_sides times them
-    blocks = 2 * -(-args.steps // timed_per_block)
+    blocks = block_count(args.steps, args.block)
     runner = shape_runner(args, model_dir, blocks * args.block, ["--device", "cpu"])
     probe = torch.empty(1, dtype=runner.model_config.dtype)
     was_on = set_cpu_fused_ops(True)
@@ -51,29 +55,14 @@ def run(args: argparse.Namespace, model_dir: str, log=print) -> dict:
         )
     finally:
         set_cpu_fused_ops(was_on)
-    fused_ms, torch_ms = (statistics.median(times[s]) * 1e3 for s in ("fused", "torch"))
-    result = {
-        "config": args.config,
-        "dtype": args.dtype,
-        "batch_size": args.batch_size,
-        "input_len": args.input_len,
-        "fused_ms": fused_ms,
-        "torch_ms": torch_ms,
-        "torch_over_fused": torch_ms / fused_ms,
-    }
-    log(
-        f"decode step, {args.config} {args.dtype}, batch {args.batch_size}, ~{args.input_len} tokens of KV each, "
-        f"{len(times['fused'])} steps a side: fused {fused_ms:.2f} ms, torch {torch_ms:.2f} ms, "
-        f"torch / fused {result['torch_over_fused']:.3f}"
-    )
+    result, line = side_by_side(args, times, "fused", "torch", {"fused": "fused", "torch": "torch"})
+    log(line)
     return result
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Parse, run in a temporary model folder, return the result."""
-    args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="sglkit-fused-ops-") as model_dir:
-        return run(args, model_dir)
+    return main_in_temp_folder(parse_args, run, "fused-ops", argv)
 
 
 if __name__ == "__main__":

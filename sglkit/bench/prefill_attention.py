@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 
 import torch
 
-from sglkit.bench.decode_sides import add_shape_args, shape_runner
+from sglkit.bench.decode_sides import add_shape_args, main_in_temp_folder, shape_runner
 from sglkit.bench.one_batch import StaticBatch
 
 __all__ = ["main", "parse_args", "run"]
@@ -95,9 +94,7 @@ def run(args: argparse.Namespace, model_dir: str, log=print) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     """Parse, run in a temporary model folder, return the result."""
-    args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="sglkit-prefill-attention-") as model_dir:
-        return run(args, model_dir)
+    return main_in_temp_folder(parse_args, run, "prefill-attention", argv)
 
 
 if __name__ == "__main__":
