@@ -32,7 +32,7 @@ namespace {
 constexpr int64_t kKeys = 32;                 // keys per block (64 measured no faster)
 constexpr int64_t kKeyVecs = kKeys / 16;  // vectors of scores per row and block
 constexpr int64_t kQueryTokens = 32;   // new tokens per task
-constexpr int64_t kRowTile = 4;        // query rows per score tile
+constexpr int64_t kRowTile = 8;        // query rows per score tile
 constexpr int64_t kMaxGroup = 16;
 
 #ifdef SGLKIT_EXTEND_ATTENTION
@@ -138,20 +138,26 @@ void score_tile(const Scratch& s, int64_t m0, int64_t units, float scale, float*
     for (int64_t j = 0; j < kKeyVecs; ++j) _mm512_storeu_ps(out + r * kKeys + 16 * j, _mm512_mul_ps(acc[r][j], sc));
 }
 
-// o[m, :] += p[m, :] . v for one row; D = C * 16.
-template <typename T, int64_t C>
-void accumulate_row(const Scratch& s, int64_t m, float* o) {
+// o[m + r, :] += p[m + r, :] . v for R consecutive rows (each V vector loaded once for all R); D = C * 16.
+template <typename T, int64_t C, int64_t R>
+void accumulate_rows(Scratch& s, int64_t m) {
   constexpr int64_t units = kKeys / Units<T>::kPer;
   constexpr int64_t d = C * kLanes;
-  __m512 acc[C];
-  for (int64_t c = 0; c < C; ++c) acc[c] = _mm512_loadu_ps(o + c * kLanes);
+  float* o = s.o.data() + m * d;
+  __m512 acc[R][C];
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < C; ++c) acc[r][c] = _mm512_loadu_ps(o + r * d + c * kLanes);
   const uint32_t* p = s.p.data() + m * units;
   for (int64_t u = 0; u < units; ++u) {
-    const __m512i pb = _mm512_set1_epi32(static_cast<int>(p[u]));
-    for (int64_t c = 0; c < C; ++c)
-      acc[c] = Units<T>::dot(acc[c], pb, _mm512_loadu_si512(s.v.data() + u * d + c * kLanes));
+    __m512i pb[R];
+    for (int64_t r = 0; r < R; ++r) pb[r] = _mm512_set1_epi32(static_cast<int>(p[r * units + u]));
+    for (int64_t c = 0; c < C; ++c) {
+      const __m512i vv = _mm512_loadu_si512(s.v.data() + u * d + c * kLanes);
+      for (int64_t r = 0; r < R; ++r) acc[r][c] = Units<T>::dot(acc[r][c], pb[r], vv);
+    }
   }
-  for (int64_t c = 0; c < C; ++c) _mm512_storeu_ps(o + c * kLanes, acc[c]);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < C; ++c) _mm512_storeu_ps(o + r * d + c * kLanes, acc[r][c]);
 }
 
 // One task: new tokens [j0, j0 + tokens) of one request, KV head h.
@@ -174,9 +180,10 @@ void attend_block(const T* q, int64_t q_stride, const T* k_buf, const T* v_buf, 
     stage_k<T, I>(k_buf, kv_stride, slots, k0, n, d, s);
     stage_v<T, I>(v_buf, kv_stride, slots, k0, n, d, s);
     for (int64_t m0 = 0; m0 < padded; m0 += kRowTile) score_tile<T>(s, m0, units, scale, s.s.data() + m0 * kKeys);
-    for (int64_t m = 0; m < rows; ++m) {
+    // Rows see keys up to their own position: the first `skipped` rows (all keys of the block ahead) add nothing.
+    const int64_t skipped = std::min(rows, std::max<int64_t>(0, k0 - prefix - j0) * group);
+    for (int64_t m = skipped; m < rows; ++m) {
       const int64_t visible = std::min<int64_t>(prefix + j0 + m / group + 1 - k0, n);  // causal: keys < visible
-      if (visible <= 0) continue;  // a row whose keys all lie ahead of it: nothing to add
       float* sr = s.s.data() + m * kKeys;
       __mmask16 lanes[kKeyVecs];
       __m512 sv[kKeyVecs], e[kKeyVecs];
@@ -208,8 +215,11 @@ void attend_block(const T* q, int64_t q_stride, const T* k_buf, const T* v_buf, 
         for (int64_t j = 0; j < kKeyVecs; j += 2)  // keys 32 j' .. 32 j' + 31 in order, as 16 pairs
           _mm512_storeu_si512(pr + 8 * j, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(e[j + 1], e[j])));
       }
-      accumulate_row<T, C>(s, m, orow);
     }
+    constexpr int64_t kPair = C <= 8 ? 2 : 1;  // two rows' accumulators fit the 32 registers up to D = 128
+    int64_t m = skipped;
+    for (; m + kPair <= rows; m += kPair) accumulate_rows<T, C, kPair>(s, m);
+    for (; m < rows; ++m) accumulate_rows<T, C, 1>(s, m);
   }
   for (int64_t m = 0; m < rows; ++m) {
     const __m512 inv = _mm512_set1_ps(1.0f / s.row_sum[m]);
