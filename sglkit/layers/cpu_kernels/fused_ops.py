@@ -48,12 +48,12 @@ def _kernels_have_fused_ops() -> bool:
 def cpu_fused_ops_enabled(x: torch.Tensor) -> bool:
     """True when a layer should run its fused C++ op on ``x``: a float32 / bfloat16 CPU tensor, the ops built
     and switched on, and no ``torch.compile`` trace in progress."""
-    return (
+    return (  # the trace check first: a trace must not reach the extension's loader (a lock: a graph break)
         _enabled
+        and not torch.compiler.is_compiling()
         and x.device.type == "cpu"
         and x.dtype in DTYPES
         and _kernels_have_fused_ops()
-        and not torch.compiler.is_compiling()
     )
 
 

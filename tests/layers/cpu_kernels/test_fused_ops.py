@@ -208,6 +208,11 @@ def test_switch_and_compile_tracing_keep_the_torch_code(monkeypatch):
         fused_ops.set_cpu_fused_ops(old)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert not fused_ops.cpu_fused_ops_enabled(x)
+    # A trace must not reach the extension's loader (its lock is a graph break that sent every decoder layer of
+    # a compiled decode back to eager): with nothing loaded yet, the answer comes before the loader is asked.
+    monkeypatch.setattr(fused_ops, "_available", None)
+    monkeypatch.setattr(fused_ops, "load_kernels", lambda: pytest.fail("the loader was called while tracing"))
+    assert not fused_ops.cpu_fused_ops_enabled(x)
 
 
 def test_layers_call_the_fused_ops(monkeypatch):
