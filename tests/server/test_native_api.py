@@ -156,7 +156,12 @@ def test_generate_stream_batch_chunks_carry_index(server):
     response = requests.post(
         f"{server.base_url}/generate",
         stream=True,
-        json={"text": [PROMPT, "Once upon a time"], "stream": True, "sampling_params": {"max_new_tokens": 3}},
+        json={
+            "text": [PROMPT, "Once upon a time"],
+            "stream": True,
+            # ignore_eos: the default sampling (temperature 1) may draw EOS early, which is not what this checks
+            "sampling_params": {"max_new_tokens": 3, "ignore_eos": True},
+        },
     )
     lines = [line for line in response.iter_lines() if line]
     assert lines[-1] == b"data: [DONE]"
