@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglkit.layers.cpu_kernels import fused_ops as cpu_fused_ops
 from sglkit.layers.cpu_kernels.fused_ops import cpu_fused_ops_enabled
 from sglkit.layers.triton_fused import fused_ops_enabled
 
@@ -30,9 +31,7 @@ class SiluAndMul(nn.Module):
 
             return silu_and_mul(x)
         if cpu_fused_ops_enabled(x):
-            from sglkit.layers.cpu_kernels import fused_ops
-
-            return fused_ops.silu_and_mul(x)
+            return cpu_fused_ops.silu_and_mul(x)
         gate, up = x.chunk(2, dim=-1)
         return F.silu(gate) * up
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sglkit.layers.cpu_kernels import fused_ops as cpu_fused_ops
 from sglkit.layers.cpu_kernels.fused_ops import cpu_fused_ops_enabled
 from sglkit.layers.triton_fused import fused_ops_enabled
 from sglkit.layers.weight_loader import copy_weight, default_weight_loader, set_weight_loader, shard_tensor
@@ -56,18 +57,16 @@ class RMSNorm(nn.Module):
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x: [..., H] -> normed [..., H]; with ``residual``: (norm(x + residual), x + residual)."""
-        if self.fused_weight_mode is not None and fused_ops_enabled(x):
-            from sglkit.layers.triton_fused.rmsnorm import rms_norm
-
+        if self.fused_weight_mode is not None:
             weight_in_float32 = self.fused_weight_mode == "float32"
-            return rms_norm(x, self.weight, self.eps, residual, weight_in_float32, self.weight_offset)
-        if self.fused_weight_mode is not None and _cpu_fused_takes(x, self.weight):
-            from sglkit.layers.cpu_kernels import fused_ops
+            if fused_ops_enabled(x):
+                from sglkit.layers.triton_fused.rmsnorm import rms_norm
 
-            weight_in_float32 = self.fused_weight_mode == "float32"
-            return fused_ops.rms_norm(
-                x, self.weight, self.eps, residual, weight_in_float32, self.weight_offset
-            )
+                return rms_norm(x, self.weight, self.eps, residual, weight_in_float32, self.weight_offset)
+            if _cpu_fused_takes(x, self.weight):
+                return cpu_fused_ops.rms_norm(
+                    x, self.weight, self.eps, residual, weight_in_float32, self.weight_offset
+                )
         if residual is None:
             return self._norm(x)
         x = x + residual

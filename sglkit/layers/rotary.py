@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sglkit.layers.cpu_kernels import fused_ops as cpu_fused_ops
 from sglkit.layers.cpu_kernels.fused_ops import cpu_fused_ops_enabled
 from sglkit.layers.triton_fused import fused_ops_enabled
 
@@ -159,9 +160,7 @@ class RotaryEmbedding(nn.Module):
 
             return apply_rope(positions, q, k, self.cos_sin_cache, self.rotary_dim)
         if cpu_fused_ops_enabled(q) and k.dtype == q.dtype and self.cos_sin_cache.dtype == torch.float32:
-            from sglkit.layers.cpu_kernels import fused_ops
-
-            return fused_ops.apply_rope(positions, q, k, self.cos_sin_cache, self.rotary_dim)
+            return cpu_fused_ops.apply_rope(positions, q, k, self.cos_sin_cache, self.rotary_dim)
         cos, sin = self.cos_sin_cache[positions].to(q.dtype).unsqueeze(1).chunk(2, dim=-1)
         if self.rotary_dim == self.head_dim:
             return self._rotate(q, cos, sin), self._rotate(k, cos, sin)

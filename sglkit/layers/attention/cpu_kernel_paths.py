@@ -12,6 +12,7 @@ the copied lengths.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +20,7 @@ import torch
 
 from sglkit.core.forward_batch import ForwardBatch
 from sglkit.layers.attention.base import RadixAttention
-from sglkit.layers.cpu_kernels.decode_attention import (
-    decode_attention,
-    decode_attention_available,
-    decode_attention_takes,
-)
+from sglkit.layers.cpu_kernels.decode_attention import decode_attention, decode_attention_available
 from sglkit.layers.cpu_kernels.extend_attention import extend_attention, extend_attention_available
 from sglkit.layers.cpu_kernels.fused_ops import cpu_fused_ops_enabled, store_kv
 
@@ -67,10 +64,27 @@ def kernel_metadata(forward_batch: ForwardBatch) -> KernelDecodeMetadata | Kerne
     return KernelExtendMetadata(torch.tensor(prefix), torch.tensor(new), prefix, new)
 
 
+def _kernel_takes(
+    available: Callable[[torch.dtype, torch.dtype, int, int], bool],
+    q: torch.Tensor,
+    k_buf: torch.Tensor,
+    v_buf: torch.Tensor,
+    layer: RadixAttention,
+) -> bool:
+    """Whether a kernel (``available(dtype, kv_dtype, head_dim, group)``) takes this layer: no options, CPU pool
+    K/V of one shape with the layer's KV heads, q with its query heads, whole groups."""
+    heads, kv_heads = layer.num_heads, layer.num_kv_heads
+    if layer.has_options or k_buf.device.type != "cpu" or k_buf.shape != v_buf.shape:
+        return False
+    if q.shape[1] != heads or k_buf.shape[1] != kv_heads or heads % kv_heads:
+        return False
+    return available(q.dtype, k_buf.dtype, q.shape[-1], heads // kv_heads)
+
+
 def decode(q: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch) -> torch.Tensor | None:
     """q: [B, Hq, D] -> [B, Hq, D] from the decode kernel, or None where this layer needs SDPA."""
     k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
-    if layer.has_options or not decode_attention_takes(q, k_buf, v_buf, layer.num_heads, layer.num_kv_heads):
+    if not _kernel_takes(decode_attention_available, q, k_buf, v_buf, layer):
         return None
     table = forward_batch.req_to_token_pool.req_to_token
     return decode_attention(
@@ -83,11 +97,7 @@ def extend(
 ) -> torch.Tensor | None:
     """q: [T, Hq, D] -> [T, Hq, D] from the extend kernel, or None where this layer needs SDPA."""
     k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer.layer_id)
-    if layer.has_options or q.shape[1] != layer.num_heads or layer.num_heads % layer.num_kv_heads:
-        return None
-    if k_buf.shape[1] != layer.num_kv_heads or not extend_attention_available(
-        q.dtype, k_buf.dtype, q.shape[-1], layer.num_heads // layer.num_kv_heads
-    ):
+    if not _kernel_takes(extend_attention_available, q, k_buf, v_buf, layer):
         return None
     table = forward_batch.req_to_token_pool.req_to_token
     return extend_attention(

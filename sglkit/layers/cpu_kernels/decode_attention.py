@@ -16,11 +16,12 @@ import torch
 
 from sglkit.layers.cpu_kernels import load_kernels, require_kernels
 
-__all__ = ["decode_attention", "decode_attention_available", "decode_attention_takes"]
+__all__ = ["decode_attention", "decode_attention_available"]
 
 DTYPES = (torch.float32, torch.bfloat16)
 
 
+@cache
 def decode_attention_available(dtype: torch.dtype, kv_dtype: torch.dtype, head_dim: int, group: int) -> bool:
     """Whether ``decode_attention`` takes q of ``dtype``, a KV pool of ``kv_dtype``, ``head_dim`` and ``group``
     query heads per KV head on this machine."""
@@ -28,24 +29,6 @@ def decode_attention_available(dtype: torch.dtype, kv_dtype: torch.dtype, head_d
         return False
     kernels = load_kernels()
     return kernels is not None and kernels.decode_attention_supported(head_dim, group)
-
-
-@cache
-def _takes(
-    dtype: torch.dtype, kv_dtype: torch.dtype, head_dim: int, heads: int, num_heads: int, kv_heads: int
-) -> bool:
-    whole = num_heads % kv_heads == 0 and heads == num_heads
-    return whole and decode_attention_available(dtype, kv_dtype, head_dim, num_heads // kv_heads)
-
-
-def decode_attention_takes(
-    q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, num_heads: int, num_kv_heads: int
-) -> bool:
-    """Whether ``decode_attention`` takes this layer's q [B, Hq, D] and pool K/V [S, Hkv, D] (CPU tensors, one
-    dtype, matching shapes, a supported head dim and group)."""
-    if k_buf.device.type != "cpu" or k_buf.shape != v_buf.shape or k_buf.shape[1] != num_kv_heads:
-        return False
-    return _takes(q.dtype, k_buf.dtype, q.shape[-1], q.shape[1], num_heads, num_kv_heads)
 
 
 def decode_attention(

@@ -19,7 +19,7 @@
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define SGLKIT_BLOCKED_GEMM 1
-#include <immintrin.h>
+#include "vec16.h"
 #if defined(__AVX512BF16__)
 #define SGLKIT_BLOCKED_GEMM_BF16 1
 #endif
@@ -33,10 +33,9 @@ constexpr int kMaxBlocks = 2;    // blocks per tile
 
 #ifdef SGLKIT_BLOCKED_GEMM
 
-// 16 bf16 (masked) -> 16 fp32
+// 16 bf16 bit patterns (masked) -> 16 fp32 (vec16.h's load)
 static inline __m512 load_bf16_as_fp32(const uint16_t* p, __mmask16 mask) {
-  __m256i raw = _mm256_maskz_loadu_epi16(mask, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  return sglkit::vec::load16(reinterpret_cast<const c10::BFloat16*>(p), mask);
 }
 
 // One element type's loads, multiply-accumulate and stores. `Lane`: the x value broadcast per step (a bf16 pair
