@@ -21,12 +21,13 @@ from torch import nn
 
 from sglkit.core.forward_batch import ForwardBatch
 from sglkit.core.model_config import ModelConfig
-from sglkit.layers.activation import get_act_and_mul
+from sglkit.layers.activation import SiluAndMul, get_act_and_mul
 from sglkit.layers.attention.base import RadixAttention
 from sglkit.layers.embedding import VocabParallelEmbedding
 from sglkit.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from sglkit.layers.norm import RMSNorm
 from sglkit.layers.rotary import RotaryEmbedding, get_rope
+from sglkit.models.cpu_decode_stack import CpuDecodeStack, StackLayer
 
 __all__ = [
     "AttentionBlock",
@@ -221,6 +222,34 @@ class DecoderLayer(nn.Module):
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
+    def decode_stack_parts(self) -> StackLayer:
+        """This layer's parts for the CPU decode stack (``sglkit.models.cpu_decode_stack``); ValueError when the
+        layer computes something else (a family's own forward or q/k preparation, a per-head q/k norm, an MLP
+        other than the dense SiLU one)."""
+        attn, mlp = self.self_attn, self.mlp
+        if type(self).forward is not DecoderLayer.forward:
+            raise ValueError(f"{type(self).__name__} has its own forward")
+        if (
+            type(attn).forward is not AttentionBlock.forward
+            or type(attn).prepare_qk is not AttentionBlock.prepare_qk
+        ):
+            raise ValueError(f"{type(attn).__name__} prepares q/k its own way")
+        if attn.qk_norm:
+            raise ValueError("a per-head q/k norm")
+        if type(mlp).forward is not GatedMLP.forward or type(mlp.act_fn) is not SiluAndMul:
+            raise ValueError(f"a {type(mlp).__name__} MLP with {type(getattr(mlp, 'act_fn', None)).__name__}")
+        return StackLayer(
+            input_norm=self.input_layernorm,
+            qkv=attn.qkv_proj,
+            o=attn.o_proj,
+            post_norm=self.post_attention_layernorm,
+            gate_up=mlp.gate_up_proj,
+            down=mlp.down_proj,
+            attn=attn.attn,
+            rotary=attn.rotary_emb,
+            intermediate_size=mlp.down_proj.in_features,
+        )
+
 
 class DecoderModel(nn.Module):
     """Token embedding, decoder layers, final norm (the ``model.`` prefix of HF checkpoints).
@@ -242,14 +271,34 @@ class DecoderModel(nn.Module):
             layer_cls(config, i, self.rotary_emb, options, dtype) for i in range(config.num_hidden_layers)
         )
         self.norm = options.norm_cls(config.hidden_size, options.eps(config), dtype=dtype)
+        # CPU decode passes in one C++ call where every layer allows it (sglkit.models.cpu_decode_stack)
+        self.cpu_decode_stack = CpuDecodeStack(self, DecoderModel.decode_stack_layers)
+
+    def decode_stack_layers(self) -> list[StackLayer]:
+        """Every layer's ``decode_stack_parts`` (ValueError naming the first layer that has none)."""
+        parts = []
+        for i, layer in enumerate(self.layers):
+            if not hasattr(layer, "decode_stack_parts"):
+                raise ValueError(f"layer {i} is a {type(layer).__name__}")
+            try:
+                parts.append(layer.decode_stack_parts())
+            except ValueError as e:
+                raise ValueError(f"layer {i}: {e}") from None
+        return parts
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: ForwardBatch
     ) -> torch.Tensor:
         """input_ids, positions: [T] -> final hidden states [T, H]."""
         hidden = self.embed_tokens(input_ids)
-        residual = None
-        for layer in self.layers:
-            hidden, residual = layer(positions, hidden, residual, forward_batch)
+        stacked = None
+        if forward_batch.forward_mode.is_decode():
+            stacked = self.cpu_decode_stack.run(hidden, positions, forward_batch)
+        if stacked is not None:
+            hidden, residual = stacked
+        else:
+            residual = None
+            for layer in self.layers:
+                hidden, residual = layer(positions, hidden, residual, forward_batch)
         hidden, _ = self.norm(hidden, residual)
         return hidden

@@ -22,17 +22,40 @@ calls ``release`` (a fresh, uninitialised plain weight), so ``update_weights`` l
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import weakref
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
+    from sglkit.layers.cpu_kernels.blocked_gemm import BlockedWeight
     from sglkit.layers.linear import Linear
 
-__all__ = ["DenseLinearMethod", "LinearMethod", "free_weight", "kernel_input", "pad_to"]
+__all__ = [
+    "DenseLinearMethod",
+    "LinearMethod",
+    "free_weight",
+    "kernel_input",
+    "pad_to",
+    "watch_weight_forms",
+]
 
 KERNEL_ALIGN = 64  # bytes: the int8 CPU kernel loads activation rows with aligned AVX loads
+
+
+_form_watchers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def watch_weight_forms(watcher: Any) -> None:
+    """Call ``watcher.weight_forms_changed()`` whenever a linear method builds or drops its form (loading,
+    ``update_weights``, a new method): for whatever caches the forms (the CPU decode stack). Held weakly."""
+    _form_watchers.add(watcher)
+
+
+def _forms_changed() -> None:
+    for watcher in list(_form_watchers):
+        watcher.weight_forms_changed()
 
 
 def pad_to(n: int, multiple: int) -> int:
@@ -78,6 +101,7 @@ class LinearMethod:
                 return False
         free_weight(layer)
         self.processed = True
+        _forms_changed()
         return True
 
     def apply(self, layer: Linear, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -97,6 +121,7 @@ class LinearMethod:
         w = layer.weight
         self.clear()
         self.processed = False
+        _forms_changed()
         w.data = torch.empty(w.shape, dtype=w.dtype, device=w.device)
 
     def restore(self, layer: Linear) -> None:
@@ -106,7 +131,13 @@ class LinearMethod:
         dense = self.unpack(layer)
         self.clear()
         self.processed = False
+        _forms_changed()
         layer.weight.data = dense
+
+    def kernel_weight(self) -> BlockedWeight | None:
+        """The weight in sglkit's blocked CPU layout when ``matmul`` is ``blocked_linear`` on it (int8: on x cast
+        to bfloat16, the product cast back, the bias added after); None for every other form."""
+        return None
 
     def weight_bytes(self, layer: Linear) -> int:
         """Bytes this layer holds for its weight (the plain tensor, or this method's form)."""

@@ -98,6 +98,10 @@ class Int8WeightOnlyMethod(LinearMethod):
             out = out + bias
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
+    def kernel_weight(self) -> BlockedWeight | None:
+        """The int8 values (with their scales) in sglkit's blocked layout, when held in that form."""
+        return self.blocked if self.processed else None
+
     def unpack(self, layer: Linear) -> torch.Tensor:
         """q * scale: the dequantized [N, K] weight in the layer's dtype."""
         q = (

@@ -117,6 +117,10 @@ class PackedLinearMethod(LinearMethod):
             return F.linear(x, self.unpack(layer), bias)
         return packed_matmul(x, self.packed, None if bias is None else bias.detach())
 
+    def kernel_weight(self) -> BlockedWeight | None:
+        """The weight in sglkit's blocked layout, when it holds that form (not oneDNN's)."""
+        return self.packed if self.processed and isinstance(self.packed, BlockedWeight) else None
+
     def unpack(self, layer: Linear) -> torch.Tensor:
         """The blocked weight back to a plain [out, in] tensor (exact)."""
         return self.packed.to_dense()

@@ -1,33 +1,5 @@
 // Model layers, CPU: the Python bindings of sglkit's CPU kernels (one extension; sglkit/layers/cpu_kernels).
-#include <torch/extension.h>
-
-#include <string>
-#include <tuple>
-
-namespace sglkit {
-bool gemm_supported(const std::string& dtype);
-torch::Tensor blocked_linear(const torch::Tensor& x, const torch::Tensor& w, int64_t n,
-                             const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& scales);
-bool decode_attention_supported(int64_t head_dim, int64_t group);
-torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& k_buf, const torch::Tensor& v_buf,
-                               const torch::Tensor& req_to_token, const torch::Tensor& req_pool_indices,
-                               const torch::Tensor& seq_lens, double scale);
-bool extend_attention_supported(const std::string& dtype, int64_t head_dim, int64_t group);
-torch::Tensor extend_attention(const torch::Tensor& q, const torch::Tensor& k_buf, const torch::Tensor& v_buf,
-                               const torch::Tensor& req_to_token, const torch::Tensor& req_pool_indices,
-                               const torch::Tensor& prefix_lens, const torch::Tensor& extend_lens, double scale);
-bool fused_ops_supported();
-std::tuple<torch::Tensor, c10::optional<torch::Tensor>> rms_norm(const torch::Tensor& x,
-                                                                 const c10::optional<torch::Tensor>& residual,
-                                                                 const torch::Tensor& weight, double eps,
-                                                                 bool weight_fp32, double offset);
-std::tuple<torch::Tensor, torch::Tensor> rotary_embedding(const torch::Tensor& positions, const torch::Tensor& q,
-                                                          const torch::Tensor& k, const torch::Tensor& cache,
-                                                          int64_t rotary_dim);
-torch::Tensor silu_and_mul(const torch::Tensor& x);
-void store_kv(torch::Tensor& k_buf, torch::Tensor& v_buf, const torch::Tensor& loc, const torch::Tensor& k,
-              const torch::Tensor& v);
-}  // namespace sglkit
+#include "kernels.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_supported", &sglkit::gemm_supported,
@@ -51,4 +23,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rotary_embedding", &sglkit::rotary_embedding, "NeoX RoPE of q [T, Hq, D] and k [T, Hkv, D] -> new (q, k)");
   m.def("silu_and_mul", &sglkit::silu_and_mul, "x [..., 2I] -> silu(x[..., :I]) * x[..., I:]");
   m.def("store_kv", &sglkit::store_kv, "k_buf[loc] = k, v_buf[loc] = v (one pass, slots checked)");
+  pybind11::class_<sglkit::DecodeStack>(m, "DecodeStack",
+                                        "A decode pass through a Llama-style decoder stack, all layers in one call")
+      .def(pybind11::init<std::vector<c10::optional<torch::Tensor>>, std::vector<int64_t>, std::vector<double>,
+                          double, bool, bool, double>(),
+           pybind11::arg("tensors"), pybind11::arg("dims"), pybind11::arg("eps"), pybind11::arg("scaling"),
+           pybind11::arg("fused_norm"), pybind11::arg("weight_fp32"), pybind11::arg("offset"))
+      .def("forward", &sglkit::DecodeStack::forward,
+           "hidden [B, H], positions [B] and the pass's tables -> (last MLP output, residual)")
+      .def_property_readonly("num_layers", &sglkit::DecodeStack::num_layers);
+  m.attr("DECODE_STACK_PER_LAYER") = sglkit::DecodeStack::kPerLayer;
 }
