@@ -224,8 +224,8 @@ class DecoderLayer(nn.Module):
 
     def decode_stack_parts(self) -> StackLayer:
         """This layer's parts for the CPU decode stack (``sglkit.models.cpu_decode_stack``); ValueError when the
-        layer computes something else (a family's own forward or q/k preparation, a per-head q/k norm, an MLP
-        other than the dense SiLU one)."""
+        layer computes something else (a family's own forward or q/k preparation, an MLP other than the dense
+        SiLU one)."""
         attn, mlp = self.self_attn, self.mlp
         if type(self).forward is not DecoderLayer.forward:
             raise ValueError(f"{type(self).__name__} has its own forward")
@@ -234,10 +234,10 @@ class DecoderLayer(nn.Module):
             or type(attn).prepare_qk is not AttentionBlock.prepare_qk
         ):
             raise ValueError(f"{type(attn).__name__} prepares q/k its own way")
-        if attn.qk_norm:
-            raise ValueError("a per-head q/k norm")
-        if type(mlp).forward is not GatedMLP.forward or type(mlp.act_fn) is not SiluAndMul:
-            raise ValueError(f"a {type(mlp).__name__} MLP with {type(getattr(mlp, 'act_fn', None)).__name__}")
+        if type(mlp).forward is not GatedMLP.forward:
+            raise ValueError(f"a {type(mlp).__name__} MLP")
+        if type(mlp.act_fn) is not SiluAndMul:
+            raise ValueError(f"a {type(mlp.act_fn).__name__} activation")
         return StackLayer(
             input_norm=self.input_layernorm,
             qkv=attn.qkv_proj,
@@ -248,6 +248,8 @@ class DecoderLayer(nn.Module):
             attn=attn.attn,
             rotary=attn.rotary_emb,
             intermediate_size=mlp.down_proj.in_features,
+            q_norm=attn.q_norm if attn.qk_norm else None,
+            k_norm=attn.k_norm if attn.qk_norm else None,
         )
 
 

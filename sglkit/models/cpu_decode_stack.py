@@ -9,8 +9,9 @@ It runs a pass when all of this holds, and otherwise leaves it to the layers (``
 
 - the torch_native backend chose sglkit's decode-attention kernel for the pass (``KernelDecodeMetadata``: a CPU
   pool of a dtype and head dim the kernel takes), the fused CPU ops are on, no ``torch.compile`` trace;
-- every layer is the pre-norm Llama layer as ``DecoderLayer.decode_stack_parts`` gives it (no per-head q/k norm,
-  a dense SiLU MLP; Llama, Mistral without a window, Qwen2 with its qkv bias ...), all with the same head shape;
+- every layer is the pre-norm Llama layer as ``DecoderLayer.decode_stack_parts`` gives it (a dense SiLU MLP;
+  Llama, Mistral without a window, Qwen2 with its qkv bias, Qwen3 with its per-head q/k norm ...), all with the
+  same head shape;
 - no tensor parallelism; every linear holds its weight in sglkit's blocked layout (bfloat16, float32, or int8wo)
   in the model's dtype; norms are RMSNorm (bfloat16: the fused kernel, float32: RMSNorm's own torch code); the
   shared RoPE is the plain one; no layer has a sliding window or a logit cap.
@@ -32,7 +33,12 @@ from sglkit.core.forward_batch import ForwardBatch
 from sglkit.layers.attention.base import RadixAttention
 from sglkit.layers.attention.cpu_kernel_paths import KernelDecodeMetadata
 from sglkit.layers.cpu_kernels.decode_attention import decode_attention_available
-from sglkit.layers.cpu_kernels.decode_stack import DecodeStack, cpu_decode_stack_enabled, per_layer_tensors
+from sglkit.layers.cpu_kernels.decode_stack import (
+    CPU_DECODE_STACK_ENV,
+    DecodeStack,
+    cpu_decode_stack_enabled,
+    per_layer_tensors,
+)
 from sglkit.layers.cpu_kernels.fused_ops import cpu_fused_ops_enabled
 from sglkit.layers.linear import Linear
 from sglkit.layers.norm import RMSNorm
@@ -55,6 +61,8 @@ class StackLayer:
     attn: RadixAttention
     rotary: nn.Module
     intermediate_size: int
+    q_norm: nn.Module | None = None  # per-head norms over head_dim before RoPE (Qwen3), both or neither
+    k_norm: nn.Module | None = None
 
 
 class _NotStackable(Exception):
@@ -114,6 +122,16 @@ class CpuDecodeStack:
         self._stack = None
         self._checked_pool = None
         self.reason = "not checked yet"
+
+    def check(self, pool: Any, dtype: torch.dtype) -> str | None:
+        """Build the stack for ``dtype`` passes over ``pool`` now (as the first decode pass would); why it would not
+        run them, or None when it will (given the backend picks sglkit's decode kernel, which ``run`` checks)."""
+        if not cpu_decode_stack_enabled():
+            return f"{CPU_DECODE_STACK_ENV} is off"
+        if not cpu_fused_ops_enabled(torch.empty(0, dtype=dtype)):
+            return f"sglkit's fused CPU ops do not run {dtype} here"
+        self._build(pool, dtype)
+        return self.reason
 
     def run(
         self, hidden: torch.Tensor, positions: torch.Tensor, forward_batch: ForwardBatch
@@ -186,13 +204,17 @@ class CpuDecodeStack:
                 or k_buf.shape[1] != attn.num_kv_heads
             ):
                 raise _NotStackable("a KV pool of another shape")
-            modes.update(_norm_mode(norm, dtype) for norm in (layer.input_norm, layer.post_norm))
-            eps += [float(layer.input_norm.eps), float(layer.post_norm.eps)]
+            norms = [layer.input_norm, layer.post_norm, layer.q_norm, layer.k_norm]
+            if (layer.q_norm is None) != (layer.k_norm is None):
+                raise _NotStackable("a q norm without a k norm")
+            modes.update(_norm_mode(norm, dtype) for norm in norms if norm is not None)
+            eps += [0.0 if norm is None else float(norm.eps) for norm in norms]
             tensors.append(layer.input_norm.weight.detach())
             tensors += _linear_tensors(layer.qkv, dtype) + _linear_tensors(layer.o, dtype)
             tensors.append(layer.post_norm.weight.detach())
             tensors += _linear_tensors(layer.gate_up, dtype) + _linear_tensors(layer.down, dtype)
             tensors += [k_buf, v_buf]
+            tensors += [None if norm is None else norm.weight.detach() for norm in norms[2:]]
         if len(modes) != 1:
             raise _NotStackable("norms of different kinds")
         if len(tensors) != per_layer_tensors() * len(layers):

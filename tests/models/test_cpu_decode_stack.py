@@ -2,12 +2,15 @@
 
 A real ModelRunner over tiny checkpoints decodes requests of different lengths greedily twice, once through the
 stack and once through the layer modules: logits, tokens and the whole KV pool are bit-identical (float32 with
-RMSNorm's torch code, bfloat16 with the fused norm, Qwen2's qkv bias, int8wo weights). Models or settings the
-stack does not compute exactly (a per-head q/k norm, a sliding window, int4 weights, the fused ops off) keep the
+RMSNorm's torch code, bfloat16 with the fused norm, Qwen2's qkv bias, Qwen3's per-head q/k norms, int8wo
+weights). Models or settings the stack does not compute exactly (a mixture-of-experts MLP, a sliding window, int4
+weights, the fused ops off) keep the
 layers and say why; a weight update rebuilds it; the C++ object checks what it is given.
 """
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 import torch
@@ -130,10 +133,22 @@ def _assert_stack_equals_layers(runner: ModelRunner) -> None:
         ("LlamaForCausalLM", {}),  # float32: RMSNorm's torch code
         ("LlamaForCausalLM", {"dtype": "bfloat16"}),  # the fused norm
         ("Qwen2ForCausalLM", {"dtype": "bfloat16"}),  # qkv bias
+        ("Qwen3ForCausalLM", {"dtype": "bfloat16"}),  # per-head q/k norms, fused
+        ("Qwen3ForCausalLM", {}),  # per-head q/k norms, torch code on the strided views
+        ("Phi3ForCausalLM", {"dtype": "bfloat16"}),  # the Llama layer under other checkpoint names
         ("LlamaForCausalLM", {"dtype": "bfloat16", "torchao_config": "int8wo"}),
         ("LlamaForCausalLM", {"torchao_config": "int8wo"}),  # int8 on float32 activations, cast around
     ],
-    ids=["llama-fp32", "llama-bf16", "qwen2-bf16", "llama-bf16-int8wo", "llama-fp32-int8wo"],
+    ids=[
+        "llama-fp32",
+        "llama-bf16",
+        "qwen2-bf16",
+        "qwen3-bf16",
+        "qwen3-fp32",
+        "phi3-bf16",
+        "llama-bf16-int8wo",
+        "llama-fp32-int8wo",
+    ],
 )
 def test_stack_is_bit_identical_to_the_layers(tiny_model_factory, architecture, overrides):
     if overrides.get("torchao_config") and not load_kernels().gemm_supported("int8"):
@@ -144,11 +159,11 @@ def test_stack_is_bit_identical_to_the_layers(tiny_model_factory, architecture, 
 @pytest.mark.parametrize(
     ("architecture", "model_kwargs", "overrides", "reason"),
     [
-        ("Qwen3ForCausalLM", {}, {"dtype": "bfloat16"}, "per-head q/k norm"),
+        ("MixtralForCausalLM", {}, {"dtype": "bfloat16"}, "a SparseMoeBlock MLP"),
         ("MistralForCausalLM", {"sliding_window": 8}, {}, "sliding window"),
         ("LlamaForCausalLM", {}, {"dtype": "bfloat16", "torchao_config": "int4wo-32"}, "held by int4wo"),
     ],
-    ids=["qk-norm", "window", "int4"],
+    ids=["moe", "window", "int4"],
 )
 def test_what_the_stack_does_not_compute_stays_on_the_layers(
     tiny_model_factory, architecture, model_kwargs, overrides, reason
@@ -182,11 +197,28 @@ def test_weight_update_rebuilds_the_stack(llama_path, same_shape_model_path):
     _assert_stack_equals_layers(runner)  # and it runs the new weights
 
 
+def test_torch_compile_steps_aside_for_the_stack(llama_path, caplog):
+    with caplog.at_level(logging.INFO, logger="sglkit.runtime.executor.model_runner"):
+        runner = _runner(llama_path, enable_torch_compile=True)
+    assert runner.compiled_decode is None and "nothing is compiled" in caplog.text
+    assert runner.cpu_decode_stack_runs()
+    old = set_cpu_decode_stack(False)
+    try:
+        assert not runner.cpu_decode_stack_runs()
+        assert "SGLKIT_CPU_DECODE_STACK is off" in runner.model.model.cpu_decode_stack.check(
+            runner.token_to_kv_pool, runner.dtype
+        )
+    finally:
+        set_cpu_decode_stack(old)
+
+
 def test_the_kernel_object_checks_its_inputs():
     norm = torch.ones(16)
     with pytest.raises(RuntimeError, match="per layer"):
-        DecodeStack([norm] * 5, (16, 1, 1, 16, 32, 16), [1e-6, 1e-6], 0.25, fused_norm=False)
+        DecodeStack([norm] * 5, (16, 1, 1, 16, 32, 16), [1e-6] * 4, 0.25, fused_norm=False)
     with pytest.raises(RuntimeError, match="missing"):
-        DecodeStack([None] * 16, (16, 1, 1, 16, 32, 16), [1e-6, 1e-6], 0.25, fused_norm=False)
-    with pytest.raises(RuntimeError, match="two per layer"):
-        DecodeStack([norm] * 16, (16, 1, 1, 16, 32, 16), [1e-6], 0.25, fused_norm=False)
+        DecodeStack([None] * 18, (16, 1, 1, 16, 32, 16), [1e-6] * 4, 0.25, fused_norm=False)
+    with pytest.raises(RuntimeError, match="four per layer"):
+        DecodeStack([norm] * 18, (16, 1, 1, 16, 32, 16), [1e-6], 0.25, fused_norm=False)
+    with pytest.raises(RuntimeError, match="or neither"):
+        DecodeStack([norm] * 17 + [None], (16, 1, 1, 16, 32, 16), [1e-6] * 4, 0.25, fused_norm=False)

@@ -3,9 +3,9 @@
 
 ``DecodeStack`` holds, per layer, the norm weights, the four linears' blocked weights (bfloat16 / float32, or
 int8 with their scales) and biases, and the layer's K/V pool buffers; ``forward`` runs every layer with the same
-kernel calls the modules make (fused RMSNorm or RMSNorm's torch code, ``blocked_linear``, RoPE, the KV write,
-``decode_attention``, SiLU-and-mul), so its output is bit-identical to the module path, without the ~6 ms of
-per-layer Python a batch-1 decode step of the 360M shape spends (docs/cpu.md).
+kernel calls the modules make (fused RMSNorm or RMSNorm's torch code, ``blocked_linear``, per-head q/k norms,
+RoPE, the KV write, ``decode_attention``, SiLU-and-mul), so its output is bit-identical to the module path,
+without the ~4-6 ms of per-layer Python a batch-1 decode step of the 360M shape spends (docs/cpu.md).
 
 On wherever the fused ops run (``sglkit.layers.cpu_kernels.fused_ops``); ``SGLKIT_CPU_DECODE_STACK=0`` (read at
 import) or ``set_cpu_decode_stack(False)`` keeps the module path (for A/B runs).
@@ -55,8 +55,9 @@ class DecodeStack:
 
     ``tensors``: per layer, in this order (None where absent): input norm weight; qkv blocked weight, its int8
     scales, its bias; o_proj weight, scales, bias; post-attention norm weight; gate_up weight, scales, bias; down
-    weight, scales, bias; the layer's K and V pool buffers [S, Hkv, D]. ``dims``: hidden, query heads, KV heads,
-    head dim, intermediate, rotary dim. ``eps``: input and post-attention norm eps of each layer. ``fused_norm``:
+    weight, scales, bias; the layer's K and V pool buffers [S, Hkv, D]; the per-head q and k norm weights [D]
+    (Qwen3; both or neither). ``dims``: hidden, query heads, KV heads, head dim, intermediate, rotary dim. ``eps``:
+    four per layer (input norm, post-attention norm, q norm, k norm; any number where absent). ``fused_norm``:
     the fused RMSNorm kernel (``weight_fp32`` / ``offset`` as ``fused_ops.rms_norm``), else RMSNorm's torch code.
     """
 

@@ -268,10 +268,25 @@ class ModelRunner:
         if not self.uses_kv_cache or self.server_args.is_embedding:
             logger.info("--enable-torch-compile: nothing to compile for a model without decode steps.")
             return
+        if self.cpu_decode_stack_runs():
+            logger.info(
+                "--enable-torch-compile: decode passes run through sglkit's CPU decode stack (every layer in one "
+                "C++ call, faster than the compiled forward), so nothing is compiled; SGLKIT_CPU_DECODE_STACK=0 "
+                "compiles instead."
+            )
+            return
         from sglkit.runtime.executor.compiled_decode import CompiledDecodeRunner
 
         max_bs = min(self.server_args.torch_compile_max_bs, self.max_running_requests)
         self.compiled_decode = CompiledDecodeRunner(self, max_bs)
+
+    def cpu_decode_stack_runs(self) -> bool:
+        """Whether this runner's decode passes go through the model's CPU decode stack
+        (``sglkit.models.cpu_decode_stack``): the torch_native backend on sglkit's CPU kernels, a model it takes."""
+        stack = getattr(getattr(self.model, "model", None), "cpu_decode_stack", None)
+        if stack is None or not getattr(self.attn_backend, "use_cpu_kernel", False):
+            return False
+        return stack.check(self.token_to_kv_pool, self.dtype) is None
 
     # ----- compute -----
     @torch.inference_mode()

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from sglkit.bench.one_batch import StaticBatch
+from sglkit.layers.cpu_kernels.decode_stack import set_cpu_decode_stack
 from sglkit.runtime.executor.model_runner import ModelRunner
 from sglkit.server_args import ServerArgs
 from tests.runtime.executor.graph_cases import tiny_server_args
@@ -29,6 +30,14 @@ def _runner(model_path: str, compile_: bool) -> ModelRunner:
         model_path, "torch_native", enable_torch_compile=compile_, torch_compile_max_bs=MAX_BS
     )
     return ModelRunner(args)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def decode_stack_off():
+    """The CPU decode stack (which makes compiling moot, so start-up skips it) off: these tests compile."""
+    old = set_cpu_decode_stack(False)
+    yield
+    set_cpu_decode_stack(old)
 
 
 @pytest.fixture(scope="module")

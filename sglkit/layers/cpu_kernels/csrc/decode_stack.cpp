@@ -17,6 +17,8 @@ enum Slot : int64_t {
   kDown = 11,
   kKBuf = 14,
   kVBuf = 15,
+  kQNorm = 16,
+  kKNorm = 17,
 };
 constexpr int64_t kScales = 1, kBias = 2;
 }  // namespace
@@ -30,17 +32,22 @@ DecodeStack::DecodeStack(std::vector<c10::optional<torch::Tensor>> tensors, std:
   rotary_dim_ = dims[5];
   TORCH_CHECK(!tensors_.empty() && tensors_.size() % kPerLayer == 0, "tensors: ", kPerLayer, " per layer");
   num_layers_ = static_cast<int64_t>(tensors_.size()) / kPerLayer;
-  TORCH_CHECK(static_cast<int64_t>(eps_.size()) == 2 * num_layers_, "eps: two per layer");
+  TORCH_CHECK(static_cast<int64_t>(eps_.size()) == 4 * num_layers_, "eps: four per layer");
   for (int64_t layer = 0; layer < num_layers_; ++layer) {
     for (int64_t slot : {kInputNorm, kQkv, kO, kPostNorm, kGateUp, kDown, kKBuf, kVBuf}) {
-      TORCH_CHECK(at(layer, slot).has_value() && at(layer, slot)->defined(), "layer ", layer, ": tensor ", slot,
-                  " missing");
+      TORCH_CHECK(has(layer, slot), "layer ", layer, ": tensor ", slot, " missing");
     }
+    TORCH_CHECK(has(layer, kQNorm) == has(layer, kKNorm), "layer ", layer, ": a q norm and a k norm, or neither");
   }
 }
 
 const c10::optional<torch::Tensor>& DecodeStack::at(int64_t layer, int64_t slot) const {
   return tensors_[layer * kPerLayer + slot];
+}
+
+bool DecodeStack::has(int64_t layer, int64_t slot) const {
+  const c10::optional<torch::Tensor>& t = at(layer, slot);
+  return t.has_value() && t->defined();
 }
 
 // x [B, K] -> [B, n], as the layer's linear method computes it: bf16 / fp32 blocked weights take the bias in the
@@ -56,7 +63,7 @@ torch::Tensor DecodeStack::linear(const torch::Tensor& x, int64_t layer, int64_t
   return blocked_linear(x, w, n, bias, c10::nullopt);
 }
 
-// x [B, H] (+ residual) -> (norm(x + residual), x + residual); without a residual the second is x itself.
+// x [..., H] (+ residual) -> (norm(x + residual), x + residual); without a residual the second is x itself.
 std::tuple<torch::Tensor, torch::Tensor> DecodeStack::norm(const torch::Tensor& x,
                                                            const c10::optional<torch::Tensor>& residual,
                                                            const torch::Tensor& weight, double eps) const {
@@ -84,11 +91,16 @@ std::tuple<torch::Tensor, torch::Tensor> DecodeStack::forward(const torch::Tenso
   torch::Tensor x = hidden;
   c10::optional<torch::Tensor> residual;
   for (int64_t layer = 0; layer < num_layers_; ++layer) {
-    auto [h, res] = norm(x, residual, *at(layer, kInputNorm), eps_[2 * layer]);
+    const double* eps = &eps_[4 * layer];
+    auto [h, res] = norm(x, residual, *at(layer, kInputNorm), eps[0]);
     // attention: qkv -> RoPE -> K/V into the pool -> decode attention -> o_proj
     const torch::Tensor qkv = linear(h, layer, kQkv, q_size + 2 * kv_size);  // [B, q + 2 kv]
-    const torch::Tensor q = qkv.narrow(1, 0, q_size).view({batch, heads_, head_dim_});
-    const torch::Tensor k = qkv.narrow(1, q_size, kv_size).view({batch, kv_heads_, head_dim_});
+    torch::Tensor q = qkv.narrow(1, 0, q_size).view({batch, heads_, head_dim_});
+    torch::Tensor k = qkv.narrow(1, q_size, kv_size).view({batch, kv_heads_, head_dim_});
+    if (has(layer, kQNorm)) {  // per-head norms over head_dim, on the strided views (Qwen3)
+      q = std::get<0>(norm(q, c10::nullopt, *at(layer, kQNorm), eps[2]));
+      k = std::get<0>(norm(k, c10::nullopt, *at(layer, kKNorm), eps[3]));
+    }
     const torch::Tensor v = qkv.narrow(1, q_size + kv_size, kv_size).view({batch, kv_heads_, head_dim_});
     auto [q_rot, k_rot] = rotary_embedding(positions, q, k, cos_sin_cache, rotary_dim_);
     torch::Tensor k_buf = *at(layer, kKBuf), v_buf = *at(layer, kVBuf);
@@ -97,7 +109,7 @@ std::tuple<torch::Tensor, torch::Tensor> DecodeStack::forward(const torch::Tenso
         decode_attention(q_rot, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, scaling_);  // [B, Hq, D]
     const torch::Tensor o = linear(attn.reshape({batch, q_size}), layer, kO, hidden_);
     // MLP: norm with the residual -> gate_up -> SiLU-and-mul -> down
-    auto [h2, res2] = norm(o, res, *at(layer, kPostNorm), eps_[2 * layer + 1]);
+    auto [h2, res2] = norm(o, res, *at(layer, kPostNorm), eps[1]);
     const torch::Tensor gate_up = linear(h2, layer, kGateUp, 2 * intermediate_);
     x = linear(silu_and_mul(gate_up), layer, kDown, hidden_);
     residual = res2;

@@ -38,12 +38,13 @@ class DecodeStack {
  public:
   // Per layer, in this order (None where a layer has no such tensor): input norm weight; qkv weight, its int8
   // scales, its bias; o_proj weight, scales, bias; post-attention norm weight; gate_up weight, scales, bias;
-  // down weight, scales, bias; the layer's K and V pool buffers. Weights are blocked_linear's layout.
-  static constexpr int64_t kPerLayer = 16;
+  // down weight, scales, bias; the layer's K and V pool buffers; the per-head q and k norm weights (Qwen3; both
+  // or neither). Weights are blocked_linear's layout.
+  static constexpr int64_t kPerLayer = 18;
 
-  // dims: hidden, query heads, KV heads, head dim, intermediate, rotary dim; eps: two per layer (input norm,
-  // post-attention norm); fused_norm: the fused RMSNorm kernel (with weight_fp32 / offset), else the torch code
-  // of RMSNorm (normalise in float32, cast, times the weight).
+  // dims: hidden, query heads, KV heads, head dim, intermediate, rotary dim; eps: four per layer (input norm,
+  // post-attention norm, q norm, k norm); fused_norm: the fused RMSNorm kernel (with weight_fp32 / offset), else
+  // the torch code of RMSNorm (normalise in float32, cast, times the weight).
   DecodeStack(std::vector<c10::optional<torch::Tensor>> tensors, std::vector<int64_t> dims, std::vector<double> eps,
               double scaling, bool fused_norm, bool weight_fp32, double offset);
 
@@ -62,6 +63,7 @@ class DecodeStack {
                                                 const torch::Tensor& weight, double eps) const;
   torch::Tensor linear(const torch::Tensor& x, int64_t layer, int64_t slot, int64_t n) const;
   const c10::optional<torch::Tensor>& at(int64_t layer, int64_t slot) const;
+  bool has(int64_t layer, int64_t slot) const;
 
   std::vector<c10::optional<torch::Tensor>> tensors_;
   std::vector<double> eps_;
