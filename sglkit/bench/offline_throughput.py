@@ -143,7 +143,14 @@ def report_constrained(
 
 def run_peers(args, model_path: str, prompts: list[list[int]], vocab_size: int, reserved: set[int]) -> int:
     """--compare-llamacpp / --compare-vllm: every side in its own process on the same ids; the table. Exit code."""
-    from sglkit.bench.peers.compare import build_job, compare, format_ratios, format_table, versions
+    from sglkit.bench.peers.compare import (
+        build_job,
+        compare_rounds,
+        format_ratios,
+        format_rounds,
+        format_table,
+        versions,
+    )
 
     flags = (("hf", args.compare_hf), ("llamacpp", args.compare_llamacpp), ("vllm", args.compare_vllm))
     sides = ["sglkit"] + [side for side, on in flags if on]
@@ -155,9 +162,11 @@ def run_peers(args, model_path: str, prompts: list[list[int]], vocab_size: int, 
         f"peers: {', '.join(sides)} | dtype: {job['dtype']} | threads: {args.threads} | batch: {len(prompts)} x "
         f"{args.input_len} in / {args.output_len} out | batch-1 decode: {args.output_len} tokens | TTFT prompt: "
         f"{args.ttft_input_len} tokens"
+        + (f" | best of {args.peer_rounds} interleaved rounds" if args.peer_rounds > 1 else "")
     )
-    results = compare(sides, job)
-    for line in format_table(results, args.ttft_input_len) + format_ratios(results) + versions(results):
+    results = compare_rounds(sides, job, args.peer_rounds)
+    lines = format_table(results, args.ttft_input_len) + format_ratios(results) + format_rounds(results)
+    for line in lines + versions(results):
         print(line)
     return 1 if any("error" in figures for figures in results.values()) else 0
 
@@ -224,6 +233,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ttft-input-len", type=int, default=512, help="With the peers: the TTFT prompt's length."
     )
+    parser.add_argument(
+        "--peer-rounds",
+        type=int,
+        default=1,
+        help="With the peers: run every side this many times, interleaved; each side's best figures.",
+    )
     parser.add_argument("--compare-radix", action="store_true", help="Run with and without the radix cache.")
     parser.add_argument("--check-outputs", action="store_true", help="Report how many outputs equal HF's.")
     parser.add_argument(
@@ -242,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
         help="--json-schema: alternate the constrained and unconstrained runs this many times; best of each.",
     )
     args = parser.parse_args(argv)
+    if args.peer_rounds < 1:
+        parser.error("--peer-rounds must be at least 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with_peers = args.compare_llamacpp or args.compare_vllm
     if with_peers:

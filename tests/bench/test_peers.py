@@ -12,7 +12,14 @@ import pytest
 from sglkit.bench import offline_throughput, one_batch
 from sglkit.bench.one_batch import write_preset
 from sglkit.bench.peers import llamacpp
-from sglkit.bench.peers.compare import build_job, check_sides, format_ratios, format_table
+from sglkit.bench.peers.compare import (
+    best_of_rounds,
+    build_job,
+    check_sides,
+    format_ratios,
+    format_rounds,
+    format_table,
+)
 from sglkit.bench.peers.models import ensure_shape_model
 from sglkit.bench.peers.runner import PeerUnavailable, parse_figures
 from sglkit.bench.peers.vllm_cpu import cpu_binding, kv_space_gib
@@ -79,6 +86,37 @@ def test_table_and_ratios_side_by_side():
     assert format_ratios(results) == [
         "sglkit / llama.cpp: decode 0.50x | batch 2.00x | TTFT 2.00x | RSS 2.00x"
     ]
+
+
+def test_rounds_keep_each_sides_best_and_list_every_round():
+    def side(peer, decode, batch, ttft, rss):
+        return {"peer": peer, "decode_tok_s": decode, "batch_output_tok_s": batch, "ttft_s": ttft,
+                "peak_rss_mb": rss, "outputs": [[1]]}  # fmt: skip
+
+    runs = [
+        {
+            "sglkit": side("sglkit", 30.0, 200.0, 0.9, 1000.0),
+            "llamacpp": side("llama.cpp", 40.0, 90.0, 1.5, 500.0),
+        },
+        {
+            "sglkit": side("sglkit", 50.0, 190.0, 0.8, 1010.0),
+            "llamacpp": side("llama.cpp", 38.0, 95.0, 1.6, 500.0),
+        },
+    ]
+    best = best_of_rounds(runs)
+    assert {k: best["sglkit"][k] for k in ("decode_tok_s", "batch_output_tok_s", "ttft_s", "peak_rss_mb")} == {
+        "decode_tok_s": 50.0, "batch_output_tok_s": 200.0, "ttft_s": 0.8, "peak_rss_mb": 1010.0
+    }  # fmt: skip
+    assert best["llamacpp"]["decode_tok_s"] == 40.0 and best["sglkit"]["outputs"] == [[1]]
+    assert len(best["sglkit"]["rounds"]) == 2 and "outputs" not in best["sglkit"]["rounds"][0]
+    lines = format_rounds(best)
+    assert (
+        lines[0]
+        == "sglkit per round: decode 30.0 / 50.0 | batch 200.0 / 190.0 | TTFT 0.900 / 0.800 | RSS 1000 / 1010"
+    )
+    assert best_of_rounds(runs[:1]) is runs[0] and format_rounds(runs[0]) == []
+    failed = {"sglkit": runs[0]["sglkit"], "llamacpp": {"peer": "llama.cpp", "error": "timed out"}}
+    assert best_of_rounds([runs[0], failed])["llamacpp"]["error"] == "timed out"
 
 
 def test_missing_side_venv_is_one_line_naming_the_prepare_script(tmp_path, monkeypatch, capsys):

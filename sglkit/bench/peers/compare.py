@@ -1,9 +1,10 @@
 """Benchmark peers: one comparison run — the same job for every side, each in its own process, one table.
 
 ``compare(sides, model_dir, job)`` runs sglkit, HF transformers, llama.cpp and/or vLLM-CPU (``SIDES``) one
-after the other on the same token ids (``build_job``) and returns their figures; ``format_table`` and
-``format_ratios`` print them side by side. ``check_sides`` fails fast, before any model is built, when a
-peer's side venv is missing (``PeerUnavailable``: the CLI prints its one line and exits 2).
+after the other on the same token ids (``build_job``) and returns their figures; ``compare_rounds`` repeats that,
+interleaved, and keeps each side's best; ``format_table`` and ``format_ratios`` print them side by side.
+``check_sides`` fails fast, before any model is built, when a peer's side venv is missing (``PeerUnavailable``:
+the CLI prints its one line and exits 2).
 """
 
 from __future__ import annotations
@@ -98,6 +99,65 @@ def compare(sides: list[str], job: dict, timeout: float | None = None, log=print
         figures = {k: v for k, v in results[side].items() if "outputs" not in k}
         log(f"[{LABELS[side]}] done in {time.perf_counter() - start:.0f} s: {json.dumps(figures)}")
     return results
+
+
+# Which way is better for each figure a round reports (the best of several rounds keeps that one).
+HIGHER_IS_BETTER = ("decode_tok_s", "batch_output_tok_s", "prefill_throughput", "decode_throughput")
+LOWER_IS_BETTER = ("ttft_s", "batch_elapsed_s", "prefill_latency")
+
+
+def compare_rounds(
+    sides: list[str], job: dict, rounds: int, timeout: float | None = None, log=print
+) -> dict[str, dict]:
+    """``compare`` ``rounds`` times, the sides interleaved (sglkit, HF, ..., then sglkit again), so the machine's
+    drift meets every side; per side the best of each figure (``best_of_rounds``)."""
+    runs = []
+    for i in range(rounds):
+        if rounds > 1:
+            log(f"round {i + 1} of {rounds}")
+        runs.append(compare(sides, job, timeout, log))
+    return best_of_rounds(runs)
+
+
+def best_of_rounds(runs: list[dict[str, dict]]) -> dict[str, dict]:
+    """Per side: the first round's figures with each speed at its best over the rounds (highest tok/s, lowest
+    TTFT / latency) and the peak RSS at its highest; ``rounds`` lists every round's figures. A side that failed
+    in any round keeps that round's error."""
+    if len(runs) == 1:
+        return runs[0]
+    merged: dict[str, dict] = {}
+    for side in runs[0]:
+        figures = [run[side] for run in runs if side in run]
+        failed = next((f for f in figures if "error" in f), None)
+        if failed is not None:
+            merged[side] = failed
+            continue
+        best = dict(figures[0])
+        for key in HIGHER_IS_BETTER + ("peak_rss_mb",):
+            if key in best:
+                best[key] = max(f[key] for f in figures)
+        for key in LOWER_IS_BETTER:
+            if key in best:
+                best[key] = min(f[key] for f in figures)
+        best["rounds"] = [{k: v for k, v in f.items() if "outputs" not in k} for f in figures]
+        merged[side] = best
+    return merged
+
+
+def format_rounds(results: dict[str, dict]) -> list[str]:
+    """One line per side and figure listing every round's value (after ``best_of_rounds``; nothing for one)."""
+    lines = []
+    for side, figs in results.items():
+        rounds = figs.get("rounds")
+        if not rounds:
+            continue
+        parts = []
+        for key, _, fmt, short in COLUMNS:
+            values = [fmt.format(r[key]) for r in rounds if key in r]
+            if values:
+                parts.append(f"{short} {' / '.join(values)}")
+        lines.append(f"{figs.get('peer', side)} per round: " + " | ".join(parts))
+    return lines
 
 
 def _same_outputs(ours: dict, theirs: dict) -> str:
