@@ -67,7 +67,7 @@ def test_layout_round_trips_exactly(n, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m", [1, 2, 3, 5, 11, 12, 13, 25, 40])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 11, 12, 13, 14, 15, 25, 28, 29, 40])
 @pytest.mark.parametrize("n,k", [(1, 2), (15, 64), (17, 96), (50, 130), (96, 960)])
 def test_kernel_equals_a_float32_reference(m, n, k, dtype):
     x, w, bias = rand(m, k, dtype=dtype), rand(n, k, dtype=dtype), rand(n, dtype=dtype)
@@ -148,7 +148,7 @@ def test_disabled_by_environment(monkeypatch):
 
 @needs_kernel
 @pytest.mark.parametrize("n", [16, 50, 5120])
-@pytest.mark.parametrize("rows", [1, 3, 12, 13, 40])
+@pytest.mark.parametrize("rows", [1, 3, 12, 13, 14, 15, 40])
 def test_int8_weights_equal_the_dequantized_gemm(n, rows):
     """int8 blocks widened to bfloat16 for vdpbf16ps, the row scale after the sum, bias added: the float32 GEMM of
     bfloat16 x with q * scale, one bfloat16 rounding apart."""
