@@ -7,6 +7,10 @@
 // ([D] contiguous in the pool) is dotted with the G query heads of that KV head (GQA without copying K/V), the
 // scores get a max-subtracted softmax (vectorised exp), and the V rows are summed with those weights. Every K/V
 // byte is read once, from the pool itself: no gathered or padded copy of the KV, no per-step index tensors.
+// Slots come through the table, so the hardware prefetcher cannot follow them: the first head of a request
+// prefetches each slot's whole K (V) row, all KV heads, into L2 kPrefetch tokens ahead; the request's other heads
+// then prefetch their own lines into L1 (measured on 32 requests x 192 tokens: 1.2x with the engine's slot
+// layout, 3x with scattered slots).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -22,6 +26,7 @@
 namespace {
 
 constexpr int64_t kMaxGroup = 16;
+constexpr int64_t kPrefetch = 4;  // tokens ahead
 
 #ifdef SGLKIT_DECODE_ATTENTION
 using namespace sglkit::vec;
@@ -49,16 +54,32 @@ static float softmax_numerators(float* scores, int64_t len) {
   return _mm512_reduce_add_ps(vsum);
 }
 
-// One (request, KV head): q [G, D] (this KV head's query heads), slots [len] -> out [G, D].
+// Prefetch the K or V row of slots[t + kPrefetch]: `row_lines` lines from `base` into L2 (a request's first head:
+// the rest of the row, every head), else this head's `head_lines` lines into L1.
+#define SGLKIT_PREFETCH_ROW(base)                                                                    \
+  if (t + kPrefetch < len) {                                                                         \
+    const char* p =                                                                                  \
+        reinterpret_cast<const char*>((base) + static_cast<int64_t>(slots[t + kPrefetch]) * kv_stride); \
+    if (row_lines > 0) {                                                                             \
+      for (int64_t l = 0; l < row_lines; ++l) _mm_prefetch(p + 64 * l, _MM_HINT_T1);                \
+    } else {                                                                                         \
+      for (int64_t l = 0; l < head_lines; ++l) _mm_prefetch(p + 64 * l, _MM_HINT_T0);               \
+    }                                                                                                \
+  }
+
+// One (request, KV head): q [G, D] (this KV head's query heads), slots [len] -> out [G, D]; row_lines: see
+// SGLKIT_PREFETCH_ROW.
 template <typename T, typename I, int64_t D>
 static void attend(const T* q, const T* k, const T* v, int64_t kv_stride, const I* slots, int64_t len, int64_t group,
-                   float scale, T* out, std::vector<float>& scores) {
+                   float scale, T* out, std::vector<float>& scores, int64_t row_lines) {
   constexpr int64_t C = D / kLanes;  // vectors per head row
+  constexpr int64_t head_lines = (D * static_cast<int64_t>(sizeof(T)) + 63) / 64;
   __m512 qv[kMaxGroup][C];
   for (int64_t g = 0; g < group; ++g)
     for (int64_t c = 0; c < C; ++c) qv[g][c] = _mm512_mul_ps(load16(q + g * D + c * kLanes), _mm512_set1_ps(scale));
   scores.resize(group * len);
   for (int64_t t = 0; t < len; ++t) {
+    SGLKIT_PREFETCH_ROW(k)
     const T* krow = k + static_cast<int64_t>(slots[t]) * kv_stride;
     __m512 kv[C];
     for (int64_t c = 0; c < C; ++c) kv[c] = load16(krow + c * kLanes);
@@ -74,6 +95,7 @@ static void attend(const T* q, const T* k, const T* v, int64_t kv_stride, const 
   for (int64_t g = 0; g < group; ++g)
     for (int64_t c = 0; c < C; ++c) acc[g][c] = _mm512_setzero_ps();
   for (int64_t t = 0; t < len; ++t) {
+    SGLKIT_PREFETCH_ROW(v)
     const T* vrow = v + static_cast<int64_t>(slots[t]) * kv_stride;
     __m512 vv[C];
     for (int64_t c = 0; c < C; ++c) vv[c] = load16(vrow + c * kLanes);
@@ -103,8 +125,11 @@ static void run(const torch::Tensor& q, const torch::Tensor& k_buf, const torch:
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / kv_heads, h = task % kv_heads;
       const int64_t offset = (b * heads + h * group) * D;
+      // the first head this thread runs of a request prefetches the rest of each row (its head and the later ones)
+      const int64_t row_lines =
+          (h == 0 || task == begin) ? ((kv_heads - h) * D * static_cast<int64_t>(sizeof(T)) + 63) / 64 : 0;
       attend<T, I, D>(qp + offset, kp + h * D, vp + h * D, kv_stride, table + rows[b] * ld, lens[b], group,
-                      static_cast<float>(scale), op + offset, scores);
+                      static_cast<float>(scale), op + offset, scores, row_lines);
     }
   });
 }
