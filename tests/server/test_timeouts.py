@@ -19,14 +19,23 @@ import requests
 from sglkit.utils import terminate_process
 from tests.server.conftest import start_server
 
-LONG = {"max_new_tokens": 2000, "ignore_eos": True, "temperature": 0}  # runs far longer than any timeout here
+# Runs far longer than any timeout here: the tiny model decodes ~2,000 tokens a second on a CPU with sglkit's
+# kernels, so the servers here load a long-context copy of it and ask for 50,000 tokens (~25 s unless cut short).
+LONG = {"max_new_tokens": 50_000, "ignore_eos": True, "temperature": 0}
+LONG_CONTEXT = 65_536
 SHORT = {"max_new_tokens": 4, "ignore_eos": True, "temperature": 0}
 
 
 @pytest.fixture(scope="module")
-def queue_server(server_model_path):
+def long_context_model_path(tiny_model_factory) -> str:
+    """The servers' checkpoint: the tiny Llama with room for LONG."""
+    return tiny_model_factory("LlamaForCausalLM", max_position_embeddings=LONG_CONTEXT)
+
+
+@pytest.fixture(scope="module")
+def queue_server(long_context_model_path):
     running = start_server(
-        server_model_path,
+        long_context_model_path,
         "--max-running-requests 1 --max-queued-requests 2 --schedule-policy lof --incremental-streaming-output",
     )
     yield running
@@ -34,9 +43,9 @@ def queue_server(server_model_path):
 
 
 @pytest.fixture(scope="module")
-def timeout_server(server_model_path):
+def timeout_server(long_context_model_path):
     running = start_server(
-        server_model_path, "--max-running-requests 1 --req-waiting-timeout 0.5 --req-running-timeout 1"
+        long_context_model_path, "--max-running-requests 1 --req-waiting-timeout 0.5 --req-running-timeout 1"
     )
     yield running
     terminate_process(running.process)
@@ -210,8 +219,8 @@ def test_incremental_streaming_chunks_carry_only_the_new_output(queue_server):
 def test_waiting_then_running_timeout(timeout_server):
     """SGLang's test: one running request at a time, two long requests: exactly one gets 503 after waiting 0.5 s
     (an OpenAI-style body with code 503) while the other still streams; 1 s after it started, that one ends too: an
-    in-band 503 error event after the text it got, then [DONE]. (The timeouts are short so that 2000 tokens can
-    never finish first: even a quiet machine takes over 2 s for them.)"""
+    in-band 503 error event after the text it got, then [DONE]. (LONG's 50,000 tokens take ~25 s even with
+    sglkit's CPU decode stack, so the 1 s timeout always comes first.)"""
     url = timeout_server.base_url
     started = time.monotonic()
     response, it, first = start_stream(url, "to-running", LONG)
@@ -228,7 +237,9 @@ def test_waiting_then_running_timeout(timeout_server):
     assert error["message"] == "Request running timeout reached." and error["code"] == 503
     streamed = [first] + rest[:-2]
     assert all(c["meta_info"]["finish_reason"] is None for c in streamed)
-    assert 0 < len(streamed[-1]["output_ids"]) < 2000  # cumulative chunks (no --incremental-streaming-output)
+    assert (
+        0 < len(streamed[-1]["output_ids"]) < LONG["max_new_tokens"]
+    )  # cumulative chunks (no --incremental-streaming-output)
 
 
 def test_running_timeout_non_streaming_is_a_503_answer(timeout_server):
@@ -238,7 +249,11 @@ def test_running_timeout_non_streaming_is_a_503_answer(timeout_server):
     assert_503(response, "Request running timeout reached.")
     chat = requests.post(
         f"{timeout_server.base_url}/v1/chat/completions",
-        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2000, "ignore_eos": True},
+        json={
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": LONG["max_new_tokens"],
+            "ignore_eos": True,
+        },
         timeout=60,
     )
     assert_503(chat, "Request running timeout reached.")
