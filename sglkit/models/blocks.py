@@ -274,7 +274,7 @@ class DecoderModel(nn.Module):
         )
         self.norm = options.norm_cls(config.hidden_size, options.eps(config), dtype=dtype)
         # CPU decode passes in one C++ call where every layer allows it (sglkit.models.cpu_decode_stack)
-        self.cpu_decode_stack = CpuDecodeStack(self, DecoderModel.decode_stack_layers)
+        self.cpu_decode_stack = CpuDecodeStack(self)
 
     def decode_stack_layers(self) -> list[StackLayer]:
         """Every layer's ``decode_stack_parts`` (ValueError naming the first layer that has none)."""

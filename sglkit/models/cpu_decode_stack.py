@@ -31,7 +31,7 @@ from torch import nn
 
 from sglkit.core.forward_batch import ForwardBatch
 from sglkit.layers.attention.base import RadixAttention
-from sglkit.layers.attention.cpu_kernel_paths import KernelDecodeMetadata
+from sglkit.layers.attention.cpu_kernel_paths import KernelDecodeMetadata, kernel_takes_layer
 from sglkit.layers.cpu_kernels.decode_attention import decode_attention_available
 from sglkit.layers.cpu_kernels.decode_stack import (
     CPU_DECODE_STACK_ENV,
@@ -100,13 +100,13 @@ def _linear_tensors(linear: Linear, dtype: torch.dtype) -> list[torch.Tensor | N
 class CpuDecodeStack:
     """Runs a decoder model's CPU decode passes as one ``DecodeStack`` call where it applies (module docstring).
 
-    ``layers_of(model)`` gives the model's ``StackLayer`` list, or raises ValueError naming a layer it cannot
-    describe; the stack is built on the first decode pass against a pool and kept until a weight form changes.
+    ``model.decode_stack_layers()`` gives the model's ``StackLayer`` list, or raises ValueError naming a layer it
+    cannot describe; the stack is built on the first decode pass against a pool and kept until a weight form
+    changes.
     """
 
-    def __init__(self, model: nn.Module, layers_of: Any) -> None:
+    def __init__(self, model: nn.Module) -> None:
         self._model = weakref.ref(model)  # the model owns this object
-        self._layers_of = layers_of
         self._stack: DecodeStack | None = None
         self._rotary: Any = None
         self._dtype: torch.dtype | None = None
@@ -171,16 +171,13 @@ class CpuDecodeStack:
     def _make(self, pool: Any, dtype: torch.dtype) -> DecodeStack:
         model = self._model()
         try:
-            layers: list[StackLayer] = self._layers_of(model)
+            layers: list[StackLayer] = model.decode_stack_layers()
         except ValueError as e:
             raise _NotStackable(str(e)) from None
         first = layers[0]
         rotary, attn0 = first.rotary, first.attn
         if type(rotary).forward is not RotaryEmbedding.forward or rotary.cos_sin_cache.dtype != torch.float32:
             raise _NotStackable(f"a {type(rotary).__name__} rotary embedding")
-        group, rem = divmod(attn0.num_heads, attn0.num_kv_heads)
-        if rem or not decode_attention_available(dtype, pool.dtype, attn0.head_dim, group):
-            raise _NotStackable("a head shape or KV dtype the decode kernel does not take")
         modes, tensors, eps = set(), [], []
         for layer in layers:
             attn = layer.attn
@@ -198,12 +195,8 @@ class CpuDecodeStack:
             if layer.rotary is not rotary:
                 raise _NotStackable("layers with their own rotary embeddings")
             k_buf, v_buf = pool.get_kv_buffer(attn.layer_id)
-            if (
-                k_buf.device.type != "cpu"
-                or k_buf.shape != v_buf.shape
-                or k_buf.shape[1] != attn.num_kv_heads
-            ):
-                raise _NotStackable("a KV pool of another shape")
+            if not kernel_takes_layer(decode_attention_available, dtype, k_buf, v_buf, attn):
+                raise _NotStackable("a head shape or KV pool the decode kernel does not take")
             norms = [layer.input_norm, layer.post_norm, layer.q_norm, layer.k_norm]
             if (layer.q_norm is None) != (layer.k_norm is None):
                 raise _NotStackable("a q norm without a k norm")

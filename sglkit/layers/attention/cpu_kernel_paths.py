@@ -24,7 +24,15 @@ from sglkit.layers.cpu_kernels.decode_attention import decode_attention, decode_
 from sglkit.layers.cpu_kernels.extend_attention import extend_attention, extend_attention_available
 from sglkit.layers.cpu_kernels.fused_ops import cpu_fused_ops_enabled, store_kv
 
-__all__ = ["KernelDecodeMetadata", "KernelExtendMetadata", "decode", "extend", "kernel_metadata", "store"]
+__all__ = [
+    "KernelDecodeMetadata",
+    "KernelExtendMetadata",
+    "decode",
+    "extend",
+    "kernel_metadata",
+    "kernel_takes_layer",
+    "store",
+]
 
 
 @dataclass
@@ -64,6 +72,23 @@ def kernel_metadata(forward_batch: ForwardBatch) -> KernelDecodeMetadata | Kerne
     return KernelExtendMetadata(torch.tensor(prefix), torch.tensor(new), prefix, new)
 
 
+def kernel_takes_layer(
+    available: Callable[[torch.dtype, torch.dtype, int, int], bool],
+    dtype: torch.dtype,
+    k_buf: torch.Tensor,
+    v_buf: torch.Tensor,
+    layer: RadixAttention,
+) -> bool:
+    """Whether a kernel (``available(dtype, kv_dtype, head_dim, group)``) takes this layer's queries of ``dtype``:
+    no options, CPU pool K/V of one shape with the layer's KV heads, whole groups."""
+    heads, kv_heads = layer.num_heads, layer.num_kv_heads
+    if layer.has_options or k_buf.device.type != "cpu" or k_buf.shape != v_buf.shape:
+        return False
+    if k_buf.shape[1] != kv_heads or heads % kv_heads:
+        return False
+    return available(dtype, k_buf.dtype, layer.head_dim, heads // kv_heads)
+
+
 def _kernel_takes(
     available: Callable[[torch.dtype, torch.dtype, int, int], bool],
     q: torch.Tensor,
@@ -71,14 +96,10 @@ def _kernel_takes(
     v_buf: torch.Tensor,
     layer: RadixAttention,
 ) -> bool:
-    """Whether a kernel (``available(dtype, kv_dtype, head_dim, group)``) takes this layer: no options, CPU pool
-    K/V of one shape with the layer's KV heads, q with its query heads, whole groups."""
-    heads, kv_heads = layer.num_heads, layer.num_kv_heads
-    if layer.has_options or k_buf.device.type != "cpu" or k_buf.shape != v_buf.shape:
+    """``kernel_takes_layer`` for this pass's q: [T, Hq, D] with the layer's query heads and head dim."""
+    if q.shape[1] != layer.num_heads or q.shape[-1] != layer.head_dim:
         return False
-    if q.shape[1] != heads or k_buf.shape[1] != kv_heads or heads % kv_heads:
-        return False
-    return available(q.dtype, k_buf.dtype, q.shape[-1], heads // kv_heads)
+    return kernel_takes_layer(available, q.dtype, k_buf, v_buf, layer)
 
 
 def decode(q: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch) -> torch.Tensor | None:
