@@ -1,11 +1,14 @@
 """Model layers, CPU: decode attention from the paged KV pool (torch_native ``forward_decode`` -> here -> C++).
 
-``csrc/decode_attention.cpp``: per (request, KV head) one thread reads the request's slots from its row of the
-request-to-token table, dots each K row of the pool with that KV head's query heads, takes a softmax and sums the
-V rows. The K/V are read once, in place: no gathered, padded or workspace copy and no per-step index tensors,
-which the SDPA path needs (``sglkit.layers.attention.torch_native``). Plain causal decode only (no logit cap,
-no sliding window); float32 or bfloat16 with q, K and V of one dtype; head dims that are multiples of 16 up to
-128, and 256.
+``csrc/decode_attention.cpp``: one task per request and range of its KV heads (at most 16 query heads) reads
+the request's slots from its row of the request-to-token table; token by token, the task's part of each K row
+is dotted with its query heads (one vector of scores per token), a softmax per query head follows, then P.V in
+tiles of 16 tokens with the accumulators in registers. The K/V rows are read once, in place, with software
+prefetch through the table (K ahead, V into L2 during the scores, the next task's K during P.V): no gathered,
+padded or workspace copy and no per-step index tensors, which the SDPA path needs
+(``sglkit.layers.attention.torch_native``). Plain causal decode only (no logit cap, no sliding window); float32
+or bfloat16 with q, K and V of one dtype; head dims that are multiples of 16 up to 128, and 256; up to 16 query
+heads per KV head.
 """
 
 from __future__ import annotations

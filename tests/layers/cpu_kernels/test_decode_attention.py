@@ -59,6 +59,55 @@ def test_kernel_equals_sdpa_over_gathered_kv(dtype, tol, heads, kv_heads, head_d
     torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize(
+    "heads, kv_heads, head_dim, lens",
+    [
+        (15, 5, 64, [4000, 3, 1500]),  # longer than the V rows prefetched before the V pass (256 KB)
+        (32, 2, 64, [300, 41]),  # 16 query heads per KV head: one task per KV head
+        (12, 4, 48, [129]),  # one request: its KV heads split over tasks; bfloat16 rows of 1.5 vectors
+        (8, 1, 256, [77, 700]),
+        (28, 4, 112, [1, 2, 250]),
+    ],
+)
+def test_kernel_takes_long_contexts_big_groups_and_odd_shapes(dtype, tol, heads, kv_heads, head_dim, lens):
+    gen = torch.Generator().manual_seed(len(lens) * head_dim)
+    slots, context = 9000, max(lens)
+    k_buf = torch.randn(slots, kv_heads, head_dim, generator=gen).to(dtype)
+    v_buf = torch.randn(slots, kv_heads, head_dim, generator=gen).to(dtype)
+    table = torch.randint(0, slots, (len(lens), context), generator=gen, dtype=torch.int32)
+    req_rows, lens = torch.arange(len(lens)).flip(0), torch.tensor(lens)
+    q = torch.randn(len(lens), heads, head_dim, generator=gen).to(dtype) * 3  # peaked softmaxes too
+    with torch.inference_mode():
+        got = decode_attention(q, k_buf, v_buf, table, req_rows, lens, head_dim**-0.5)
+    want = sdpa_reference(q, k_buf, v_buf, table, req_rows, lens, head_dim**-0.5)
+    torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_gives_the_same_bits_on_any_thread_count(dtype):
+    """How tasks split a request's KV heads (by batch size and threads) never changes a query head's result."""
+    gen = torch.Generator().manual_seed(7)
+    k_buf = torch.randn(2000, 5, 64, generator=gen).to(dtype)
+    v_buf = torch.randn(2000, 5, 64, generator=gen).to(dtype)
+    table = torch.randint(0, 2000, (3, 500), generator=gen, dtype=torch.int32)
+    q = torch.randn(3, 15, 64, generator=gen).to(dtype)
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            for rows in (torch.tensor([0, 1, 2]), torch.tensor([1])):  # 3 requests, then request 1 alone
+                lens = torch.tensor([500, 77, 300])[rows]
+                with torch.inference_mode():
+                    outs.append(decode_attention(q[rows], k_buf, v_buf, table, rows, lens, 0.125))
+    finally:
+        torch.set_num_threads(threads)
+    for i, out in enumerate(outs):
+        assert torch.equal(out, outs[i % 2]), f"run {i}"
+    assert torch.equal(outs[1][0], outs[0][1])  # request 1 alone (KV heads split over tasks) = in the batch
+
+
 def test_kernel_refuses_what_it_cannot_take():
     assert not decode_attention_available(torch.float16, torch.float16, 64, 1)
     assert not decode_attention_available(torch.bfloat16, torch.float32, 64, 1)  # q and KV of one dtype

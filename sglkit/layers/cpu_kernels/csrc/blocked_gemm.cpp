@@ -111,7 +111,7 @@ static inline void tile(const typename T::Lane* __restrict x, int64_t ldx, const
 #pragma GCC unroll 2
     for (int j = 0; j < NB; ++j) wv[j] = T::load(w + j * block_elems + p * kStep);
     if (ahead != nullptr)
-      for (int64_t l = p * per_step; l < std::min(lines, (p + 1) * per_step); ++l) _mm_prefetch(ahead + 64 * l, _MM_HINT_T1);
+      for (int64_t l = p * per_step; l < std::min(lines, (p + 1) * per_step); ++l) sglkit::vec::prefetch_l2(ahead + 64 * l);
 #pragma GCC unroll 14
     for (int m = 0; m < MB; ++m) {
       const typename T::Lane xv = x[m * ldx + p];

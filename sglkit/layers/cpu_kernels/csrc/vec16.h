@@ -1,4 +1,4 @@
-// Model layers, CPU: 16-lane AVX-512 helpers shared by sglkit's C++ kernels (decode_attention.cpp, fused_ops.cpp).
+// Model layers, CPU: 16-lane AVX-512 helpers shared by sglkit's C++ kernels (attention, GEMM, fused ops).
 // float32 and bfloat16 load as 16 float lanes; stores round to bfloat16 to nearest even (NaN stays NaN), as torch
 // does; masked forms take a row's tail. Only included where __AVX512F__/BW/VL are defined.
 #pragma once
@@ -75,6 +75,15 @@ static inline __m512 exp16(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, n);
+}
+
+// Software prefetch of the 64-byte lines [p, p + 64 * lines) into L2 (prefetcht1). A volatile asm statement:
+// GCC deletes a loop whose body is only __builtin_prefetch / _mm_prefetch when its trip count is not a
+// compile-time constant, and such prefetches were silently missing from the object file.
+static inline void prefetch_l2(const void* p) { asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p))); }
+static inline void prefetch_lines_l2(const void* p, int64_t lines) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t l = 0; l < lines; ++l) prefetch_l2(c + 64 * l);
 }
 
 }  // namespace sglkit::vec
