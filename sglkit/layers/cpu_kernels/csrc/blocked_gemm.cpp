@@ -10,9 +10,10 @@
 // Tiles: MB rows of x (1..14) x NB blocks of 16 outputs (1..2), MB*NB fp32 accumulators in registers. Threads
 // (ATen's intra-op pool) split the output blocks into contiguous ranges; each thread, per pair of blocks, runs
 // every row tile, so the weights stream from memory once and x is re-read from cache. The first row tile of a
-// pair streams its weights from memory; the later ones (M >= 22) read them from cache and meanwhile prefetch the
-// thread's next pair into L2, spread over their steps, so that pair's first tile starts on cached weights
-// (bfloat16, 32 rows: +3-9% GFLOP/s for the 360M shape's q/k/v, o, gate/up and logits head; +2-5% at 48-64).
+// pair streams its weights from memory; the later ones (M >= 22, where a tile's x rows fit in L1) read them from
+// cache and meanwhile prefetch the thread's next pair into L2, spread over their steps, so that pair's first tile
+// starts on cached weights (bfloat16, 32 rows: +6-9% GFLOP/s for the 360M shape's q/k/v, o, gate/up and logits
+// head; +3-4% at 64).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 

@@ -15,8 +15,8 @@
 // prefetches each K row kAheadK tokens ahead and the V rows into L2 (the last of them, up to kVBudget bytes, as
 // it ends; the V pass then keeps that distance), and the V pass prefetches the first K rows of the thread's next
 // task. Measured on 32 requests x 192 tokens, 32 layers of the 360M shape (bfloat16, engine slot layout), in one
-// process: 9.0-10.3 ms a step against 12.5-14.7 ms for the previous kernel (one task per (request, KV head)) and
-// 7.8-9.5 ms for a loop that only reads the same rows.
+// process: 10.0-10.1 ms a step against 14.8-15.0 ms for the previous kernel (one task per (request, KV head));
+// a loop that only reads the same rows takes 7.8-9.5 ms (docs/cpu.md).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
